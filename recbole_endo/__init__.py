@@ -1,0 +1,12 @@
+"""recbole_endo: endogenous decoupling of side and atom representations, as a RecBole plugin.
+
+Importing the package registers its models with RecBole (see :func:`recbole_endo.utils.register`).
+"""
+
+from recbole_endo.config import Config
+from recbole_endo.model import MODELS, TwoTowerConcat, TwoTowerSplit
+from recbole_endo.utils import get_model, get_trainer, register
+
+__version__ = "0.1.0"
+
+register()

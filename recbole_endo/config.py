@@ -1,0 +1,113 @@
+"""Configuration: RecBole's Config with the plugin's YAML defaults layered over RecBole's own.
+
+Layering, lowest to highest precedence: RecBole's properties, the plugin's ``overall.yaml``, the
+plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, then (as in RecBole) the
+user's ``config_file_list``, ``config_dict`` and ``--key=value`` on the command line.
+
+A Config pickles as plain data (see :func:`restore_config`), so checkpoints load with torch's safe
+loader (``weights_only=True``).
+"""
+
+import numbers
+from enum import Enum
+from importlib import resources
+
+import numpy as np
+import torch
+from recbole.config import Config as RecBoleConfig
+from recbole.utils import EvaluatorType, InputType, ModelType
+
+
+def plugin_property_files(model, dataset):
+    """The plugin's YAML files that exist for ``model`` on ``dataset``, lowest precedence first."""
+    root = resources.files("recbole_endo.properties")
+    candidates = [
+        root / "overall.yaml",
+        root / "model" / f"{model}.yaml",
+        root / "dataset" / f"{dataset}.yaml",
+    ]
+    return [str(file) for file in candidates if file.is_file()]
+
+
+def layer_plugin_properties(config, model, dataset):
+    for file in plugin_property_files(model, dataset):
+        config_dict = config._update_internal_config_dict(file) or {}
+        if file.endswith(f"{dataset}.yaml"):
+            # RecBole lists a dataset file's keys as dataset parameters; keep them listed the same way.
+            config.parameters["Dataset"] += [
+                key for key in config_dict if key not in config.parameters["Dataset"]
+            ]
+
+
+class Config(RecBoleConfig):
+    """RecBole's Config with the plugin's properties layered over RecBole's for *every* model.
+
+    Built-in models (BPR, LightGCN, ...) run through this Config get the same split, metrics and
+    dataset fields as the plugin's models, so all of them are compared under one protocol.
+    """
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        layer_plugin_properties(self, model, dataset)
+
+
+# Enum types that appear in a RecBole Config's values; reconstructing an enum member runs no code.
+CONFIG_ENUMS = (ModelType, InputType, EvaluatorType)
+# Attributes derived on restore instead of pickled (a class object is not plain data).
+DERIVED_ATTRIBUTES = ("yaml_loader", "model_class")
+
+
+def _plain(value, key):
+    """``value`` as data torch's safe loader accepts, or a TypeError naming the config key."""
+    if value is None or isinstance(value, (str, bool, int, float, torch.device, *CONFIG_ENUMS)):
+        return value
+    if isinstance(value, np.generic) and isinstance(value.item(), (bool, numbers.Number, str)):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v, key) for v in value)
+    raise TypeError(
+        f"config key '{key}' holds a {type(value).__name__}, which a checkpoint cannot store "
+        "as plain data; use str, int, float, bool, list or dict values"
+    )
+
+
+def config_state(config):
+    """The plain-data state of a RecBole Config, as pickled into checkpoints."""
+    state = {}
+    for name, value in vars(config).items():
+        if name in DERIVED_ATTRIBUTES:
+            continue
+        # The config's dicts (final_config_dict, ...) are keyed by option names: errors name those.
+        is_options = isinstance(value, dict)
+        state[name] = {k: _plain(v, k) for k, v in value.items()} if is_options else _plain(value, name)
+    return state
+
+
+def restore_config(state):
+    """Rebuild a Config from :func:`config_state` without rerunning its side effects.
+
+    It is the one function (besides RecBole's enums) allowed in torch's safe loader, so that a
+    checkpoint's config loads with ``weights_only=True``. It sets attributes and looks the model
+    class up by name; it evaluates nothing from the file.
+    """
+    from recbole_endo.utils import get_model  # the registry imports this module
+
+    if not isinstance(state, dict) or not isinstance(state.get("model"), str):
+        raise TypeError("checkpoint config is not a recbole_endo config state")
+    config = Config.__new__(Config)
+    vars(config).update(state)
+    config.yaml_loader = config._build_yaml_loader()
+    config.model_class = get_model(state["model"])
+    return config
+
+
+def _reduce_config(config):
+    return restore_config, (config_state(config),)
+
+
+def enable_safe_config_pickling():
+    """Make every RecBole Config pickle as plain data and load under ``weights_only=True``."""
+    RecBoleConfig.__reduce__ = _reduce_config
+    torch.serialization.add_safe_globals([restore_config, *CONFIG_ENUMS])

@@ -1,0 +1,4 @@
+from recbole_endo.model.two_tower_concat import TwoTowerConcat
+from recbole_endo.model.two_tower_split import TwoTowerSplit
+
+MODELS = {model.__name__: model for model in (TwoTowerConcat, TwoTowerSplit)}

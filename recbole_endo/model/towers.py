@@ -1,0 +1,114 @@
+"""Feature towers: the configured atom and side fields of users and items, embedded by internal id.
+
+``endo_fields`` (config) names, per entity (``user``, ``item``), its ``atom`` fields (identity-like,
+popularity-biased: ids, titles) and its ``side`` fields (generalisable: genres, demographics).
+"""
+
+import os
+
+import torch
+import torch.nn as nn
+from recbole.model.layers import MLPLayers
+from recbole.utils import FeatureSource, FeatureType
+
+ENTITIES = ("user", "item")
+FIELD_GROUPS = ("atom", "side")
+ENTITY_SOURCES = {
+    "user": (FeatureSource.USER, FeatureSource.USER_ID),
+    "item": (FeatureSource.ITEM, FeatureSource.ITEM_ID),
+}
+
+
+def parse_endo_fields(config):
+    """``config['endo_fields']`` checked to be ``{user|item: {atom|side: [field, ...]}}``."""
+    endo_fields = config["endo_fields"]
+    if not isinstance(endo_fields, dict):
+        raise ValueError(
+            "config option 'endo_fields' must map 'user' and 'item' to {atom: [...], side: [...]}, "
+            f"got {endo_fields!r}"
+        )
+    parsed = {}
+    for entity in ENTITIES:
+        groups = endo_fields.get(entity)
+        if not isinstance(groups, dict):
+            raise ValueError(f"config option 'endo_fields.{entity}' must be a dict with 'atom' and 'side' lists")
+        unknown = set(groups) - set(FIELD_GROUPS)
+        if unknown:
+            raise ValueError(f"config option 'endo_fields.{entity}' has unknown keys {sorted(unknown)}; use 'atom' and 'side'")
+        parsed[entity] = {}
+        for group in FIELD_GROUPS:
+            fields = groups.get(group) or []
+            if isinstance(fields, str):
+                fields = [fields]
+            if not all(isinstance(field, str) for field in fields):
+                raise ValueError(f"config option 'endo_fields.{entity}.{group}' must be a list of field names")
+            parsed[entity][group] = list(fields)
+        if not parsed[entity]["atom"] and not parsed[entity]["side"]:
+            raise ValueError(f"config option 'endo_fields.{entity}' names no field")
+    return parsed
+
+
+def check_fields(dataset, entity, group, fields):
+    """Fail, naming the field and the file it should come from, unless each field is loaded."""
+    suffix = entity
+    path = os.path.join(dataset.dataset_path, f"{dataset.dataset_name}.{suffix}")
+    for field in fields:
+        if field not in dataset.field2type:
+            where = "which is not loaded" if os.path.isfile(path) else "which does not exist"
+            raise ValueError(
+                f"endo_fields.{entity}.{group} names field '{field}', but the dataset has no such field: "
+                f"it must come from '{path}' ({where}); list it under load_col['{suffix}']"
+            )
+        if dataset.field2source[field] not in ENTITY_SOURCES[entity]:
+            raise ValueError(
+                f"endo_fields.{entity}.{group} names field '{field}', which is loaded from "
+                f"'{dataset.field2source[field].value}' data, not from '{path}'"
+            )
+
+
+class FeatureEmbedding(nn.Module):
+    r"""Embeds fields of the user or item feature table for a batch of internal ids.
+
+    token → embedding; token_seq → mean of the embeddings of its non-padding tokens (an empty cell
+    gives zeros); float / float_seq → linear map of the value(s). The feature table is held as
+    non-persistent buffers: it moves to the model's device once and stays out of checkpoints.
+
+    Output: ``[batch, len(fields), embedding_size]``.
+    """
+
+    def __init__(self, dataset, entity, fields, embedding_size, group="atom"):
+        super().__init__()
+        check_fields(dataset, entity, group, fields)
+        table = dataset.get_user_feature() if entity == "user" else dataset.get_item_feature()
+        self.fields = list(fields)
+        self.field_types = {}
+        self.encoders = nn.ModuleDict()
+        for field in self.fields:
+            field_type = dataset.field2type[field]
+            values = table[field]
+            if field_type in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
+                self.encoders[field] = nn.Embedding(dataset.num(field), embedding_size, padding_idx=0)
+            elif field_type in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ):
+                values = values.float().reshape(len(values), -1)
+                self.encoders[field] = nn.Linear(values.shape[1], embedding_size)
+            else:
+                raise ValueError(f"field '{field}' has type {field_type.value}, which a feature tower cannot embed")
+            self.field_types[field] = field_type
+            self.register_buffer(f"table_{field}", values, persistent=False)
+        self.output_size = len(self.fields) * embedding_size
+
+    def embed_field(self, field, ids):
+        values = getattr(self, f"table_{field}")[ids]
+        encoder = self.encoders[field]
+        if self.field_types[field] != FeatureType.TOKEN_SEQ:
+            return encoder(values)
+        mask = (values != 0).unsqueeze(-1).float()
+        return (encoder(values) * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)
+
+    def forward(self, ids):
+        return torch.stack([self.embed_field(field, ids) for field in self.fields], dim=-2)
+
+
+def mlp(sizes, dropout=0.0):
+    """ReLU MLP whose last layer is linear, so its output can take any sign in a dot product."""
+    return MLPLayers(list(sizes), dropout=dropout, activation="relu", last_activation=False)

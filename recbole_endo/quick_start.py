@@ -1,0 +1,104 @@
+"""Quick start: train and evaluate any model (the plugin's or RecBole's) the way RecBole does.
+
+The same flow as ``recbole.quick_start``, with the plugin's Config and model/trainer lookup, and
+without ray (RecBole's ``objective_function`` imports it only to report to ray tune).
+"""
+
+import sys
+import time
+from logging import getLogger
+
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_environment, init_logger, init_seed, set_color
+
+from recbole_endo.config import Config
+from recbole_endo.utils import get_model, get_trainer
+
+
+def _build(config):
+    """Dataset, splits, model and trainer for ``config``, seeded as RecBole seeds them."""
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return dataset, model, trainer, (train_data, valid_data, test_data)
+
+
+def _train_and_test(config, trainer, splits, saved, verbose=True):
+    train_data, valid_data, test_data = splits
+    start = time.perf_counter()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, verbose=verbose, saved=saved, show_progress=config["show_progress"]
+    )
+    fit_seconds = time.perf_counter() - start
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    return {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "epochs": len(trainer.train_loss_dict),
+        "fit_seconds": fit_seconds,
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+
+
+def run_recbole_endo(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+    r"""Train ``model`` on ``dataset`` and test it, as RecBole's ``run_recbole`` does.
+
+    Args:
+        model (str, optional): a plugin or RecBole model name; else taken from the config.
+        dataset (str, optional): dataset name; else taken from the config.
+        config_file_list (list, optional): YAML files overriding the defaults.
+        config_dict (dict, optional): options overriding the files.
+        saved (bool): save the best checkpoint and test with it.
+        queue: a multiprocessing queue to put the result on (for spawned processes).
+
+    Returns:
+        dict: best validation score and result, test result, epochs run, fit seconds, checkpoint.
+    """
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+    dataset, model, trainer, splits = _build(config)
+    logger.info(dataset)
+    logger.info(model)
+    result = _train_and_test(config, trainer, splits, saved)
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
+    logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """The objective for RecBole's ``HyperTuning``: train, select on validation, report test."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    _, _, trainer, splits = _build(config)
+    return _train_and_test(config, trainer, splits, saved, verbose=False)
+
+
+def load_data_and_model(model_file):
+    r"""Load a checkpoint with torch's safe loader and rebuild its dataset, splits and model.
+
+    Returns:
+        tuple: (config, model, dataset, train_data, valid_data, test_data)
+    """
+    checkpoint = torch.load(model_file, map_location="cpu", weights_only=True)
+    config = checkpoint["config"]
+    init_logger(config)
+    getLogger().info(config)
+    dataset, model, _, (train_data, valid_data, test_data) = _build(config)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

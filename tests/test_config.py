@@ -1,0 +1,80 @@
+import io
+import sys
+
+import pytest
+import recbole.utils
+import torch
+from recbole.config import Config as RecBoleConfig
+from recbole.model.general_recommender import BPR
+
+from recbole_endo import Config, TwoTowerConcat, TwoTowerSplit, get_model
+
+
+def test_get_model_finds_plugin_and_builtin_models():
+    assert get_model("TwoTowerSplit") is TwoTowerSplit
+    assert get_model("BPR") is BPR
+
+
+def test_unknown_model_error_lists_available_models():
+    with pytest.raises(ValueError) as error:
+        get_model("NoSuchModel")
+    message = str(error.value)
+    assert "NoSuchModel" in message and "TwoTowerConcat" in message and "LightGCN" in message
+
+
+def test_recbole_get_model_resolves_plugin_models_after_import():
+    assert recbole.utils.get_model("TwoTowerConcat") is TwoTowerConcat
+    assert recbole.utils.get_model("BPR") is BPR
+
+
+def test_plugin_defaults_are_layered_under_user_files(tiny):
+    config = Config(model="TwoTowerSplit", **tiny)
+    assert config["valid_metric"] == "NDCG@10"  # plugin overall.yaml over RecBole's MRR@10
+    assert config["dropout_prob"] == 0.0  # plugin model/TwoTowerSplit.yaml
+    assert config["embedding_size"] == 8  # the user's file over the model defaults (64)
+    assert config["topk"] == [10, 20]
+
+
+def test_precedence_dict_over_file_and_command_line_over_dict(tiny, monkeypatch):
+    tiny["config_dict"]["embedding_size"] = 16
+    assert Config(model="TwoTowerSplit", **tiny)["embedding_size"] == 16
+    monkeypatch.setattr(sys, "argv", ["run", "--embedding_size=32"])
+    assert Config(model="TwoTowerSplit", **tiny)["embedding_size"] == 32
+
+
+def test_model_is_selected_by_config_file(tiny, tmp_path):
+    model_yaml = tmp_path / "model.yaml"
+    model_yaml.write_text("model: TwoTowerConcat\n")
+    tiny["config_file_list"].append(str(model_yaml))
+    config = Config(**tiny)
+    assert config["model"] == "TwoTowerConcat" and config.model_class is TwoTowerConcat
+
+
+def test_builtin_model_gets_the_plugin_protocol(tiny):
+    config = Config(model="BPR", **tiny)
+    assert config["valid_metric"] == "NDCG@10" and config.model_class is BPR
+
+
+def test_recbole_config_applies_plugin_defaults_to_plugin_models_only(tiny):
+    plugin = RecBoleConfig(model="TwoTowerSplit", **tiny)
+    assert plugin["valid_metric"] == "NDCG@10" and plugin["dropout_prob"] == 0.0
+    builtin = RecBoleConfig(model="BPR", dataset="ml-100k")
+    assert builtin["valid_metric"] == "MRR@10" and builtin["endo_fields"] is None
+
+
+def test_config_round_trips_through_torch_safe_loader(tiny):
+    config = Config(model="TwoTowerSplit", **tiny)
+    buffer = io.BytesIO()
+    torch.save({"config": config}, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=True)["config"]
+    assert isinstance(restored, Config)
+    assert restored.final_config_dict == config.final_config_dict
+    assert restored.model_class is TwoTowerSplit
+
+
+def test_config_with_unstorable_value_fails_naming_the_key(tiny):
+    config = Config(model="TwoTowerSplit", **tiny)
+    config["callback"] = object()
+    with pytest.raises(TypeError, match="'callback'"):
+        torch.save({"config": config}, io.BytesIO())

@@ -1,0 +1,104 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from recbole_endo.model.losses import (
+    batch_normalised,
+    fake_negative_mask,
+    grade_labels,
+    graded_bpr_loss,
+    info_nce,
+    orthogonal_component,
+    truncated_cosine_loss,
+)
+
+
+def unit(*rows):
+    return F.normalize(torch.tensor(rows, dtype=torch.float), dim=-1)
+
+
+def test_fake_negative_mask_removes_exactly_the_same_side_negatives():
+    # rows 0 and 2 share a side value; row 1 is close to them (cos 0.98) but not the same
+    side = unit([1.0, 0.0], [0.98, math.sqrt(1 - 0.98**2)], [1.0, 0.0], [0.0, 1.0])
+    mask = fake_negative_mask(side, threshold=0.99)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[0, 2] = expected[2, 0] = True
+    assert torch.equal(mask, expected)
+
+
+def test_info_nce_equals_a_hand_computation_on_3x3():
+    anchor = unit([1.0, 0.0], [0.0, 1.0], [1.0, 1.0])
+    positive = unit([1.0, 0.0], [1.0, 1.0], [0.0, 1.0])
+    tau = 0.5
+    cos = anchor @ positive.T
+    expected = sum(-math.log(math.exp(cos[i, i] / tau) / sum(math.exp(cos[i, j] / tau) for j in range(3))) for i in range(3)) / 3
+    assert math.isclose(info_nce(anchor, positive, tau).item(), expected, rel_tol=1e-6)
+
+
+def test_info_nce_ignores_masked_negatives():
+    anchor = unit([1.0, 0.0], [0.0, 1.0], [1.0, 1.0])
+    positive = unit([1.0, 0.0], [1.0, 1.0], [0.0, 1.0])
+    tau = 0.5
+    mask = torch.zeros(3, 3, dtype=torch.bool)
+    mask[0, 2] = True
+    cos = anchor @ positive.T
+    row0 = -math.log(math.exp(cos[0, 0] / tau) / (math.exp(cos[0, 0] / tau) + math.exp(cos[0, 1] / tau)))
+    rows12 = [
+        -math.log(math.exp(cos[i, i] / tau) / sum(math.exp(cos[i, j] / tau) for j in range(3))) for i in (1, 2)
+    ]
+    assert math.isclose(info_nce(anchor, positive, tau, mask).item(), (row0 + sum(rows12)) / 3, rel_tol=1e-6)
+
+
+def test_truncated_cosine_loss_is_zero_above_margin_and_squared_gap_below():
+    s = unit([1.0, 0.0], [1.0, 0.0])
+    above = unit([0.8, 0.6], [1.0, 0.0])  # cos 0.8 and 1.0, margin 0.5
+    assert truncated_cosine_loss(above, s, 0.5).item() == 0.0
+    below = unit([0.2, math.sqrt(1 - 0.04)], [-0.6, 0.8])  # cos 0.2 and -0.6
+    expected = ((0.5 - 0.2) ** 2 + (0.5 + 0.6) ** 2) / 2
+    assert math.isclose(truncated_cosine_loss(below, s, 0.5).item(), expected, rel_tol=1e-5)
+
+
+def test_orthogonal_component_is_orthogonal_to_side_and_unit_length():
+    torch.manual_seed(0)
+    a = F.normalize(torch.randn(16, 8), dim=-1)
+    s = F.normalize(torch.randn(16, 8), dim=-1)
+    a_perp = orthogonal_component(a, s)
+    assert torch.allclose((a_perp * s).sum(-1), torch.zeros(16), atol=1e-6)
+    assert torch.allclose(a_perp.norm(dim=-1), torch.ones(16), atol=1e-6)
+
+
+def test_batch_normalised_weights_average_one_and_carry_no_gradient():
+    cos = torch.tensor([0.1, 0.5, 0.9], requires_grad=True)
+    weight = batch_normalised(torch.exp(-cos))
+    assert not weight.requires_grad
+    assert math.isclose(weight.mean().item(), 1.0, rel_tol=1e-6)
+    assert weight[0] > weight[1] > weight[2]
+
+
+def test_grades_follow_rating_thresholds():
+    ratings = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    assert grade_labels(ratings, [3]).tolist() == [1, 1, 2, 2]
+    assert grade_labels(ratings, [2, 4]).tolist() == [1, 2, 2, 3]
+
+
+def test_graded_bpr_orders_pairs_and_weighs_them_by_gain_difference():
+    pos = torch.tensor([2.0, 2.0], requires_grad=True)
+    neg = torch.tensor([0.0, 0.0])
+    grades = torch.tensor([2, 1])
+    loss = graded_bpr_loss(pos, neg, grades)
+    loss.backward()
+    # gains 3 and 1, normalised to mean 1: weights 1.5 and 0.5
+    expected = -(1.5 * F.logsigmoid(torch.tensor(2.0)) + 0.5 * F.logsigmoid(torch.tensor(2.0))) / 2
+    assert math.isclose(loss.item(), expected.item(), rel_tol=1e-6)
+    assert pos.grad[0] < pos.grad[1] < 0  # both pushed up, the grade-2 positive harder
+    # a correctly ordered pair costs less than a reversed one
+    assert graded_bpr_loss(torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([1])) < graded_bpr_loss(
+        torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([1])
+    )
+
+
+def test_graded_bpr_with_equal_grades_is_plain_bpr():
+    pos, neg = torch.tensor([1.0, -0.5, 0.3]), torch.tensor([0.2, 0.1, 0.9])
+    plain = -F.logsigmoid(pos - neg).mean()
+    assert math.isclose(graded_bpr_loss(pos, neg, torch.ones(3)).item(), plain.item(), rel_tol=1e-6)

@@ -1,0 +1,77 @@
+import math
+import os
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.data.interaction import Interaction
+
+from recbole_endo import Config, TwoTowerConcat, TwoTowerSplit
+from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
+
+PLUGIN_MODELS = ["TwoTowerConcat", "TwoTowerSplit"]
+
+
+def build_model(name, tiny):
+    config = Config(model=name, **tiny)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    return config.model_class(config, train_data._dataset)
+
+
+@pytest.mark.parametrize("name", PLUGIN_MODELS + ["BPR"])
+def test_model_trains_and_tests_on_tiny_data(name, tiny):
+    result = run_recbole_endo(model=name, **tiny)
+    assert result["epochs"] == 2
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    assert all(math.isfinite(value) for value in result["test_result"].values())
+    assert os.path.isfile(result["checkpoint"])
+
+
+@pytest.mark.parametrize("name", PLUGIN_MODELS)
+def test_predict_agrees_with_full_sort_predict(name, tiny):
+    model = build_model(name, tiny).eval()
+    users = torch.tensor([1, 5, 9])
+    with torch.no_grad():
+        full = model.full_sort_predict(Interaction({"user_id": users})).view(len(users), -1)
+        items = torch.arange(model.n_items)
+        pairs = Interaction({"user_id": users.repeat_interleave(len(items)), "item_id": items.repeat(len(users))})
+        pointwise = model.predict(pairs).view(len(users), -1)
+    assert full.shape == (3, model.n_items)
+    assert torch.allclose(full, pointwise, atol=1e-5)
+
+
+def test_full_sort_predict_follows_weight_changes(tiny):
+    model = build_model("TwoTowerSplit", tiny).eval()
+    query = Interaction({"user_id": torch.tensor([3])})
+    before = model.full_sort_predict(query).detach().clone()
+    model.train()  # RecBole's trainer switches to training mode before every update
+    with torch.no_grad():
+        for parameter in model.towers["item"].parameters():
+            parameter.add_(0.1)
+    model.eval()
+    after = model.full_sort_predict(query)
+    pair = Interaction({"user_id": torch.tensor([3]), "item_id": torch.tensor([7])})
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after[7], model.predict(pair)[0], atol=1e-5)
+
+
+def test_checkpoint_loads_safely_and_rebuilds_the_model(tiny):
+    result = run_recbole_endo(model="TwoTowerConcat", **tiny)
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    assert checkpoint["config"]["model"] == "TwoTowerConcat"
+    config, model, _, _, _, test_data = load_data_and_model(result["checkpoint"])
+    assert isinstance(model, TwoTowerConcat)
+    for name, tensor in checkpoint["state_dict"].items():
+        assert torch.equal(model.state_dict()[name], tensor)
+
+
+def test_recbole_own_quick_start_runs_and_reloads_plugin_models(tiny):
+    from recbole.quick_start import load_data_and_model as recbole_load_data_and_model
+    from recbole.quick_start import run_recbole
+
+    result = run_recbole(model="TwoTowerSplit", **tiny)  # reloads its best checkpoint to test
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    saved = os.listdir(tiny["config_dict"]["checkpoint_dir"])
+    assert len(saved) == 1
+    config, model, *_ = recbole_load_data_and_model(os.path.join(tiny["config_dict"]["checkpoint_dir"], saved[0]))
+    assert isinstance(model, TwoTowerSplit) and config["dropout_prob"] == 0.0
