@@ -4,7 +4,7 @@ Importing the package registers its models with RecBole (see :func:`recbole_endo
 """
 
 from recbole_endo.config import Config
-from recbole_endo.model import MODELS, TwoTowerConcat, TwoTowerSplit
+from recbole_endo.model import MODELS, EndoDecouple, TwoTowerConcat, TwoTowerSplit
 from recbole_endo.utils import get_model, get_trainer, register
 
 __version__ = "0.1.0"

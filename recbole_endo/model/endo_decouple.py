@@ -1,0 +1,135 @@
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recbole_endo.model.feature_recommender import FeatureTowerRecommender
+from recbole_endo.model.losses import (
+    batch_normalised,
+    fake_negative_mask,
+    info_nce,
+    orthogonal_component,
+    truncated_cosine_loss,
+)
+from recbole_endo.model.towers import FIELD_GROUPS, mlp
+from recbole_endo.model.two_tower_split import SplitTower
+
+
+class EndoTower(SplitTower):
+    """A split tower with the seed's self-supervised parts: a dropout that makes stochastic views
+    of the field embeddings, and one projection head per SSL task (side, atom), not shared."""
+
+    def __init__(self, dataset, entity, fields, config):
+        hidden_sizes = config["mlp_hidden_size"]
+        super().__init__(
+            dataset, entity, fields, config["embedding_size"], hidden_sizes,
+            config["dropout_prob"], config["rank_hidden_size"],
+        )
+        missing = [group for group in FIELD_GROUPS if not fields[group]]
+        if missing:
+            raise ValueError(f"EndoDecouple needs endo_fields.{entity}.{missing[0]} to name at least one field")
+        self.view_dropout = nn.Dropout(config["ssl_dropout"])
+        size = hidden_sizes[-1]
+        self.heads = nn.ModuleDict({group: mlp([size, size, config["projection_size"]]) for group in FIELD_GROUPS})
+
+    def view(self, group, embedded):
+        """One stochastic view of a group's representation (before normalisation)."""
+        return self.branch(group, self.view_dropout(embedded))
+
+
+class EndoDecouple(FeatureTowerRecommender):
+    r"""Endogenous decoupling: side and atom representations learned apart, combined for ranking.
+
+    Per tower (user and item alike), with ``s = norm(MLP_side(side embs))`` and
+    ``a = norm(MLP_atom(atom embs))``:
+
+    - **stage-1 loss** (atoms sit around their side): ``mean(max(0, margin − cos(a, s))²)``;
+    - **side SSL**: InfoNCE between two dropout views of ``s`` through the side projection head,
+      in-batch negatives, negatives with cosine > ``fake_negative_threshold`` to the anchor's
+      ``s`` masked out as fake (same side value);
+    - **atom-orthogonal SSL**: the same on ``a⊥ = norm(a − (a·s)s)`` through the atom's own head,
+      fake negatives (the same atom repeated in the batch) masked by cosine of ``a``;
+    - both SSL terms use the batch's first ``ssl_batch_size`` rows (a random subset: batches are
+      shuffled), since InfoNCE's in-batch negatives cost batch² time and memory;
+    - **ranking representation**: ``output(concat(MLP_side, MLP_atom))``, the output a linear map
+      or, with ``rank_hidden_size``, an MLP; score = dot product; graded BPR as in
+      :class:`FeatureTowerRecommender`.
+
+    Total loss: ranking + ``stage1_weight``·stage1 + ``side_ssl_weight``·side_ssl +
+    ``atom_ssl_weight``·atom_ssl, the auxiliary terms summed over both towers. A zero weight
+    switches a term off; ``orthogonalize: False`` applies the atom SSL to ``a`` itself. The
+    auxiliary terms are computed on the batch's users and positive items.
+
+    ``sample_weight: endo`` replaces inverse-propensity weights by ``exp(−endo_eta · cos(a, s))`` of
+    the positive item, gradient stopped, normalised to mean 1 in the batch. Why this map: the seed
+    found that frequent atoms pull their side representation towards themselves, so a high
+    ``cos(a, s)`` marks an over-exposed atom, as high popularity does for IPW; a decreasing,
+    positive, bounded map (ratio at most ``e^(2·endo_eta)``) mirrors IPW's ``popularity^−η``
+    without IPW's exploding weights for rare items.
+    """
+
+    SAMPLE_WEIGHTS = ("none", "ipw", "endo")
+
+    def __init__(self, config, dataset):
+        self.margin = config["stage1_margin"]
+        self.weights = {
+            "stage1": config["stage1_weight"],
+            "side_ssl": config["side_ssl_weight"],
+            "atom_ssl": config["atom_ssl_weight"],
+        }
+        self.temperature = config["ssl_temperature"]
+        self.fake_threshold = config["fake_negative_threshold"]
+        self.orthogonalize = config["orthogonalize"]
+        self.endo_eta = config["endo_eta"]
+        self.ssl_batch_size = config["ssl_batch_size"]
+        super().__init__(config, dataset)
+
+    def build_tower(self, config, dataset, entity, fields):
+        return EndoTower(dataset, entity, fields, config)
+
+    def auxiliary(self, entity, ids):
+        """The tower's ranking representation, its auxiliary losses and cos(a, s) statistics."""
+        tower = self.towers[entity]
+        embedded = tower.embed(ids)
+        branches = {group: tower.branch(group, embedded[group]) for group in FIELD_GROUPS}
+        s = F.normalize(branches["side"], dim=-1)
+        a = F.normalize(branches["atom"], dim=-1)
+        cos = (a * s).sum(-1)
+        losses = {}
+        if self.weights["stage1"]:
+            losses["stage1"] = truncated_cosine_loss(a, s, self.margin)
+        # SSL on the first ssl_batch_size rows: RecBole shuffles batches, so it is a random subset,
+        # and InfoNCE costs batch² (four 2048² logit matrices would dominate a training step).
+        rows = slice(0, self.ssl_batch_size)
+        if self.weights["side_ssl"]:
+            views = [tower.heads["side"](tower.view("side", embedded["side"][rows])) for _ in range(2)]
+            mask = fake_negative_mask(s[rows], self.fake_threshold)
+            losses["side_ssl"] = info_nce(*views, self.temperature, mask)
+        if self.weights["atom_ssl"]:
+            views = [F.normalize(tower.view("atom", embedded["atom"][rows]), dim=-1) for _ in range(2)]
+            if self.orthogonalize:
+                views = [orthogonal_component(view, s[rows]) for view in views]
+            views = [tower.heads["atom"](view) for view in views]
+            mask = fake_negative_mask(a[rows], self.fake_threshold)
+            losses["atom_ssl"] = info_nce(*views, self.temperature, mask)
+        return tower.combine(branches), losses, cos
+
+    def calculate_loss(self, interaction):
+        user_repr, user_losses, user_cos = self.auxiliary("user", interaction[self.USER_ID])
+        pos_repr, item_losses, item_cos = self.auxiliary("item", interaction[self.ITEM_ID])
+        neg_repr = self.towers["item"](interaction[self.NEG_ITEM_ID])
+        if self.sample_weight == "endo":
+            weight = batch_normalised(torch.exp(-self.endo_eta * item_cos))
+        elif self.sample_weight == "ipw":
+            weight = self.ipw_weight(interaction[self.ITEM_ID])
+        else:
+            weight = None
+        rank = self.ranking_loss(interaction, user_repr, pos_repr, neg_repr, weight)
+        total = rank
+        self.loss_components = {"rank": rank.item()}
+        for entity, losses, cos in (("user", user_losses, user_cos), ("item", item_losses, item_cos)):
+            for name, loss in losses.items():
+                total = total + self.weights[name] * loss
+                self.loss_components[f"{entity}_{name}"] = loss.item()
+            self.loss_components[f"{entity}_cos_mean"] = cos.mean().item()
+            self.loss_components[f"{entity}_cos_min"] = cos.min().item()
+        return total

@@ -1,0 +1,94 @@
+import logging
+import math
+
+import pytest
+import torch
+
+from recbole_endo import Config, EndoDecouple
+from recbole_endo.quick_start import _build
+
+
+def fit(tiny, **options):
+    tiny["config_dict"].update({"learning_rate": 0.01, **options})
+    config = Config(model="EndoDecouple", **tiny)
+    _, model, trainer, (train_data, valid_data, _) = _build(config)
+    trainer.fit(train_data, valid_data, saved=False)
+    return model, trainer
+
+
+def test_trains_with_every_component_finite_and_total_loss_falling(tiny, caplog):
+    caplog.set_level(logging.INFO)
+    model, trainer = fit(tiny)
+    assert isinstance(model, EndoDecouple)
+    assert trainer.train_loss_dict[1] < trainer.train_loss_dict[0]
+    expected = {"rank"} | {
+        f"{entity}_{name}"
+        for entity in ("user", "item")
+        for name in ("stage1", "side_ssl", "atom_ssl", "cos_mean", "cos_min")
+    }
+    for epoch in (0, 1):
+        components = trainer.loss_component_history[epoch]
+        assert set(components) == expected
+        assert all(math.isfinite(value) for value in components.values())
+    assert "item_atom_ssl=" in caplog.text and "user_cos_min=" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "switch, absent",
+    [
+        ({"stage1_weight": 0}, "stage1"),
+        ({"side_ssl_weight": 0}, "side_ssl"),
+        ({"atom_ssl_weight": 0}, "atom_ssl"),
+    ],
+)
+def test_each_auxiliary_loss_can_be_switched_off(tiny, switch, absent):
+    _, trainer = fit(tiny, epochs=1, **switch)
+    components = trainer.loss_component_history[0]
+    assert f"user_{absent}" not in components and f"item_{absent}" not in components
+    assert "rank" in components
+
+
+def test_orthogonalization_switch_changes_the_atom_ssl_input(tiny):
+    tiny["config_dict"]["ssl_dropout"] = 0.0  # deterministic views: the loss depends on the input only
+    losses = {}
+    for orthogonalize in (True, False):
+        tiny["config_dict"]["orthogonalize"] = orthogonalize
+        config = Config(model="EndoDecouple", **tiny)
+        _, model, _, (train_data, _, _) = _build(config)
+        model.train()
+        model.calculate_loss(next(iter(train_data)))
+        losses[orthogonalize] = model.loss_components["item_atom_ssl"]
+    assert losses[True] != pytest.approx(losses[False])
+
+
+@pytest.mark.parametrize("sample_weight", ["ipw", "endo"])
+def test_sample_weights_train(tiny, sample_weight):
+    _, trainer = fit(tiny, epochs=1, sample_weight=sample_weight)
+    assert math.isfinite(trainer.train_loss_dict[0])
+
+
+def test_endo_weight_averages_one_carries_no_gradient_and_falls_with_atom_side_similarity(tiny, monkeypatch):
+    tiny["config_dict"]["sample_weight"] = "endo"
+    _, model, _, (train_data, _, _) = _build(Config(model="EndoDecouple", **tiny))
+    captured = {}
+    ranking_loss = model.ranking_loss
+
+    def capture(interaction, user_repr, pos_repr, neg_repr, sample_weight=None):
+        captured["weight"] = sample_weight
+        return ranking_loss(interaction, user_repr, pos_repr, neg_repr, sample_weight)
+
+    monkeypatch.setattr(model, "ranking_loss", capture)
+    batch = next(iter(train_data))
+    model.calculate_loss(batch)
+    weight = captured["weight"]
+    _, _, item_cos = model.auxiliary("item", batch["item_id"])
+    assert not weight.requires_grad and item_cos.requires_grad
+    assert weight.mean().item() == pytest.approx(1.0)
+    order = torch.argsort(item_cos.detach())
+    assert torch.all(weight[order][1:] <= weight[order][:-1] + 1e-6)
+
+
+def test_unknown_sample_weight_is_refused_naming_the_option(tiny):
+    tiny["config_dict"]["sample_weight"] = "propensity"
+    with pytest.raises(ValueError, match="'sample_weight'.*none, ipw, endo"):
+        _build(Config(model="EndoDecouple", **tiny))
