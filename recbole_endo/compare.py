@@ -1,0 +1,114 @@
+"""Comparison runner: several models (plugin or built-in) × several seeds on one dataset and
+protocol, summarised as mean ± std per metric in a Markdown table and a CSV.
+
+A model entry is a name, optionally with options for that entry only, e.g.
+``EndoDecouple[stage1_weight=0]`` or ``BPR[learning_rate=0.002]``; options are YAML values,
+separated by ``;``. Every entry runs with the same seeds, hence the same splits.
+"""
+
+import csv
+import os
+import re
+import statistics
+import time
+
+import yaml
+
+from recbole_endo.quick_start import run_recbole_endo
+
+ENTRY = re.compile(r"^\s*(?P<model>[A-Za-z_][A-Za-z0-9_]*)\s*(?:\[(?P<options>.*)\])?\s*$")
+RUN_COLUMNS = ["best_epoch", "epochs", "train_s_per_epoch", "valid_s_per_eval", "test_eval_s"]
+
+
+def parse_entry(entry):
+    """``'Model[key=value;key=value]'`` → ``('Model', {key: value})``."""
+    match = ENTRY.match(entry)
+    if not match:
+        raise ValueError(f"--compare entry '{entry}' is not of the form Model or Model[key=value;...]")
+    options = {}
+    for option in filter(None, (match["options"] or "").split(";")):
+        key, sep, value = option.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--compare entry '{entry}': option '{option}' is not key=value")
+        options[key.strip()] = yaml.safe_load(value)
+    return match["model"], options
+
+
+def split_entries(text):
+    """Split a comma-separated entry list, keeping commas inside [...]."""
+    entries, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            entries.append(current)
+            current = ""
+        else:
+            current += char
+    return [entry.strip() for entry in entries + [current] if entry.strip()]
+
+
+def summarise(runs, metrics):
+    """Per entry: mean and sample std (n−1) of each metric and run column, over its seeds."""
+    summary = {}
+    for entry in dict.fromkeys(run["entry"] for run in runs):
+        rows = [run for run in runs if run["entry"] == entry]
+        summary[entry] = {"seeds": len(rows)}
+        for column in metrics + RUN_COLUMNS:
+            values = [row[column] for row in rows]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            summary[entry][column] = (statistics.mean(values), std)
+    return summary
+
+
+def markdown_table(summary, metrics):
+    header = ["model", "seeds"] + metrics + ["best epoch", "train s/epoch", "valid s/eval", "test eval s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry, row in summary.items():
+        cells = [entry, str(row["seeds"])]
+        cells += [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in metrics]
+        cells += [f"{row['best_epoch'][0]:.1f}"]
+        cells += [f"{row[c][0]:.2f}" for c in ("train_s_per_epoch", "valid_s_per_eval", "test_eval_s")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_dict=None, log=print):
+    """Run every entry with every seed; write ``runs.csv``, ``summary.csv`` and ``summary.md``
+    under ``output_dir``. Returns the summary."""
+    parsed = [(entry, *parse_entry(entry)) for entry in entries]
+    os.makedirs(output_dir, exist_ok=True)
+    runs, metrics = [], None
+    total, done = len(parsed) * len(seeds), 0
+    for entry, model, options in parsed:
+        for seed in seeds:
+            start = time.perf_counter()
+            result = run_recbole_endo(
+                model=model, dataset=dataset, config_file_list=config_file_list,
+                config_dict={**(config_dict or {}), **options, "seed": seed},
+            )
+            done += 1
+            metrics = metrics or [f"valid {result['valid_metric']}"] + list(result["test_result"])
+            run = {"entry": entry, "model": model, "seed": seed, f"valid {result['valid_metric']}": result["best_valid_score"]}
+            run.update(result["test_result"])
+            run.update({column: result[column] for column in RUN_COLUMNS})
+            runs.append(run)
+            log(
+                f"[{done}/{total}] {entry} seed {seed}: valid {result['valid_metric']} {result['best_valid_score']:.4f}, "
+                f"test " + ", ".join(f"{k} {v:.4f}" for k, v in result["test_result"].items() if k.endswith("@10"))
+                + f" ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+    with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(runs[0]))
+        writer.writeheader()
+        writer.writerows(runs)
+    summary = summarise(runs, metrics)
+    with open(os.path.join(output_dir, "summary.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        columns = metrics + RUN_COLUMNS
+        writer.writerow(["model", "seeds"] + [f"{c} {stat}" for c in columns for stat in ("mean", "std")])
+        for entry, row in summary.items():
+            writer.writerow([entry, row["seeds"]] + [v for c in columns for v in row[c]])
+    with open(os.path.join(output_dir, "summary.md"), "w") as f:
+        f.write(markdown_table(summary, metrics))
+    return summary

@@ -1,0 +1,51 @@
+import csv
+
+import pytest
+
+from recbole_endo.compare import compare, markdown_table, parse_entry, split_entries, summarise
+
+
+def test_entries_split_on_commas_outside_brackets():
+    text = "BPR, EndoDecouple[stage1_weight=0;mlp_hidden_size=[64, 32]],TwoTowerSplit"
+    assert split_entries(text) == ["BPR", "EndoDecouple[stage1_weight=0;mlp_hidden_size=[64, 32]]", "TwoTowerSplit"]
+
+
+def test_entry_options_are_yaml_values():
+    assert parse_entry("EndoDecouple[stage1_weight=0;orthogonalize=False;mlp_hidden_size=[64, 32]]") == (
+        "EndoDecouple",
+        {"stage1_weight": 0, "orthogonalize": False, "mlp_hidden_size": [64, 32]},
+    )
+    assert parse_entry("BPR") == ("BPR", {})
+
+
+@pytest.mark.parametrize("entry", ["BPR[learning_rate]", "9Model", "BPR[lr=1"])
+def test_malformed_entry_is_refused_naming_it(entry):
+    with pytest.raises(ValueError, match="--compare entry"):
+        parse_entry(entry)
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    runs = [
+        {"entry": "A", "ndcg@10": value, "best_epoch": 3, "epochs": 5, "train_s_per_epoch": 1.0,
+         "valid_s_per_eval": 0.5, "test_eval_s": 0.2}
+        for value in (0.1, 0.2, 0.3)
+    ]
+    summary = summarise(runs, ["ndcg@10"])
+    mean, std = summary["A"]["ndcg@10"]
+    assert mean == pytest.approx(0.2) and std == pytest.approx(0.1)
+    assert "| A | 3 | 0.2000 ± 0.1000 |" in markdown_table(summary, ["ndcg@10"])
+
+
+def test_compare_runs_every_entry_with_every_seed(tiny, tmp_path):
+    summary = compare(
+        ["TwoTowerSplit", "BPR[learning_rate=0.01]"], "tiny", [1, 2], str(tmp_path / "out"),
+        config_file_list=tiny["config_file_list"], config_dict=tiny["config_dict"], log=lambda *a, **k: None,
+    )
+    assert list(summary) == ["TwoTowerSplit", "BPR[learning_rate=0.01]"]
+    with open(tmp_path / "out" / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert [(run["entry"], run["seed"]) for run in runs] == [
+        ("TwoTowerSplit", "1"), ("TwoTowerSplit", "2"), ("BPR[learning_rate=0.01]", "1"), ("BPR[learning_rate=0.01]", "2")
+    ]
+    assert all(0 <= int(run["best_epoch"]) < int(run["epochs"]) <= 2 for run in runs)
+    assert (tmp_path / "out" / "summary.md").read_text().count("\n") == 4
