@@ -92,3 +92,23 @@ def test_unknown_sample_weight_is_refused_naming_the_option(tiny):
     tiny["config_dict"]["sample_weight"] = "propensity"
     with pytest.raises(ValueError, match="'sample_weight'.*none, ipw, endo"):
         _build(Config(model="EndoDecouple", **tiny))
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('stage1_margin: "0.5"', r"'stage1_margin' must be a number in \[-1, 2\], got '0.5' \(str\)"),
+        ("ssl_temperature: -0.1", r"'ssl_temperature' must be a number in \(0, inf\]"),
+        ("fake_negative_threshold: 1.5", r"'fake_negative_threshold' must be a number in \[-1, 1\]"),
+        ("side_ssl_weight: -1", r"'side_ssl_weight'"),
+        ("ssl_batch_size: 1.5", r"'ssl_batch_size' must be an integer"),
+        ("mlp_hidden_size: [64, 0]", r"'mlp_hidden_size' must be a list of positive integers"),
+        ('grade_thresholds: "3"', r"'grade_thresholds' must be a list"),
+    ],
+)
+def test_bad_yaml_values_are_refused_naming_the_option(tiny, tmp_path, line, message):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text(line + "\n")
+    tiny["config_file_list"].append(str(bad_yaml))
+    with pytest.raises(ValueError, match=message):
+        _build(Config(model="EndoDecouple", **tiny))

@@ -10,6 +10,7 @@ from recbole_endo.model.losses import (
     orthogonal_component,
     truncated_cosine_loss,
 )
+from recbole_endo.model.options import number_option, sizes_option
 from recbole_endo.model.towers import FIELD_GROUPS, mlp
 from recbole_endo.model.two_tower_split import SplitTower
 
@@ -70,17 +71,18 @@ class EndoDecouple(FeatureTowerRecommender):
     SAMPLE_WEIGHTS = ("none", "ipw", "endo")
 
     def __init__(self, config, dataset):
-        self.margin = config["stage1_margin"]
+        self.margin = number_option(config, "stage1_margin", -1, 2)
         self.weights = {
-            "stage1": config["stage1_weight"],
-            "side_ssl": config["side_ssl_weight"],
-            "atom_ssl": config["atom_ssl_weight"],
+            name: number_option(config, f"{name}_weight", 0) for name in ("stage1", "side_ssl", "atom_ssl")
         }
-        self.temperature = config["ssl_temperature"]
-        self.fake_threshold = config["fake_negative_threshold"]
-        self.orthogonalize = config["orthogonalize"]
-        self.endo_eta = config["endo_eta"]
-        self.ssl_batch_size = config["ssl_batch_size"]
+        self.temperature = number_option(config, "ssl_temperature", 0, low_open=True)
+        self.fake_threshold = number_option(config, "fake_negative_threshold", -1, 1)
+        self.orthogonalize = bool(config["orthogonalize"])
+        self.endo_eta = number_option(config, "endo_eta", 0)
+        self.ssl_batch_size = number_option(config, "ssl_batch_size", 2, integer=True)
+        number_option(config, "ssl_dropout", 0, 1)
+        number_option(config, "projection_size", 1, integer=True)
+        sizes_option(config, "rank_hidden_size", allow_empty=True)
         super().__init__(config, dataset)
 
     def build_tower(self, config, dataset, entity, fields):

@@ -8,6 +8,7 @@ from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 
 from recbole_endo.model.losses import batch_normalised, grade_labels, graded_bpr_loss
+from recbole_endo.model.options import number_option, sizes_option
 from recbole_endo.model.towers import ENTITIES, parse_endo_fields
 
 
@@ -31,19 +32,25 @@ class FeatureTowerRecommender(GeneralRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.endo_fields = parse_endo_fields(config)
+        number_option(config, "embedding_size", 1, integer=True)
+        sizes_option(config, "mlp_hidden_size")
+        number_option(config, "dropout_prob", 0, 1)
         self.towers = nn.ModuleDict(
             {entity: self.build_tower(config, dataset, entity, self.endo_fields[entity]) for entity in ENTITIES}
         )
         self.RATING = config["RATING_FIELD"]
         has_rating = self.RATING in dataset.field2type
-        self.grade_thresholds = config["grade_thresholds"] if has_rating else None
+        thresholds = config["grade_thresholds"]
+        if not isinstance(thresholds, list) or not all(isinstance(t, (int, float)) for t in thresholds):
+            raise ValueError(f"config option 'grade_thresholds' must be a list of ratings, got {thresholds!r}")
+        self.grade_thresholds = thresholds if has_rating else None
         if config["sample_weight"] not in self.SAMPLE_WEIGHTS:
             raise ValueError(
                 f"config option 'sample_weight' is {config['sample_weight']!r}; "
                 f"{type(self).__name__} supports {', '.join(self.SAMPLE_WEIGHTS)}"
             )
         self.sample_weight = config["sample_weight"]
-        self.ipw_eta = config["ipw_eta"]
+        self.ipw_eta = number_option(config, "ipw_eta", 0)
         popularity = torch.ones(self.n_items)
         for item, count in dataset.item_counter.items():
             popularity[item] += count

@@ -1,0 +1,35 @@
+"""Reading the plugin models' options from a RecBole Config, with errors that name the option."""
+
+import numbers
+
+
+def number_option(config, name, low=None, high=None, low_open=False, integer=False):
+    """``config[name]`` as a number within [low, high] (``low_open``: (low, high]), or a
+    ValueError naming the option, the value and the allowed range."""
+    value = config[name]
+    kind = numbers.Integral if integer else numbers.Real
+    in_range = (
+        isinstance(value, kind)
+        and not isinstance(value, bool)
+        and (low is None or (value > low if low_open else value >= low))
+        and (high is None or value <= high)
+    )
+    if not in_range:
+        bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ValueError(
+            f"config option '{name}' must be {'an integer' if integer else 'a number'} in {bounds}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def sizes_option(config, name, allow_empty=False):
+    """``config[name]`` as a list of positive layer sizes, or a ValueError naming the option."""
+    value = config[name]
+    if (
+        not isinstance(value, list)
+        or (not value and not allow_empty)
+        or not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in value)
+    ):
+        raise ValueError(f"config option '{name}' must be a list of positive integers, got {value!r}")
+    return value
