@@ -1,5 +1,6 @@
 import math
 import os
+import pickle
 
 import pytest
 import torch
@@ -75,3 +76,30 @@ def test_recbole_own_quick_start_runs_and_reloads_plugin_models(tiny):
     assert len(saved) == 1
     config, model, *_ = recbole_load_data_and_model(os.path.join(tiny["config_dict"]["checkpoint_dir"], saved[0]))
     assert isinstance(model, TwoTowerSplit) and config["dropout_prob"] == 0.0
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_checkpoint_with_arbitrary_pickled_object_is_refused_and_runs_no_code(tiny, tmp_path):
+    marker = str(tmp_path / "code-ran")
+    result = run_recbole_endo(model="TwoTowerSplit", **tiny)
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    checkpoint["other_parameter"] = _RunsCodeWhenUnpickled(marker)
+    torch.save(checkpoint, result["checkpoint"])
+    with pytest.raises(pickle.UnpicklingError):
+        load_data_and_model(result["checkpoint"])
+    assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("name", PLUGIN_MODELS + ["EndoDecouple"])
+def test_same_seed_gives_identical_metrics(name, tiny):
+    first = run_recbole_endo(model=name, saved=False, **tiny)
+    second = run_recbole_endo(model=name, saved=False, **tiny)
+    assert first["test_result"] == second["test_result"]
+    assert first["best_valid_result"] == second["best_valid_result"]
