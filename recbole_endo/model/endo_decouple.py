@@ -20,16 +20,12 @@ class EndoTower(SplitTower):
     of the field embeddings, and one projection head per SSL task (side, atom), not shared."""
 
     def __init__(self, dataset, entity, fields, config):
-        hidden_sizes = config["mlp_hidden_size"]
-        super().__init__(
-            dataset, entity, fields, config["embedding_size"], hidden_sizes,
-            config["dropout_prob"], config["rank_hidden_size"],
-        )
+        super().__init__(dataset, entity, fields, config, config["rank_hidden_size"])
         missing = [group for group in FIELD_GROUPS if not fields[group]]
         if missing:
             raise ValueError(f"EndoDecouple needs endo_fields.{entity}.{missing[0]} to name at least one field")
         self.view_dropout = nn.Dropout(config["ssl_dropout"])
-        size = hidden_sizes[-1]
+        size = config["mlp_hidden_size"][-1]
         self.heads = nn.ModuleDict({group: mlp([size, size, config["projection_size"]]) for group in FIELD_GROUPS})
 
     def view(self, group, embedded):
@@ -69,6 +65,7 @@ class EndoDecouple(FeatureTowerRecommender):
     """
 
     SAMPLE_WEIGHTS = ("none", "ipw", "endo")
+    tower_class = EndoTower
 
     def __init__(self, config, dataset):
         self.margin = number_option(config, "stage1_margin", -1, 2)
@@ -84,9 +81,6 @@ class EndoDecouple(FeatureTowerRecommender):
         number_option(config, "projection_size", 1, integer=True)
         sizes_option(config, "rank_hidden_size", allow_empty=True)
         super().__init__(config, dataset)
-
-    def build_tower(self, config, dataset, entity, fields):
-        return EndoTower(dataset, entity, fields, config)
 
     def auxiliary(self, entity, ids):
         """The tower's ranking representation, its auxiliary losses and cos(a, s) statistics."""

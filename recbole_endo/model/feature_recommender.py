@@ -15,7 +15,8 @@ from recbole_endo.model.towers import ENTITIES, parse_endo_fields
 class FeatureTowerRecommender(GeneralRecommender):
     r"""Scores a user–item pair by the dot product of a user tower and an item tower.
 
-    Subclasses build the towers (:meth:`build_tower`). Each tower maps internal ids to vectors,
+    Subclasses set ``tower_class``, built as ``tower_class(dataset, entity, fields, config)`` for
+    each entity. Each tower maps internal ids to vectors,
     reading the fields named in ``endo_fields`` from RecBole's user/item feature tables.
 
     Ranking loss (shared by the plugin's models, so they compare on one objective): graded BPR
@@ -36,7 +37,7 @@ class FeatureTowerRecommender(GeneralRecommender):
         sizes_option(config, "mlp_hidden_size")
         number_option(config, "dropout_prob", 0, 1)
         self.towers = nn.ModuleDict(
-            {entity: self.build_tower(config, dataset, entity, self.endo_fields[entity]) for entity in ENTITIES}
+            {entity: self.tower_class(dataset, entity, self.endo_fields[entity], config) for entity in ENTITIES}
         )
         self.RATING = config["RATING_FIELD"]
         has_rating = self.RATING in dataset.field2type
@@ -58,10 +59,6 @@ class FeatureTowerRecommender(GeneralRecommender):
         self.loss_components = {}
         self.apply(xavier_normal_initialization)
         self._item_repr_cache = None
-
-    def build_tower(self, config, dataset, entity, fields):
-        """The module mapping a batch of ``entity`` ids to ``[batch, dim]`` vectors."""
-        raise NotImplementedError
 
     def train(self, mode=True):
         # RecBole switches modes around every weight change (a training epoch, loading the best

@@ -7,10 +7,10 @@ from recbole_endo.model.towers import FeatureEmbedding, mlp
 class ConcatTower(nn.Module):
     """concat(atom embeddings, side embeddings) → MLP."""
 
-    def __init__(self, dataset, entity, fields, embedding_size, hidden_sizes, dropout):
+    def __init__(self, dataset, entity, fields, config):
         super().__init__()
-        self.embedding = FeatureEmbedding(dataset, entity, fields["atom"] + fields["side"], embedding_size)
-        self.mlp = mlp([self.embedding.output_size, *hidden_sizes], dropout)
+        self.embedding = FeatureEmbedding(dataset, entity, fields["atom"] + fields["side"], config["embedding_size"])
+        self.mlp = mlp([self.embedding.output_size, *config["mlp_hidden_size"]], config["dropout_prob"])
 
     def forward(self, ids):
         return self.mlp(self.embedding(ids).flatten(-2))
@@ -24,7 +24,4 @@ class TwoTowerConcat(FeatureTowerRecommender):
     Hyper-parameters: ``embedding_size``, ``mlp_hidden_size``, ``dropout_prob``, ``endo_fields``.
     """
 
-    def build_tower(self, config, dataset, entity, fields):
-        return ConcatTower(
-            dataset, entity, fields, config["embedding_size"], config["mlp_hidden_size"], config["dropout_prob"]
-        )
+    tower_class = ConcatTower

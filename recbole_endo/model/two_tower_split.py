@@ -12,8 +12,9 @@ class SplitTower(nn.Module):
     configured field has no branch.
     """
 
-    def __init__(self, dataset, entity, fields, embedding_size, hidden_sizes, dropout, output_hidden_sizes=()):
+    def __init__(self, dataset, entity, fields, config, output_hidden_sizes=()):
         super().__init__()
+        embedding_size, hidden_sizes, dropout = config["embedding_size"], config["mlp_hidden_size"], config["dropout_prob"]
         groups = [group for group in FIELD_GROUPS if fields[group]]
         self.embeddings = nn.ModuleDict(
             {group: FeatureEmbedding(dataset, entity, fields[group], embedding_size, group) for group in groups}
@@ -46,7 +47,4 @@ class TwoTowerSplit(FeatureTowerRecommender):
     Hyper-parameters: ``embedding_size``, ``mlp_hidden_size``, ``dropout_prob``, ``endo_fields``.
     """
 
-    def build_tower(self, config, dataset, entity, fields):
-        return SplitTower(
-            dataset, entity, fields, config["embedding_size"], config["mlp_hidden_size"], config["dropout_prob"]
-        )
+    tower_class = SplitTower
