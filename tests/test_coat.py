@@ -1,0 +1,213 @@
+import os
+
+import numpy as np
+import pytest
+import recbole.data
+
+import recbole_endo
+from recbole_endo import coat
+from recbole_endo.coat import convert_coat
+
+REAL_COAT = "/work/shared/data/coat"
+
+# 4 users x 5 items. Users rate 5, 2, 1 and 3 items in train, 2 each in test.
+TRAIN = [[3, 1, 4, 1, 5], [0, 2, 0, 0, 3], [0, 0, 0, 4, 0], [5, 0, 2, 0, 1]]
+TEST = [[0, 0, 2, 0, 4], [1, 0, 0, 5, 0], [0, 3, 0, 0, 1], [0, 0, 0, 2, 3]]
+USER_MAP = [
+    "gender:men", "gender:women", "age:20-30", "age:over 60",
+    "location:rural", "location:urban", "fashioninterest:not at all", "fashioninterest:very",
+]
+USER_FEATURES = [[0, 1, 1, 0, 0, 1, 1, 0], [1, 0, 0, 1, 1, 0, 0, 1], [0, 1, 0, 1, 1, 0, 1, 0], [1, 0, 1, 0, 0, 1, 0, 1]]
+ITEM_MAP = [
+    "gender:men", "gender:women", "jackettype:bomber", "jackettype:parkas",
+    "color:black", "color:navy", "onfrontpage:yes", "onfrontpage:no",
+]
+ITEM_FEATURES = [
+    [1, 0, 1, 0, 1, 0, 1, 0], [0, 1, 0, 1, 0, 1, 0, 1], [1, 0, 0, 1, 1, 0, 0, 1],
+    [0, 1, 1, 0, 0, 1, 1, 0], [1, 0, 1, 0, 0, 1, 0, 1],
+]
+LOAD_COL = {
+    "inter": ["user_id", "item_id", "rating"],
+    "user": ["user_id", "gender", "age", "location", "fashioninterest"],
+    "item": ["item_id", "item_gender", "jackettype", "color", "onfrontpage"],
+}
+
+
+def matrix_text(rows):
+    return "".join(" ".join(map(str, row)) + "\r\n" for row in rows)  # CRLF, like the real files
+
+
+def make_raw(root, **texts):
+    """A raw Coat folder from the small matrices above; ``texts`` replaces a file's content by key."""
+    contents = {
+        "train": matrix_text(TRAIN),
+        "test": matrix_text(TEST),
+        "user_features": matrix_text(USER_FEATURES),
+        "user_map": "\r\n".join(USER_MAP),  # the real maps have no final newline
+        "item_features": matrix_text(ITEM_FEATURES),
+        "item_map": "\r\n".join(ITEM_MAP),
+    }
+    contents.update(texts)
+    os.makedirs(os.path.join(root, coat.FEATURES_DIR), exist_ok=True)
+    for key, text in contents.items():
+        with open(os.path.join(root, coat.RAW_FILES[key]), "w", newline="") as f:
+            f.write(text)
+    return str(root)
+
+
+def read_atomic(path):
+    with open(path) as f:
+        lines = f.read().splitlines()
+    return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
+
+
+def ratings(path):
+    """(user, item, rating) triples of an .inter file, as ints."""
+    header, rows = read_atomic(path)
+    assert header == ["user_id:token", "item_id:token", "rating:float"]
+    return [(int(u), int(i), int(float(r))) for u, i, r in rows]
+
+
+def nonzero(matrix):
+    return {(u + 1, i + 1, r) for u, row in enumerate(matrix) for i, r in enumerate(row) if r}
+
+
+@pytest.fixture
+def converted(tmp_path):
+    return convert_coat(make_raw(tmp_path / "raw"), str(tmp_path / "out"))
+
+
+def test_user_and_item_files_hold_one_readable_token_per_group(converted):
+    assert converted.endswith(os.path.join("out", "coat"))
+    header, rows = read_atomic(os.path.join(converted, "coat.user"))
+    assert header == ["user_id:token", "gender:token", "age:token", "location:token", "fashioninterest:token"]
+    assert rows[0] == ["1", "women", "20-30", "urban", "not_at_all"]
+    assert rows[1] == ["2", "men", "over_60", "rural", "very"]
+    assert [row[0] for row in rows] == ["1", "2", "3", "4"]
+    header, rows = read_atomic(os.path.join(converted, "coat.item"))
+    # gender is also a user field; RecBole has one field namespace, so the item one is prefixed.
+    assert header == ["item_id:token", "item_gender:token", "jackettype:token", "color:token", "onfrontpage:token"]
+    assert rows[1] == ["2", "women", "parkas", "navy", "no"]
+    assert [row[0] for row in rows] == ["1", "2", "3", "4", "5"]
+
+
+@pytest.mark.parametrize("valid_share, expected", [(0.1, {1: 1, 2: 1, 4: 1}), (0.5, {1: 2, 2: 1, 4: 2})])
+def test_train_ratings_are_split_per_user(tmp_path, valid_share, expected):
+    folder = convert_coat(make_raw(tmp_path / "raw"), str(tmp_path / "out"), valid_share=valid_share)
+    train = ratings(os.path.join(folder, "coat.train.inter"))
+    valid = ratings(os.path.join(folder, "coat.valid.inter"))
+    assert len(set(train)) == len(train) and len(set(valid)) == len(valid)
+    assert not set(train) & set(valid)
+    assert set(train) | set(valid) == nonzero(TRAIN)
+    per_user = {u: sum(1 for v, _, _ in valid if v == u) for u in range(1, 5)}
+    assert per_user == {u: expected.get(u, 0) for u in range(1, 5)}  # user 3 has one rating: train only
+    assert {u for u, _, _ in train} == {1, 2, 3, 4}  # everyone keeps a train rating
+
+
+def test_test_file_holds_every_nonzero_test_rating(converted):
+    test = ratings(os.path.join(converted, "coat.test.inter"))
+    assert len(test) == 8 and set(test) == nonzero(TEST)
+
+
+def test_split_depends_only_on_the_seed(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+
+    def files(seed, out):
+        folder = convert_coat(raw, str(tmp_path / out), seed=seed)
+        return {name: open(os.path.join(folder, name)).read() for name in sorted(os.listdir(folder))}
+
+    first = files(1, "a")
+    assert files(1, "b") == first
+    others = [files(seed, f"seed{seed}") for seed in range(2, 8)]
+    assert any(o["coat.valid.inter"] != first["coat.valid.inter"] for o in others)
+    assert all(o["coat.test.inter"] == first["coat.test.inter"] for o in others)
+
+
+def test_recbole_loads_and_builds_the_benchmark(converted, tmp_path):
+    config = recbole_endo.Config(
+        model="BPR",
+        dataset="coat",
+        config_dict={
+            "data_path": str(tmp_path / "out"),
+            "benchmark_filename": ["train", "valid", "test"],
+            "load_col": LOAD_COL,
+            "state": "ERROR",
+        },
+    )
+    dataset = recbole.data.create_dataset(config)
+    assert dataset.user_num == 4 + 1 and dataset.item_num == 5 + 1  # + RecBole's padding id
+    assert set(dataset.field2id_token["gender"]) == {"[PAD]", "men", "women"}
+    assert set(dataset.field2id_token["fashioninterest"]) == {"[PAD]", "not_at_all", "very"}
+    train, valid, test = dataset.build()  # fails if user and item share a field name
+    assert (train.inter_num, valid.inter_num, test.inter_num) == (8, 3, 8)
+
+
+def test_command_line_prints_the_dataset_folder(tmp_path, capsys):
+    coat.main([make_raw(tmp_path / "raw"), str(tmp_path / "out"), "--name", "c2", "--seed", "3"])
+    folder = capsys.readouterr().out.strip()
+    assert folder == str(tmp_path / "out" / "c2")
+    assert sorted(os.listdir(folder)) == ["c2.item", "c2.test.inter", "c2.train.inter", "c2.user", "c2.valid.inter"]
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_COAT), reason="raw Coat data not available")
+def test_real_coat(tmp_path):
+    folder = convert_coat(REAL_COAT, str(tmp_path / "out"))
+    assert len(read_atomic(os.path.join(folder, "coat.user"))[1]) == 290
+    assert len(read_atomic(os.path.join(folder, "coat.item"))[1]) == 300
+    assert len(ratings(os.path.join(folder, "coat.test.inter"))) == 290 * 16
+    observed = np.count_nonzero(np.loadtxt(os.path.join(REAL_COAT, "train.ascii")))
+    train = ratings(os.path.join(folder, "coat.train.inter"))
+    valid = ratings(os.path.join(folder, "coat.valid.inter"))
+    assert len(train) + len(valid) == observed
+
+
+def test_missing_raw_dir_or_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        convert_coat(str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    raw = make_raw(tmp_path / "raw")
+    os.remove(os.path.join(raw, coat.RAW_FILES["item_map"]))
+    with pytest.raises(FileNotFoundError, match="item_features_map.txt"):
+        convert_coat(raw, str(tmp_path / "out"))
+
+
+two_genders = [[1, 1, 1, 0, 0, 1, 1, 0]]
+BAD_INPUT = [
+    ("train", matrix_text(TRAIN[:2] + [[0, 0, 4, 0]] + TRAIN[3:]), ["train.ascii", "line 3", "4 entries"]),
+    ("test", matrix_text(TEST[:1] + [[1, 0, 0, 7, 0]] + TEST[2:]), ["test.ascii", "line 2", "7"]),
+    ("test", matrix_text(TEST).replace("4", "4.5"), ["test.ascii", "line 1", "integers"]),
+    ("test", matrix_text(TEST[:3]), ["test.ascii", "line 4", "3 rows"]),
+    ("user_features", matrix_text(USER_FEATURES[:1] + two_genders + USER_FEATURES[2:]),
+     ["user_features.ascii", "line 2", "'gender'"]),
+    ("item_map", "\n".join(ITEM_MAP[:4] + ["color black"] + ITEM_MAP[5:]), ["item_features_map.txt", "line 5"]),
+]
+
+
+@pytest.mark.parametrize("key, text, fragments", BAD_INPUT, ids=[case[2][0] + case[2][1] for case in BAD_INPUT])
+def test_bad_input_names_file_and_line(tmp_path, key, text, fragments):
+    raw = make_raw(tmp_path / "raw", **{key: text})
+    with pytest.raises(ValueError) as error:
+        convert_coat(raw, str(tmp_path / "out"))
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    bad = make_raw(tmp_path / "bad", test=matrix_text([[7] * 5] * 4))
+    with pytest.raises(ValueError):
+        convert_coat(bad, str(out))
+    assert not out.exists() or not os.listdir(out)
+
+    folder = convert_coat(make_raw(tmp_path / "raw"), str(out))
+    before = {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)}
+    with pytest.raises(ValueError):
+        convert_coat(bad, str(out))
+
+    def fail_midway(path, matrix):  # a write error after some files are written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(coat, "write_inter", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        convert_coat(make_raw(tmp_path / "raw"), str(out), seed=5)
+    assert os.listdir(out) == ["coat"]  # no temp folder left
+    assert {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)} == before
