@@ -22,6 +22,7 @@ if __name__ == "__main__":
     parser.add_argument("--compare", type=str, default=None, help="comma-separated models to compare")
     parser.add_argument("--seeds", type=str, default="2020", help="comma-separated seeds for --compare")
     parser.add_argument("--output_dir", type=str, default="results", help="where --compare writes its tables")
+    parser.add_argument("--jobs", type=int, default=1, help="--compare runs in this many parallel processes")
     args, config_args = parser.parse_known_args()
     # RecBole's Config reads --key=value from sys.argv: leave it only the options meant for it.
     sys.argv = sys.argv[:1] + config_args
@@ -29,7 +30,7 @@ if __name__ == "__main__":
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     if args.compare:
         seeds = [int(seed) for seed in args.seeds.split(",")]
-        compare(split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list)
+        compare(split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list, jobs=args.jobs)
         with open(f"{args.output_dir}/summary.md") as summary:
             print(summary.read())
     else:

@@ -7,10 +7,12 @@ separated by ``;``. Every entry runs with the same seeds, hence the same splits.
 """
 
 import csv
+import multiprocessing
 import os
 import re
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import yaml
 
@@ -72,32 +74,61 @@ def markdown_table(summary, metrics):
     return "\n".join(lines) + "\n"
 
 
-def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_dict=None, log=print):
+def run_entry(entry, model, options, seed, dataset, config_file_list, config_dict):
+    """One run of one entry with one seed, as a flat row: validation score, test metrics, timings."""
+    start = time.perf_counter()
+    result = run_recbole_endo(
+        model=model, dataset=dataset, config_file_list=config_file_list,
+        config_dict={**(config_dict or {}), **options, "seed": seed},
+    )
+    run = {"entry": entry, "model": model, "seed": seed, f"valid {result['valid_metric']}": result["best_valid_score"]}
+    run.update(result["test_result"])
+    run.update({column: result[column] for column in RUN_COLUMNS})
+    run["wall_s"] = time.perf_counter() - start
+    return run
+
+
+def _limit_threads(threads):
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _completed(tasks, jobs):
+    """``(index, run)`` of each task as it finishes, in ``jobs`` processes when more than one."""
+    if jobs <= 1:
+        for index, task in enumerate(tasks):
+            yield index, run_entry(*task)
+        return
+    threads = max(1, os.cpu_count() // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_limit_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_entry, *task): index for index, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_dict=None, jobs=1, log=print):
     """Run every entry with every seed; write ``runs.csv``, ``summary.csv`` and ``summary.md``
-    under ``output_dir``. Returns the summary."""
-    parsed = [(entry, *parse_entry(entry)) for entry in entries]
+    under ``output_dir``. Returns the summary.
+
+    ``jobs > 1`` runs that many in parallel processes, each with its share of the CPU threads;
+    every run is then timed under the same load, but slower than alone.
+    """
+    tasks = [
+        (entry, *parse_entry(entry), seed, dataset, config_file_list, config_dict) for entry in entries for seed in seeds
+    ]
     os.makedirs(output_dir, exist_ok=True)
-    runs, metrics = [], None
-    total, done = len(parsed) * len(seeds), 0
-    for entry, model, options in parsed:
-        for seed in seeds:
-            start = time.perf_counter()
-            result = run_recbole_endo(
-                model=model, dataset=dataset, config_file_list=config_file_list,
-                config_dict={**(config_dict or {}), **options, "seed": seed},
-            )
-            done += 1
-            metrics = metrics or [f"valid {result['valid_metric']}"] + list(result["test_result"])
-            run = {"entry": entry, "model": model, "seed": seed, f"valid {result['valid_metric']}": result["best_valid_score"]}
-            run.update(result["test_result"])
-            run.update({column: result[column] for column in RUN_COLUMNS})
-            runs.append(run)
-            log(
-                f"[{done}/{total}] {entry} seed {seed}: valid {result['valid_metric']} {result['best_valid_score']:.4f}, "
-                f"test " + ", ".join(f"{k} {v:.4f}" for k, v in result["test_result"].items() if k.endswith("@10"))
-                + f" ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
+    runs = [None] * len(tasks)
+    for done, (index, run) in enumerate(_completed(tasks, jobs), 1):
+        runs[index] = run
+        log(
+            f"[{done}/{len(tasks)}] {run['entry']} seed {run['seed']}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in run.items() if k.endswith("@10"))
+            + f" ({run['wall_s']:.0f} s)",
+            flush=True,
+        )
+    metrics = [key for key in runs[0] if key not in ("entry", "model", "seed", "wall_s", *RUN_COLUMNS)]
     with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(runs[0]))
         writer.writeheader()

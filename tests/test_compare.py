@@ -36,10 +36,12 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert "| A | 3 | 0.2000 ± 0.1000 |" in markdown_table(summary, ["ndcg@10"])
 
 
-def test_compare_runs_every_entry_with_every_seed(tiny, tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_compare_runs_every_entry_with_every_seed(tiny, tmp_path, jobs):
     summary = compare(
         ["TwoTowerSplit", "BPR[learning_rate=0.01]"], "tiny", [1, 2], str(tmp_path / "out"),
-        config_file_list=tiny["config_file_list"], config_dict=tiny["config_dict"], log=lambda *a, **k: None,
+        config_file_list=tiny["config_file_list"], config_dict=tiny["config_dict"], jobs=jobs,
+        log=lambda *a, **k: None,
     )
     assert list(summary) == ["TwoTowerSplit", "BPR[learning_rate=0.01]"]
     with open(tmp_path / "out" / "runs.csv") as f:
