@@ -4,6 +4,7 @@ The same flow as ``recbole.quick_start``, with the plugin's Config and model/tra
 without ray (RecBole's ``objective_function`` imports it only to report to ray tune).
 """
 
+import os
 import sys
 import time
 from logging import getLogger
@@ -24,6 +25,10 @@ def _build(config):
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    # RecBole names a checkpoint <model>-<time to the second>: runs started together in parallel
+    # processes would write, and test, one shared file. The process id keeps them apart.
+    stem, extension = os.path.splitext(trainer.saved_model_file)
+    trainer.saved_model_file = f"{stem}-{os.getpid()}{extension}"
     return dataset, model, trainer, (train_data, valid_data, test_data)
 
 

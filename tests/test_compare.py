@@ -1,4 +1,5 @@
 import csv
+import os
 
 import pytest
 
@@ -51,3 +52,5 @@ def test_compare_runs_every_entry_with_every_seed(tiny, tmp_path, jobs):
     ]
     assert all(0 <= int(run["best_epoch"]) < int(run["epochs"]) <= 2 for run in runs)
     assert (tmp_path / "out" / "summary.md").read_text().count("\n") == 4
+    # every run tested its own checkpoint, even runs started in the same second
+    assert len(os.listdir(tiny["config_dict"]["checkpoint_dir"])) == len(runs)
