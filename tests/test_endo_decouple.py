@@ -112,3 +112,18 @@ def test_bad_yaml_values_are_refused_naming_the_option(tiny, tmp_path, line, mes
     tiny["config_file_list"].append(str(bad_yaml))
     with pytest.raises(ValueError, match=message):
         _build(Config(model="EndoDecouple", **tiny))
+
+
+def test_non_finite_loss_component_stops_training_naming_it(tiny, monkeypatch):
+    config = Config(model="EndoDecouple", **tiny)
+    _, model, trainer, (train_data, valid_data, _) = _build(config)
+    calculate_loss = model.calculate_loss
+
+    def diverging(interaction):
+        loss = calculate_loss(interaction)
+        model.loss_components["item_side_ssl"] = float("nan")
+        return loss
+
+    monkeypatch.setattr(model, "calculate_loss", diverging)
+    with pytest.raises(ValueError, match="loss component 'item_side_ssl' is nan"):
+        trainer.fit(train_data, valid_data, saved=False)
