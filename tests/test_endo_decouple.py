@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from recbole_endo import Config, EndoDecouple
 from recbole_endo.quick_start import _build
@@ -31,6 +32,11 @@ def test_trains_with_every_component_finite_and_total_loss_falling(tiny, caplog)
         assert set(components) == expected
         assert all(math.isfinite(value) for value in components.values())
     assert "item_atom_ssl=" in caplog.text and "user_cos_min=" in caplog.text
+    trainer.tensorboard.flush()
+    events = EventAccumulator(trainer.tensorboard.log_dir)
+    events.Reload()
+    assert {f"Loss/{name}" for name in expected} <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Scalars("Loss/item_atom_ssl")] == [0, 1]
 
 
 @pytest.mark.parametrize(
