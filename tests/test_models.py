@@ -103,3 +103,16 @@ def test_same_seed_gives_identical_metrics(name, tiny):
     second = run_recbole_endo(model=name, saved=False, **tiny)
     assert first["test_result"] == second["test_result"]
     assert first["best_valid_result"] == second["best_valid_result"]
+
+
+def test_ipw_pair_weight_is_inverse_popularity_with_mean_one(tiny):
+    tiny["config_dict"].update({"sample_weight": "ipw", "ipw_eta": 0.5})
+    config = Config(model="TwoTowerSplit", **tiny)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = TwoTowerSplit(config, train_data._dataset)
+    items = torch.tensor([1, 2, 3, 4])
+    counts = torch.tensor([train_data._dataset.item_counter[int(item)] for item in items], dtype=torch.float)
+    weight = model.pair_weight(Interaction({"item_id": items}))
+    expected = (1 + counts) ** -0.5
+    assert torch.allclose(weight, expected / expected.mean())
+    assert weight.mean().item() == pytest.approx(1.0)

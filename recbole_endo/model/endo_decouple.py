@@ -115,10 +115,8 @@ class EndoDecouple(FeatureTowerRecommender):
         neg_repr = self.towers["item"](interaction[self.NEG_ITEM_ID])
         if self.sample_weight == "endo":
             weight = batch_normalised(torch.exp(-self.endo_eta * item_cos))
-        elif self.sample_weight == "ipw":
-            weight = self.ipw_weight(interaction[self.ITEM_ID])
         else:
-            weight = None
+            weight = self.pair_weight(interaction)
         rank = self.ranking_loss(interaction, user_repr, pos_repr, neg_repr, weight)
         total = rank
         self.loss_components = {"rank": rank.item()}

@@ -52,7 +52,7 @@ class FeatureTowerRecommender(GeneralRecommender):
             )
         self.sample_weight = config["sample_weight"]
         self.ipw_eta = number_option(config, "ipw_eta", 0)
-        popularity = torch.ones(self.n_items)
+        popularity = torch.ones(self.n_items)  # 1 + training count: items unseen in training stay finite
         for item, count in dataset.item_counter.items():
             popularity[item] += count
         self.register_buffer("item_popularity", popularity, persistent=False)
@@ -76,8 +76,11 @@ class FeatureTowerRecommender(GeneralRecommender):
             return torch.ones_like(items)
         return grade_labels(interaction[self.RATING], self.grade_thresholds)
 
-    def ipw_weight(self, items):
-        return batch_normalised(self.item_popularity[items] ** -self.ipw_eta)
+    def pair_weight(self, interaction):
+        """The per-pair weight of the ranking loss (``sample_weight``), or None for none."""
+        if self.sample_weight != "ipw":
+            return None
+        return batch_normalised(self.item_popularity[interaction[self.ITEM_ID]] ** -self.ipw_eta)
 
     def ranking_loss(self, interaction, user_repr, pos_repr, neg_repr, sample_weight=None):
         pos_score = (user_repr * pos_repr).sum(-1)
@@ -88,8 +91,7 @@ class FeatureTowerRecommender(GeneralRecommender):
         user_repr = self.towers["user"](interaction[self.USER_ID])
         pos_repr = self.towers["item"](interaction[self.ITEM_ID])
         neg_repr = self.towers["item"](interaction[self.NEG_ITEM_ID])
-        weight = self.ipw_weight(interaction[self.ITEM_ID]) if self.sample_weight == "ipw" else None
-        loss = self.ranking_loss(interaction, user_repr, pos_repr, neg_repr, weight)
+        loss = self.ranking_loss(interaction, user_repr, pos_repr, neg_repr, self.pair_weight(interaction))
         self.loss_components = {"rank": loss.item()}
         return loss
 
