@@ -103,7 +103,7 @@ def split_train(ratings, valid_share, seed):
     return ratings * ~valid, ratings * valid
 
 
-def write_atomic(path, header, rows):
+def write_atomic_file(path, header, rows):
     """One RecBole atomic file: tab-separated, a ``name:type`` header."""
     with open(path, "w", newline="\n") as f:
         f.write("\t".join(header) + "\n")
@@ -115,13 +115,13 @@ def write_inter(path, ratings):
     """The nonzero entries of a rating matrix, by user then item, with 1-based ids."""
     users, items = np.nonzero(ratings)
     rows = ((u + 1, i + 1, ratings[u, i]) for u, i in zip(users, items))
-    write_atomic(path, ["user_id:token", "item_id:token", "rating:float"], rows)
+    write_atomic_file(path, ["user_id:token", "item_id:token", "rating:float"], rows)
 
 
 def write_features(path, id_field, groups, values):
     """Entity id (1-based row number) and one token field per feature group."""
     header = [f"{id_field}:token"] + [f"{group}:token" for group in groups]
-    write_atomic(path, header, ([number] + record for number, record in enumerate(values, 1)))
+    write_atomic_file(path, header, ([number] + record for number, record in enumerate(values, 1)))
 
 
 def replace_dir(new, target):

@@ -8,7 +8,7 @@ from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 
 from recbole_endo.model.losses import batch_normalised, grade_labels, graded_bpr_loss
-from recbole_endo.model.options import number_option, sizes_option
+from recbole_endo.model.options import number_option, numbers_option, sizes_option
 from recbole_endo.model.towers import ENTITIES, parse_endo_fields
 
 
@@ -41,9 +41,7 @@ class FeatureTowerRecommender(GeneralRecommender):
         )
         self.RATING = config["RATING_FIELD"]
         has_rating = self.RATING in dataset.field2type
-        thresholds = config["grade_thresholds"]
-        if not isinstance(thresholds, list) or not all(isinstance(t, (int, float)) for t in thresholds):
-            raise ValueError(f"config option 'grade_thresholds' must be a list of ratings, got {thresholds!r}")
+        thresholds = numbers_option(config, "grade_thresholds")
         self.grade_thresholds = thresholds if has_rating else None
         if config["sample_weight"] not in self.SAMPLE_WEIGHTS:
             raise ValueError(

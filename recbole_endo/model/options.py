@@ -33,3 +33,13 @@ def sizes_option(config, name, allow_empty=False):
     ):
         raise ValueError(f"config option '{name}' must be a list of positive integers, got {value!r}")
     return value
+
+
+def numbers_option(config, name):
+    """``config[name]`` as a (possibly empty) list of numbers, or a ValueError naming the option."""
+    value = config[name]
+    if not isinstance(value, list) or not all(
+        isinstance(number, numbers.Real) and not isinstance(number, bool) for number in value
+    ):
+        raise ValueError(f"config option '{name}' must be a list of numbers, got {value!r}")
+    return value
