@@ -14,6 +14,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_endo.config import Config
+from recbole_endo.evaluation import extra_evaluation
 from recbole_endo.utils import get_model, get_trainer
 
 
@@ -56,6 +57,7 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
     start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_eval_seconds = time.perf_counter() - start
+    test_result.update(extra_evaluation(config, trainer.model, [data._dataset for data in splits]))
     epochs = len(trainer.train_loss_dict)
     return {
         "model": config["model"],

@@ -1,0 +1,266 @@
+"""Evaluation protocols beyond RecBole's full ranking, run on the best model after RecBole's test.
+
+- ``list_eval: sampled`` (E2, the seed's protocol): each test user's list is their test items,
+  graded by ``grade_thresholds`` (ml-100k: rating >= 3 → 2, else 1), plus ``list_negatives``
+  items the user never interacted with (in any split), sampled uniformly with the run's seed,
+  graded 0.
+- ``list_eval: exposed`` (E3, an unbiased test such as Coat's): each test user's list is their
+  randomly exposed test items, graded ``max(0, rating − relevance_threshold + 1)``, so an item
+  is relevant when its rating reaches ``relevance_threshold``. Items the user also has in the
+  training or validation split are dropped from the list: the model has seen them with their
+  rating, so ranking them measures memory, not generalisation.
+- ``head_share`` (popularity strata): full ranking over all items, history masked as RecBole
+  masks it, where only the test items of one stratum count; the other stratum's test items are
+  removed from the ranking, so neither stratum is penalised for the other's true items. Head =
+  the most popular items (training counts) that together hold ``head_share`` of the training
+  interactions; tail = the rest.
+
+In a list, items are ranked by the model's score; binary NDCG and Recall come from RecBole's own
+metric classes (relevant: grade > 0), graded NDCG (gain 2^grade − 1) from :class:`GradedNDCG`,
+which is registered with RecBole's metric registry. Users without a relevant item in their list
+(or stratum) are left out, as RecBole leaves out users without test items.
+"""
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from recbole.config import Config as RecBoleConfig
+from recbole.data.interaction import Interaction
+from recbole.evaluator import register
+from recbole.evaluator.base_metric import AbstractMetric
+from recbole.evaluator.collector import DataStruct
+from recbole.evaluator.evaluator import Evaluator
+from recbole.utils import EvaluatorType
+
+from recbole_endo.model.losses import grade_labels
+from recbole_endo.model.options import number_option, numbers_option, sizes_option
+
+LIST_PROTOCOLS = ("none", "sampled", "exposed")
+
+
+class GradedNDCG(AbstractMetric):
+    r"""Graded NDCG of a ranked candidate list: :math:`\mathrm{DCG}/\mathrm{IDCG}` with gain
+    :math:`2^{g} - 1` and discount :math:`1/\log_2(\mathrm{rank} + 1)`, at each ``topk`` cutoff
+    (``gndcg@k``) and over the whole list (``gndcg``), averaged over users.
+
+    Needs ``rec.graded``: per user, the grades of the list's items in the model's ranked order,
+    padded with 0 (a zero gain changes neither DCG nor IDCG). The plugin's list protocols fill it
+    (:func:`list_evaluation`); RecBole's full-ranking collector does not know graded labels.
+    """
+
+    metric_type = EvaluatorType.RANKING
+    metric_need = ["rec.graded"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.topk = config["topk"]
+
+    def calculate_metric(self, dataobject):
+        if "rec.graded" not in dataobject:
+            raise ValueError(
+                "metric 'GradedNDCG' ranks graded candidate lists: use it through the plugin's "
+                "list_eval option (sampled or exposed), not in RecBole's full-ranking 'metrics'"
+            )
+        ranked = dataobject.get("rec.graded").double()
+        gains = torch.pow(2.0, ranked) - 1
+        ideal = torch.pow(2.0, ranked.sort(dim=1, descending=True).values) - 1
+        discount = 1.0 / torch.log2(torch.arange(2, ranked.shape[1] + 2, dtype=torch.double))
+        dcg, idcg = (gains * discount).cumsum(1), (ideal * discount).cumsum(1)
+        result = {f"gndcg@{k}": (dcg[:, k - 1] / idcg[:, k - 1]).mean().item() for k in self.topk}
+        result["gndcg"] = (dcg[:, -1] / idcg[:, -1]).mean().item()
+        return {key: round(value, self.decimal_place) for key, value in result.items()}
+
+
+def register_metric(metric_class):
+    """Make ``metric_class`` available to RecBole by name, as its own metrics are, without
+    editing RecBole: its registry dictionaries are shared by every module that imported them."""
+    name = metric_class.__name__.lower()
+    register.metrics_dict[name] = metric_class
+    register.metric_information[name] = metric_class.metric_need
+    register.metric_types[name] = metric_class.metric_type
+    if metric_class.smaller and name not in register.smaller_metrics:
+        register.smaller_metrics.append(name)
+
+
+register_metric(GradedNDCG)
+
+
+def _history(splits, users, n_items):
+    """``[len(users), n_items]`` bool: what each user has in the given splits."""
+    seen = np.zeros((len(users), n_items), dtype=bool)
+    for split in splits:
+        matrix = split.inter_matrix(form="csr")[users]
+        rows, cols = matrix.nonzero()
+        seen[rows, cols] = True
+    return torch.from_numpy(seen)
+
+
+@torch.no_grad()
+def score_all_items(model, dataset, users, batch_size=256):
+    """``[len(users), n_items]`` scores of every item for each user, in eval mode."""
+    model.eval()
+    uid_field = dataset.uid_field
+    rows = []
+    for start in range(0, len(users), batch_size):
+        batch = torch.as_tensor(users[start : start + batch_size])
+        interaction = dataset.join(Interaction({uid_field: batch})).to(model.device)
+        try:
+            scores = model.full_sort_predict(interaction)
+        except NotImplementedError:  # as RecBole's trainer does for models without full sorting
+            pairs = Interaction({
+                uid_field: batch.repeat_interleave(dataset.item_num),
+                dataset.iid_field: torch.arange(dataset.item_num).repeat(len(batch)),
+            })
+            scores = model.predict(dataset.join(pairs).to(model.device))
+        rows.append(scores.view(len(batch), -1).float().cpu())
+    return torch.cat(rows)
+
+
+def _evaluate(metrics, topk, rec):
+    """RecBole's Evaluator over a DataStruct holding ``rec`` (name → tensor)."""
+    # RecBole's metric classes use numpy aliases (np.float) that only its Config restores.
+    RecBoleConfig.compatibility_settings(None)
+    struct = DataStruct()
+    for name, tensor in rec.items():
+        struct.set(name, tensor)
+    evaluator = Evaluator({"metrics": metrics, "topk": topk, "metric_decimal_place": 4})
+    return evaluator.evaluate(struct)
+
+
+def _topk_struct(scores, relevant, topk):
+    """RecBole's ``rec.topk``: relevance of the top-k items by score, then the relevant count."""
+    top = scores.topk(max(topk), dim=1).indices
+    return torch.cat([relevant.gather(1, top).int(), relevant.sum(1, keepdim=True).int()], dim=1)
+
+
+def rank_lists(scores, grades, topk):
+    """Metrics of ranked candidate lists: ``scores`` and ``grades`` are ``[users, list length]``
+    (padding: score −inf, grade 0). Returns NDCG@k and Recall@k (relevant: grade > 0, RecBole's
+    classes) and GradedNDCG, over users with a relevant item."""
+    keep = (grades > 0).any(1)
+    scores, grades = scores[keep], grades[keep]
+    short = max(topk) - scores.shape[1]
+    if short > 0:  # RecBole's top-k metrics need at least max(topk) ranked entries
+        scores = torch.nn.functional.pad(scores, (0, short), value=-torch.inf)
+        grades = torch.nn.functional.pad(grades, (0, short))
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    rec = {"rec.topk": _topk_struct(scores, grades > 0, topk), "rec.graded": grades.gather(1, order)}
+    return _evaluate(["NDCG", "Recall", "GradedNDCG"], topk, rec)
+
+
+def _test_users_and_items(test_split):
+    users = test_split.inter_feat[test_split.uid_field].numpy()
+    items = test_split.inter_feat[test_split.iid_field].numpy()
+    return users, items
+
+
+def _padded(lists, fill):
+    width = max(len(row) for row in lists)
+    return torch.tensor([list(row) + [fill] * (width - len(row)) for row in lists])
+
+
+def candidate_lists(config, splits):
+    """Per test user, ``(users, items, grades)`` of the ``list_eval`` protocol, padded with item
+    0 (RecBole's padding id) and grade 0."""
+    train_split, valid_split, test_split = splits
+    protocol = config["list_eval"]
+    users, items = _test_users_and_items(test_split)
+    rating_field = config["RATING_FIELD"]
+    if rating_field not in test_split.inter_feat:
+        raise ValueError(
+            f"list_eval '{protocol}' grades test items by their rating, but the test split has no "
+            f"'{rating_field}' field (RATING_FIELD; check load_col)"
+        )
+    ratings = test_split.inter_feat[rating_field].float()
+    if protocol == "sampled":
+        grades = grade_labels(ratings, numbers_option(config, "grade_thresholds")).numpy()
+    else:
+        threshold = number_option(config, "relevance_threshold")
+        grades = (ratings - threshold + 1).clamp(min=0).round().long().numpy()
+    list_users = np.unique(users)
+    n_items = test_split.item_num
+    history = _history([train_split, valid_split], list_users, n_items)
+    row_of = {user: row for row, user in enumerate(list_users)}
+    item_rows = [[] for _ in list_users]
+    grade_rows = [[] for _ in list_users]
+    for user, item, grade in zip(users, items, grades):
+        row = row_of[user]
+        if protocol == "exposed" and history[row, item]:
+            continue
+        item_rows[row].append(int(item))
+        grade_rows[row].append(int(grade))
+    if protocol == "sampled":
+        negatives = number_option(config, "list_negatives", 1, integer=True)
+        rng = np.random.default_rng(config["seed"])
+        interacted = history | _history([test_split], list_users, n_items)
+        interacted[:, 0] = True  # the padding id is not an item
+        for row in range(len(list_users)):
+            candidates = np.flatnonzero(~interacted[row].numpy())
+            sampled = rng.choice(candidates, size=min(negatives, len(candidates)), replace=False)
+            item_rows[row] += sampled.tolist()
+            grade_rows[row] += [0] * len(sampled)
+    return torch.from_numpy(list_users), _padded(item_rows, 0), _padded(grade_rows, 0)
+
+
+def list_evaluation(config, model, splits):
+    """Metrics of the ``list_eval`` protocol, keys prefixed by it (``exposed:ndcg@5``)."""
+    users, items, grades = candidate_lists(config, splits)
+    scores = score_all_items(model, splits[0], users.numpy()).gather(1, items)
+    scores[(items == 0)] = -torch.inf
+    topk = sizes_option(config, "list_topk")
+    result = rank_lists(scores, grades, topk)
+    return OrderedDict((f"{config['list_eval']}:{key}", value) for key, value in result.items())
+
+
+def head_items(item_counts, head_share):
+    """Bool mask of the most popular items that together hold ``head_share`` of the counts
+    (the item that crosses the share is included)."""
+    order = np.argsort(-item_counts, kind="stable")
+    cumulative = np.cumsum(item_counts[order])
+    n_head = int(np.searchsorted(cumulative, head_share * cumulative[-1])) + 1
+    head = np.zeros(len(item_counts), dtype=bool)
+    head[order[:n_head]] = True
+    return head
+
+
+def stratum_metrics(scores, history, positives, stratum, topk):
+    """NDCG@k and Recall@k of a full ranking where only ``stratum`` items among the test
+    ``positives`` count: history and the other stratum's positives are removed from the ranking.
+    All arguments are ``[users, n_items]`` except ``stratum`` (``[n_items]`` bool)."""
+    relevant = positives & stratum
+    keep = relevant.any(1)
+    scores = scores[keep].masked_fill(history[keep] | (positives[keep] & ~stratum), -torch.inf)
+    return _evaluate(["NDCG", "Recall"], topk, {"rec.topk": _topk_struct(scores, relevant[keep], topk)})
+
+
+def popularity_strata_evaluation(config, model, splits):
+    """Head and tail full-ranking metrics at ``topk``, keys ``head:ndcg@10``, ``tail:...``, plus
+    the head's number of items (``head:items``)."""
+    train_split, valid_split, test_split = splits
+    head_share = number_option(config, "head_share", 0, 1, low_open=True)
+    counts = np.zeros(train_split.item_num)
+    for item, count in train_split.item_counter.items():
+        counts[item] = count
+    head = torch.from_numpy(head_items(counts, head_share))
+    users = np.unique(_test_users_and_items(test_split)[0])
+    scores = score_all_items(model, train_split, users)
+    history = _history([train_split, valid_split], users, train_split.item_num)
+    positives = _history([test_split], users, train_split.item_num)
+    result = OrderedDict({"head:items": int(head.sum())})
+    for name, stratum in (("head", head), ("tail", ~head)):
+        for key, value in stratum_metrics(scores, history, positives, stratum, config["topk"]).items():
+            result[f"{name}:{key}"] = value
+    return result
+
+
+def extra_evaluation(config, model, splits):
+    """The plugin's protocols that ``config`` switches on (``list_eval``, ``head_share``)."""
+    if config["list_eval"] not in LIST_PROTOCOLS:
+        raise ValueError(f"config option 'list_eval' is {config['list_eval']!r}; use one of {', '.join(LIST_PROTOCOLS)}")
+    result = OrderedDict()
+    if config["list_eval"] != "none":
+        result.update(list_evaluation(config, model, splits))
+    if config["head_share"] is not None:
+        result.update(popularity_strata_evaluation(config, model, splits))
+    return result

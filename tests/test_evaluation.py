@@ -1,0 +1,137 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.evaluator import metric_types
+from recbole.evaluator.collector import DataStruct
+from recbole.evaluator.evaluator import Evaluator
+
+from recbole_endo import Config
+from recbole_endo.evaluation import (
+    GradedNDCG,
+    candidate_lists,
+    head_items,
+    rank_lists,
+    stratum_metrics,
+)
+from recbole_endo.quick_start import run_recbole_endo
+
+INF = float("inf")
+
+
+def discount(rank):
+    return 1 / math.log2(rank + 1)
+
+
+def test_graded_ndcg_is_registered_with_recbole_and_matches_a_hand_computation():
+    assert "gradedndcg" in metric_types  # RecBole's Config accepts it in `metrics`
+    evaluator = Evaluator({"metrics": ["GradedNDCG"], "topk": [1, 2], "metric_decimal_place": 4})
+    struct = DataStruct()
+    struct.set("rec.graded", torch.tensor([[2, 0, 1]]))
+    result = evaluator.evaluate(struct)
+    # ranked grades 2, 0, 1 against the ideal 2, 1, 0; gain 2^g - 1
+    ideal = [3 * discount(1), 3 * discount(1) + 1 * discount(2), 3 * discount(1) + 1 * discount(2)]
+    assert result["gndcg@1"] == pytest.approx(1.0)
+    assert result["gndcg@2"] == pytest.approx(3 / ideal[1], abs=1e-4)
+    assert result["gndcg"] == pytest.approx((3 + 1 * discount(3)) / ideal[2], abs=1e-4)
+
+
+def test_graded_ndcg_outside_the_list_protocols_says_how_to_use_it():
+    with pytest.raises(ValueError, match="list_eval"):
+        GradedNDCG({"topk": [10], "metric_decimal_place": 4}).calculate_metric(DataStruct())
+
+
+def test_rank_lists_by_hand():
+    scores = torch.tensor([[0.9, 0.1, 0.5, -INF], [0.3, 0.2, 0.1, 0.0]])
+    grades = torch.tensor([[0, 2, 1, 0], [0, 0, 0, 0]])  # the second user has nothing relevant
+    result = rank_lists(scores, grades, [1, 2])
+    # user 1 ranks items 0, 2, 1: grades 0, 1, 2; two relevant items
+    assert result["ndcg@1"] == 0.0
+    assert result["ndcg@2"] == pytest.approx(discount(2) / (discount(1) + discount(2)), abs=1e-4)
+    assert result["recall@2"] == pytest.approx(0.5)
+    assert result["gndcg@2"] == pytest.approx(1 * discount(2) / (3 * discount(1) + 1 * discount(2)), abs=1e-4)
+    assert result["gndcg"] == pytest.approx(
+        (discount(2) + 3 * discount(3)) / (3 * discount(1) + discount(2)), abs=1e-4
+    )
+
+
+def test_rank_lists_pads_lists_shorter_than_the_cutoff():
+    result = rank_lists(torch.tensor([[0.2, 0.8]]), torch.tensor([[1, 0]]), [5])
+    assert result["recall@5"] == 1.0
+    assert result["ndcg@5"] == pytest.approx(discount(2), abs=1e-4)
+
+
+@pytest.mark.parametrize("share, head", [(0.5, [1]), (0.6, [1, 2]), (1.0, [1, 2, 3, 4])])
+def test_head_items_hold_the_share_of_training_counts(share, head):
+    counts = np.array([0, 50, 30, 10, 10])
+    assert np.flatnonzero(head_items(counts, share)).tolist() == head
+
+
+def test_stratum_metrics_count_only_the_stratum_and_remove_the_other_strata_positives():
+    scores = torch.tensor([[0.0, 0.9, 0.8, 0.7, 0.6]])
+    history = torch.tensor([[False, True, False, False, False]])  # item 1: a training item
+    positives = torch.tensor([[False, False, True, False, True]])  # test items 2 (head) and 4 (tail)
+    head = torch.tensor([False, True, True, False, False])
+    head_result = stratum_metrics(scores, history, positives, head, [1])
+    assert head_result["ndcg@1"] == 1.0  # item 2 ranks first once item 1 is masked
+    tail_result = stratum_metrics(scores, history, positives, ~head, [1, 2])
+    # item 2 (a head positive) is removed: the ranking is 3, 4, ...
+    assert tail_result["ndcg@1"] == 0.0
+    assert tail_result["ndcg@2"] == pytest.approx(discount(2), abs=1e-4)
+
+
+def tiny_splits(tiny, **options):
+    config = Config(model="BPR", dataset=tiny["dataset"], config_file_list=tiny["config_file_list"],
+                    config_dict={**tiny["config_dict"], **options})
+    train, valid, test = data_preparation(config, create_dataset(config))
+    return config, [train._dataset, valid._dataset, test._dataset]
+
+
+def test_exposed_lists_hold_unseen_test_items_graded_by_relevance_threshold(tiny):
+    config, splits = tiny_splits(tiny, list_eval="exposed", relevance_threshold=4)
+    users, items, grades = candidate_lists(config, splits)
+    test = splits[2].inter_feat
+    for row, user in enumerate(users.tolist()):
+        seen = set()
+        for split in splits[:2]:
+            seen |= set(split.inter_feat["item_id"][split.inter_feat["user_id"] == user].tolist())
+        mine = test["user_id"] == user
+        expected = {
+            item: max(0, int(rating) - 3)
+            for item, rating in zip(test["item_id"][mine].tolist(), test["rating"][mine].tolist())
+            if item not in seen
+        }
+        got = {item: grade for item, grade in zip(items[row].tolist(), grades[row].tolist()) if item != 0}
+        assert got == expected
+
+
+def test_sampled_lists_add_seeded_never_interacted_negatives(tiny):
+    config, splits = tiny_splits(tiny, list_eval="sampled", list_negatives=5)
+    users, items, grades = candidate_lists(config, splits)
+    again = candidate_lists(config, splits)
+    assert torch.equal(items, again[1])
+    interacted = {}
+    for split in splits:
+        for user, item in zip(split.inter_feat["user_id"].tolist(), split.inter_feat["item_id"].tolist()):
+            interacted.setdefault(user, set()).add(item)
+    for row, user in enumerate(users.tolist()):
+        negatives = [item for item, grade in zip(items[row].tolist(), grades[row].tolist()) if grade == 0 and item != 0]
+        assert len(negatives) == 5
+        assert not set(negatives) & interacted[user]
+        assert set(grades[row].tolist()) <= {0, 1, 2}
+
+
+def test_unknown_list_protocol_names_the_option(tiny):
+    with pytest.raises(ValueError, match="'list_eval'"):
+        run_recbole_endo(model="BPR", **{**tiny, "config_dict": {**tiny["config_dict"], "list_eval": "random"}})
+
+
+@pytest.mark.parametrize("name", ["TwoTowerSplit", "BPR"])
+def test_runs_report_the_extra_protocols(name, tiny):
+    options = {**tiny["config_dict"], "list_eval": "sampled", "list_negatives": 20, "head_share": 0.5}
+    result = run_recbole_endo(model=name, **{**tiny, "config_dict": options})["test_result"]
+    for key in ("sampled:ndcg@5", "sampled:recall@10", "sampled:gndcg@10", "sampled:gndcg", "head:ndcg@10", "tail:recall@10"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["head:items"] >= 1
