@@ -21,6 +21,7 @@ which is registered with RecBole's metric registry. Users without a relevant ite
 (or stratum) are left out, as RecBole leaves out users without test items.
 """
 
+import copy
 from collections import OrderedDict
 
 import numpy as np
@@ -29,7 +30,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.data.interaction import Interaction
 from recbole.evaluator import register
 from recbole.evaluator.base_metric import AbstractMetric
-from recbole.evaluator.collector import DataStruct
+from recbole.evaluator.collector import Collector, DataStruct
 from recbole.evaluator.evaluator import Evaluator
 from recbole.utils import EvaluatorType
 
@@ -84,6 +85,24 @@ def register_metric(metric_class):
 
 
 register_metric(GradedNDCG)
+
+_recbole_get_data_struct = Collector.get_data_struct
+
+
+def get_data_struct(collector):
+    """RecBole's ``Collector.get_data_struct``, leaving non-tensor entries alone.
+
+    RecBole 1.2.1 calls ``.cpu()`` on every collected entry, so the int and Counter entries
+    (``data.num_items``, ``data.count_items``) that its own AveragePopularity, GiniIndex,
+    ItemCoverage and TailPercentage need raise AttributeError at the first evaluation.
+    """
+    data = collector.data_struct._data_dict
+    plain = {key: data.pop(key) for key in list(data) if not isinstance(data[key], torch.Tensor)}
+    returned = _recbole_get_data_struct(collector)
+    data.update(plain)
+    for key, value in plain.items():
+        returned.set(key, copy.deepcopy(value))
+    return returned
 
 
 def _history(splits, users, n_items):

@@ -11,9 +11,11 @@ import recbole.config.configurator
 import recbole.utils
 import recbole.utils.utils
 from recbole.config import Config as RecBoleConfig
+from recbole.evaluator.collector import Collector
 from recbole.model.abstract_recommender import AbstractRecommender
 
 from recbole_endo.config import Config, enable_safe_config_pickling, layer_plugin_properties
+from recbole_endo.evaluation import get_data_struct
 from recbole_endo.model import MODELS
 from recbole_endo.trainer import TRAINERS, enable_safe_checkpoints
 
@@ -90,3 +92,5 @@ def register():
     RecBoleConfig._load_internal_config_dict = _load_internal_config_dict
     enable_safe_config_pickling()
     enable_safe_checkpoints()
+    # RecBole 1.2.1's collector breaks its own non-accuracy metrics (see get_data_struct).
+    Collector.get_data_struct = get_data_struct

@@ -135,3 +135,13 @@ def test_runs_report_the_extra_protocols(name, tiny):
     for key in ("sampled:ndcg@5", "sampled:recall@10", "sampled:gndcg@10", "sampled:gndcg", "head:ndcg@10", "tail:recall@10"):
         assert 0.0 <= result[key] <= 1.0, key
     assert result["head:items"] >= 1
+
+
+def test_recbole_non_accuracy_metrics_work(tiny):
+    metrics = ["NDCG", "AveragePopularity", "GiniIndex", "ItemCoverage", "TailPercentage"]
+    options = {**tiny["config_dict"], "metrics": metrics}
+    result = run_recbole_endo(model="BPR", **{**tiny, "config_dict": options})["test_result"]
+    assert result["averagepopularity@10"] > 0
+    assert 0 < result["itemcoverage@10"] <= 1
+    assert 0 <= result["giniindex@10"] <= 1
+    assert 0 <= result["tailpercentage@10"] <= 1
