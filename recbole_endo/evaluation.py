@@ -35,7 +35,7 @@ from recbole.evaluator.evaluator import Evaluator
 from recbole.utils import EvaluatorType
 
 from recbole_endo.model.losses import grade_labels
-from recbole_endo.model.options import number_option, numbers_option, sizes_option
+from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
 
 LIST_PROTOCOLS = ("none", "sampled", "exposed")
 
@@ -191,6 +191,7 @@ def candidate_lists(config, splits):
             f"list_eval '{protocol}' grades test items by their rating, but the test split has no "
             f"'{rating_field}' field (RATING_FIELD; check load_col)"
         )
+    check_raw_ratings(config, "list_eval")
     ratings = test_split.inter_feat[rating_field].float()
     if protocol == "sampled":
         grades = grade_labels(ratings, numbers_option(config, "grade_thresholds")).numpy()

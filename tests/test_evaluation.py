@@ -145,3 +145,18 @@ def test_recbole_non_accuracy_metrics_work(tiny):
     assert 0 < result["itemcoverage@10"] <= 1
     assert 0 <= result["giniindex@10"] <= 1
     assert 0 <= result["tailpercentage@10"] <= 1
+
+
+def test_ml100k_keeps_raw_ratings_for_grades():
+    config = Config(model="TwoTowerSplit", dataset="ml-100k")
+    assert config["normalize_all"] is False
+
+
+@pytest.mark.parametrize("model, options, option", [
+    ("TwoTowerSplit", {}, "'grade_thresholds'"),
+    ("BPR", {"list_eval": "exposed"}, "'list_eval'"),
+])
+def test_grades_on_normalised_ratings_are_refused(model, options, option, tiny):
+    config_dict = {**tiny["config_dict"], "normalize_all": True, **options}
+    with pytest.raises(ValueError, match=f"{option}.*normalize_all"):
+        run_recbole_endo(model=model, **{**tiny, "config_dict": config_dict})

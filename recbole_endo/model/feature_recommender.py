@@ -8,7 +8,7 @@ from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 
 from recbole_endo.model.losses import batch_normalised, grade_labels, graded_bpr_loss
-from recbole_endo.model.options import number_option, numbers_option, sizes_option
+from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
 from recbole_endo.model.towers import ENTITIES, parse_endo_fields
 
 
@@ -43,6 +43,8 @@ class FeatureTowerRecommender(GeneralRecommender):
         has_rating = self.RATING in dataset.field2type
         thresholds = numbers_option(config, "grade_thresholds")
         self.grade_thresholds = thresholds if has_rating else None
+        if self.grade_thresholds:
+            check_raw_ratings(config, "grade_thresholds")
         if config["sample_weight"] not in self.SAMPLE_WEIGHTS:
             raise ValueError(
                 f"config option 'sample_weight' is {config['sample_weight']!r}; "

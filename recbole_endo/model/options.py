@@ -35,6 +35,19 @@ def sizes_option(config, name, allow_empty=False):
     return value
 
 
+def check_raw_ratings(config, name):
+    """Fail when option ``name`` compares ratings that RecBole min-max normalises to [0, 1]
+    (``normalize_all``, or the rating in ``normalize_field``): every threshold would silently
+    compare against a rating below 1."""
+    rating = config["RATING_FIELD"]
+    if config["normalize_all"] or rating in (config["normalize_field"] or []):
+        raise ValueError(
+            f"config option '{name}' compares raw ratings, but RecBole normalises the rating field "
+            f"'{rating}' to [0, 1] (normalize_all / normalize_field): set normalize_all: False, or "
+            "leave the rating out of normalize_field"
+        )
+
+
 def numbers_option(config, name):
     """``config[name]`` as a (possibly empty) list of numbers, or a ValueError naming the option."""
     value = config[name]
