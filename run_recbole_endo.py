@@ -2,16 +2,20 @@
 
     python run_recbole_endo.py --model=TwoTowerSplit --dataset=ml-100k
     python run_recbole_endo.py --config_files=my.yaml --learning_rate=0.002
+    python run_recbole_endo.py --model=TwoTowerSplit --dataset=ml-100k --resume=saved/TwoTowerSplit-....pth
     python run_recbole_endo.py --compare=EndoDecouple,TwoTowerSplit,BPR --dataset=ml-100k --seeds=2020,2021,2022
+    python run_recbole_endo.py --model=TwoTowerSplit --dataset=ml-100k --nproc=2
 
 Any other ``--key=value`` is read by RecBole's Config. With --compare, each listed model (or
-``Model[key=value;...]`` entry) runs once per seed and the summary goes to --output_dir.
+``Model[key=value;...]`` entry) runs once per seed and the summary goes to --output_dir. With
+--nproc > 1 or --world_size, the run is distributed (DDP) as with RecBole's run_recbole.py.
 """
 
 import argparse
 import sys
 
 from recbole_endo.compare import compare, split_entries
+from recbole_endo.distributed import run_distributed
 from recbole_endo.quick_start import run_recbole_endo
 
 if __name__ == "__main__":
@@ -23,18 +27,39 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=str, default="2020", help="comma-separated seeds for --compare")
     parser.add_argument("--output_dir", type=str, default="results", help="where --compare writes its tables")
     parser.add_argument("--jobs", type=int, default=1, help="--compare runs in this many parallel processes")
+    parser.add_argument(
+        "--resume", type=str, default=None, help="continue an interrupted run (same options) from its checkpoint"
+    )
+    parser.add_argument("--nproc", type=int, default=1, help="DDP processes on this machine")
+    parser.add_argument("--world_size", type=int, default=-1, help="DDP processes on all machines (-1: nproc)")
+    parser.add_argument("--ip", type=str, default="localhost", help="address of the machine of DDP rank 0")
+    parser.add_argument("--port", type=str, default="5678", help="port of DDP rank 0")
+    parser.add_argument("--group_offset", type=int, default=0, help="DDP rank of this machine's first process")
     args, config_args = parser.parse_known_args()
     # RecBole's Config reads --key=value from sys.argv: leave it only the options meant for it.
     sys.argv = sys.argv[:1] + config_args
 
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    distributed = args.nproc > 1 or args.world_size > 0
+    if args.compare and distributed:
+        parser.error("--compare runs single-process jobs; it takes no --nproc or --world_size")
+    if args.resume and (args.compare or distributed):
+        parser.error("--resume continues one single-process run; it takes no --compare, --nproc or --world_size")
     if args.compare:
         seeds = [int(seed) for seed in args.seeds.split(",")]
         compare(split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list, jobs=args.jobs)
         with open(f"{args.output_dir}/summary.md") as summary:
             print(summary.read())
     else:
-        result = run_recbole_endo(model=args.model, dataset=args.dataset, config_file_list=config_file_list)
+        if distributed:
+            result = run_distributed(
+                model=args.model, dataset=args.dataset, config_file_list=config_file_list, nproc=args.nproc,
+                world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
+            )
+        else:
+            result = run_recbole_endo(
+                model=args.model, dataset=args.dataset, config_file_list=config_file_list, resume_file=args.resume
+            )
         print(f"model: {result['model']}  epochs: {result['epochs']}  best epoch: {result['best_epoch']}  "
               f"train s/epoch: {result['train_s_per_epoch']:.2f}")
         print("best valid:", dict(result["best_valid_result"]))

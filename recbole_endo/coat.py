@@ -12,11 +12,11 @@ Item feature groups also used for users (gender) are written as item_<group>, se
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
+
+from recbole_endo.files import dataset_folder, write_atomic_file
 
 FEATURES_DIR = "user_item_features"
 RAW_FILES = {
@@ -103,14 +103,6 @@ def split_train(ratings, valid_share, seed):
     return ratings * ~valid, ratings * valid
 
 
-def write_atomic_file(path, header, rows):
-    """One RecBole atomic file: tab-separated, a ``name:type`` header."""
-    with open(path, "w", newline="\n") as f:
-        f.write("\t".join(header) + "\n")
-        for row in rows:
-            f.write("\t".join(map(str, row)) + "\n")
-
-
 def write_inter(path, ratings):
     """The nonzero entries of a rating matrix, by user then item, with 1-based ids."""
     users, items = np.nonzero(ratings)
@@ -122,17 +114,6 @@ def write_features(path, id_field, groups, values):
     """Entity id (1-based row number) and one token field per feature group."""
     header = [f"{id_field}:token"] + [f"{group}:token" for group in groups]
     write_atomic_file(path, header, ([number] + record for number, record in enumerate(values, 1)))
-
-
-def replace_dir(new, target):
-    """Swap the finished folder in by renames, so the target is never left half-written."""
-    if not os.path.exists(target):
-        os.rename(new, target)
-        return
-    old = new + ".old"
-    os.rename(target, old)
-    os.rename(new, target)
-    shutil.rmtree(old)
 
 
 def convert_coat(raw_dir, out_dir, dataset_name="coat", valid_share=0.1, seed=2020):
@@ -167,19 +148,12 @@ def convert_coat(raw_dir, out_dir, dataset_name="coat", valid_share=0.1, seed=20
     entities["item"] = item_groups, item_values
     train_part, valid_part = split_train(train, valid_share, seed)
 
-    os.makedirs(out_dir, exist_ok=True)
     target = os.path.join(out_dir, dataset_name)
-    work = tempfile.mkdtemp(prefix=f".{dataset_name}.", dir=out_dir)
-    try:
-        os.chmod(work, 0o755)  # mkdtemp makes it private; the dataset folder should not be
+    with dataset_folder(target) as work:
         for entity, (groups, values) in entities.items():
             write_features(os.path.join(work, f"{dataset_name}.{entity}"), f"{entity}_id", groups, values)
         for part, ratings in (("train", train_part), ("valid", valid_part), ("test", test)):
             write_inter(os.path.join(work, f"{dataset_name}.{part}.inter"), ratings)
-        replace_dir(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return target
 
 

@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import yaml
 
+from recbole_endo.files import open_replacing
 from recbole_endo.quick_start import run_recbole_endo
 
 ENTRY = re.compile(r"^\s*(?P<model>[A-Za-z_][A-Za-z0-9_]*)\s*(?:\[(?P<options>.*)\])?\s*$")
@@ -110,7 +111,7 @@ def _completed(tasks, jobs):
 
 def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_dict=None, jobs=1, log=print):
     """Run every entry with every seed; write ``runs.csv``, ``summary.csv`` and ``summary.md``
-    under ``output_dir``. Returns the summary.
+    under ``output_dir``, each to a temporary file renamed into place. Returns the summary.
 
     ``jobs > 1`` runs that many in parallel processes, each with its share of the CPU threads;
     every run is then timed under the same load, but slower than alone.
@@ -129,17 +130,17 @@ def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_d
             flush=True,
         )
     metrics = [key for key in runs[0] if key not in ("entry", "model", "seed", "wall_s", *RUN_COLUMNS)]
-    with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
+    with open_replacing(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(runs[0]))
         writer.writeheader()
         writer.writerows(runs)
     summary = summarise(runs, metrics)
-    with open(os.path.join(output_dir, "summary.csv"), "w", newline="") as f:
+    with open_replacing(os.path.join(output_dir, "summary.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         columns = metrics + RUN_COLUMNS
         writer.writerow(["model", "seeds"] + [f"{c} {stat}" for c in columns for stat in ("mean", "std")])
         for entry, row in summary.items():
             writer.writerow([entry, row["seeds"]] + [v for c in columns for v in row[c]])
-    with open(os.path.join(output_dir, "summary.md"), "w") as f:
+    with open_replacing(os.path.join(output_dir, "summary.md")) as f:
         f.write(markdown_table(summary, metrics))
     return summary

@@ -9,7 +9,7 @@ loader (``weights_only=True``).
 """
 
 import numbers
-from enum import Enum
+import os
 from importlib import resources
 
 import numpy as np
@@ -49,6 +49,50 @@ class Config(RecBoleConfig):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         layer_plugin_properties(self, model, dataset)
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        options = self.final_config_dict
+        # RecBole reads ml-100k from its wheel whatever data_path says; a data_path given by the
+        # user (a cold-start split of ml-100k, recbole_endo.cold_start) is honoured as for any dataset.
+        if self.dataset == "ml-100k" and "data_path" in self.external_config_dict:
+            options["data_path"] = os.path.join(self.external_config_dict["data_path"], self.dataset)
+        # "{seed}" in data_path picks a split written per seed, so --compare's seeds run on
+        # different cold-start splits as they run on different random splits.
+        options["data_path"] = options["data_path"].replace("{seed}", str(options["seed"]))
+
+
+_recbole_init_device = RecBoleConfig._init_device
+
+
+def init_device(config):
+    """RecBole's ``Config._init_device``, except that a distributed process without CUDA joins
+    its process group with ``gloo`` and runs on the CPU.
+
+    RecBole joins every distributed process (one with ``local_rank``) with ``nccl`` on GPU
+    ``local_rank``, which fails without CUDA. :func:`recbole_endo.utils.register` installs this on
+    RecBole's Config, so the plugin's Config and RecBole's own share it.
+    """
+    options = config.final_config_dict
+    if "local_rank" not in options:
+        return _recbole_init_device(config)
+    # RecBole's single-process set-up picks the device: CUDA when gpu_id names one and CUDA is
+    # available (it sets CUDA_VISIBLE_DEVICES before anything starts CUDA). It resets local_rank.
+    local_rank = options.pop("local_rank")
+    _recbole_init_device(config)
+    options["local_rank"] = local_rank
+    if options["device"].type == "cuda":
+        return _recbole_init_device(config)  # RecBole's own: nccl, one GPU per process
+    torch.distributed.init_process_group(
+        backend="gloo",
+        rank=local_rank + options["offset"],
+        world_size=options["world_size"],
+        init_method=f"tcp://{options['ip']}:{options['port']}",
+    )
+    options["single_spec"] = False
+    if local_rank != 0:
+        # As RecBole's: only the first process of each machine logs.
+        options.update(state="error", show_progress=False, verbose=False)
 
 
 # Enum types that appear in a RecBole Config's values; reconstructing an enum member runs no code.
@@ -100,6 +144,9 @@ def restore_config(state):
     vars(config).update(state)
     config.yaml_loader = config._build_yaml_loader()
     config.model_class = get_model(state["model"])
+    # A checkpoint loads into one process: the process group of a distributed run is gone, and
+    # its data loaders would wait for the other ranks.
+    config.final_config_dict["single_spec"] = True
     return config
 
 

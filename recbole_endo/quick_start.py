@@ -31,7 +31,11 @@ def _build(config):
     # RecBole names a checkpoint <model>-<time to the second>: runs started together in parallel
     # processes would write, and test, one shared file. The process id keeps them apart.
     stem, extension = os.path.splitext(trainer.saved_model_file)
-    trainer.saved_model_file = f"{stem}-{os.getpid()}{extension}"
+    saved_model_file = [f"{stem}-{os.getpid()}{extension}"]
+    if not config["single_spec"]:
+        # Under DDP rank 0 writes the checkpoint and every rank tests it: all take rank 0's name.
+        torch.distributed.broadcast_object_list(saved_model_file, src=0)
+    trainer.saved_model_file = saved_model_file[0]
     return dataset, model, trainer, (train_data, valid_data, test_data)
 
 
@@ -79,7 +83,9 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
     }
 
 
-def run_recbole_endo(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+def run_recbole_endo(
+    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None, resume_file=None
+):
     r"""Train ``model`` on ``dataset`` and test it, as RecBole's ``run_recbole`` does.
 
     Args:
@@ -89,6 +95,8 @@ def run_recbole_endo(model=None, dataset=None, config_file_list=None, config_dic
         config_dict (dict, optional): options overriding the files.
         saved (bool): save the best checkpoint and test with it.
         queue: a multiprocessing queue to put the result on (for spawned processes).
+        resume_file (str, optional): a checkpoint of an interrupted run with the same options to
+            continue from (it is updated in place); the run ends as the uninterrupted one would.
 
     Returns:
         dict: best validation score and result, test result, epochs run, fit seconds, checkpoint.
@@ -102,10 +110,14 @@ def run_recbole_endo(model=None, dataset=None, config_file_list=None, config_dic
     dataset, model, trainer, splits = _build(config)
     logger.info(dataset)
     logger.info(model)
+    if resume_file:
+        trainer.resume_checkpoint(resume_file)
     result = _train_and_test(config, trainer, splits, saved)
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
     logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
+    if not config["single_spec"]:
+        torch.distributed.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result

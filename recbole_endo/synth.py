@@ -45,15 +45,13 @@ Files in ``<out_dir>/<name>/``: ``<name>.{train,valid,test}.inter`` (user_id, it
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from logging import getLogger
 
 import numpy as np
 
-from recbole_endo.coat import replace_dir, write_atomic_file
+from recbole_endo.files import dataset_folder, write_atomic_file
 from recbole_endo.model.options import number_option
 
 SYNTH_DATASET = "endo-synth"
@@ -92,7 +90,7 @@ def check_options(options):
     values = {CONFIG_KEYS[name]: value for name, value in options.items()}
     users = number_option(values, "synth_users", low=1, integer=True)
     items = number_option(values, "synth_items", low=3, integer=True)
-    test_items = number_option(values, "synth_test_items", low=1, high=items - 2, integer=True)
+    number_option(values, "synth_test_items", low=1, high=items - 2, integer=True)
     number_option(values, "synth_interactions", low=users, high=users * max_observed(options), integer=True)
     number_option(values, "synth_skew", low=0, high=MAX_SKEW)
     number_option(values, "synth_atom_share", low=0, high=1)
@@ -295,11 +293,8 @@ def generate_synth(out_dir, dataset_name=SYNTH_DATASET, **options):
     valid = validation_mask(rng, observed // n_items, counts, options["valid_share"])
     test = sample_new_items(rng, np.full(n_users, options["test_items_per_user"]), observed, n_items)
 
-    os.makedirs(out_dir, exist_ok=True)
     target = os.path.join(out_dir, dataset_name)
-    work = tempfile.mkdtemp(prefix=f".{dataset_name}.", dir=out_dir)
-    try:
-        os.chmod(work, 0o755)  # mkdtemp makes it private; the dataset folder should not be
+    with dataset_folder(target) as work:
         prefix = os.path.join(work, dataset_name)
         for part, keys in (("train", observed[~valid]), ("valid", observed[valid]), ("test", test)):
             write_interactions(f"{prefix}.{part}.inter", keys, n_items, truth)
@@ -316,10 +311,6 @@ def generate_synth(out_dir, dataset_name=SYNTH_DATASET, **options):
         np.savez(f"{prefix}.truth.npz", **truth)
         with open(f"{prefix}.options.json", "w") as f:
             json.dump(options_record(options), f, indent=1)
-        replace_dir(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return target
 
 

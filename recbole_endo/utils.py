@@ -8,16 +8,17 @@ import importlib
 import sys
 
 import recbole.config.configurator
+import recbole.trainer.trainer
 import recbole.utils
 import recbole.utils.utils
 from recbole.config import Config as RecBoleConfig
 from recbole.evaluator.collector import Collector
 from recbole.model.abstract_recommender import AbstractRecommender
 
-from recbole_endo.config import Config, enable_safe_config_pickling, layer_plugin_properties
+from recbole_endo.config import Config, enable_safe_config_pickling, init_device, layer_plugin_properties
 from recbole_endo.evaluation import get_data_struct
 from recbole_endo.model import MODELS
-from recbole_endo.trainer import TRAINERS, enable_safe_checkpoints
+from recbole_endo.trainer import TRAINERS, distributed_data_parallel, enable_safe_checkpoints
 
 _recbole_get_model = recbole.utils.utils.get_model
 _recbole_get_trainer = recbole.utils.utils.get_trainer
@@ -75,7 +76,8 @@ def _load_internal_config_dict(config, model, model_class, dataset):
 
 
 def register():
-    """Make RecBole itself resolve, configure and checkpoint the plugin's models.
+    """Make RecBole itself resolve, configure and checkpoint the plugin's models, and run
+    distributed on CPUs.
 
     RecBole binds ``get_model``/``get_trainer`` by name in several modules; each binding is
     replaced (``recbole.quick_start`` too when already imported; imported later, it binds the
@@ -90,6 +92,9 @@ def register():
         if hasattr(module, "get_trainer"):
             module.get_trainer = get_trainer
     RecBoleConfig._load_internal_config_dict = _load_internal_config_dict
+    # Distributed runs without CUDA: gloo and the CPU instead of RecBole's nccl and GPUs.
+    RecBoleConfig._init_device = init_device
+    recbole.trainer.trainer.DistributedDataParallel = distributed_data_parallel
     enable_safe_config_pickling()
     enable_safe_checkpoints()
     # RecBole 1.2.1's collector breaks its own non-accuracy metrics (see get_data_struct).

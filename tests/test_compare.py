@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from recbole_endo import compare as compare_module
 from recbole_endo.compare import compare, markdown_table, parse_entry, split_entries, summarise
 
 
@@ -54,3 +55,23 @@ def test_compare_runs_every_entry_with_every_seed(tiny, tmp_path, jobs):
     assert (tmp_path / "out" / "summary.md").read_text().count("\n") == 4
     # every run tested its own checkpoint, even runs started in the same second
     assert len(os.listdir(tiny["config_dict"]["checkpoint_dir"])) == len(runs)
+
+
+def test_tables_of_a_compare_that_fails_while_writing_keep_the_previous_ones(tmp_path, monkeypatch):
+    def run_entry(entry, model, options, seed, *_):  # no training: only the writing is under test
+        return {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1 * seed, "best_epoch": 1, "epochs": 2,
+                "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0}
+
+    monkeypatch.setattr(compare_module, "run_entry", run_entry)
+    output_dir = tmp_path / "out"
+    compare(["BPR"], "tiny", [1, 2], str(output_dir), log=lambda *a, **k: None)
+    before = {name: (output_dir / name).read_text() for name in os.listdir(output_dir)}
+
+    def disk_full(writer, rows):
+        writer.writerow(rows[0])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        compare(["BPR"], "tiny", [3, 4], str(output_dir), log=lambda *a, **k: None)
+    assert {name: (output_dir / name).read_text() for name in os.listdir(output_dir)} == before

@@ -116,3 +116,17 @@ def test_ipw_pair_weight_is_inverse_popularity_with_mean_one(tiny):
     expected = (1 + counts) ** -0.5
     assert torch.allclose(weight, expected / expected.mean())
     assert weight.mean().item() == pytest.approx(1.0)
+
+
+def test_graded_labels_without_a_rating_field_are_refused_and_empty_thresholds_mean_binary_bpr(tiny):
+    tiny["config_dict"]["load_col"] = {
+        "inter": ["user_id", "item_id", "timestamp"],
+        "user": ["user_id", "age", "gender", "favourite"],
+        "item": ["item_id", "title", "class", "price"],
+    }
+    message = r"'grade_thresholds' \[3\] needs the rating field 'rating'.*grade_thresholds: \[\]"
+    with pytest.raises(ValueError, match=message):
+        build_model("TwoTowerSplit", tiny)
+    tiny["config_dict"]["grade_thresholds"] = []
+    model = build_model("TwoTowerSplit", tiny)
+    assert torch.equal(model.grades(Interaction({"item_id": torch.tensor([1, 2, 3])})), torch.ones(3, dtype=torch.long))

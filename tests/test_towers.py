@@ -1,9 +1,14 @@
+import os
+import shutil
+
 import pytest
 import torch
 from recbole.data import create_dataset
 
 from recbole_endo import Config
 from recbole_endo.model.towers import FeatureEmbedding, parse_endo_fields
+
+from conftest import DATA_DIR
 
 
 def training_dataset(config):
@@ -74,3 +79,31 @@ def test_field_from_another_file_is_refused(tiny_dataset):
 def test_malformed_endo_fields_name_the_option(endo_fields, fault):
     with pytest.raises(ValueError, match=fault):
         parse_endo_fields({"endo_fields": endo_fields})
+
+
+def test_side_fields_of_a_missing_feature_file_are_refused_naming_the_file(tiny, tmp_path):
+    folder = tmp_path / "data" / "tiny"
+    folder.mkdir(parents=True)
+    for suffix in ("inter", "item"):  # no tiny.user
+        shutil.copy(os.path.join(DATA_DIR, "tiny", f"tiny.{suffix}"), folder)
+    tiny["config_dict"]["data_path"] = str(folder.parent)
+    with pytest.raises(ValueError, match=r"'age'.*tiny\.user' \(which does not exist\)"):
+        FeatureEmbedding(training_dataset(Config(model="TwoTowerSplit", **tiny)), "user", ["age"], 4, group="side")
+
+
+def test_item_without_a_feature_row_embeds_as_padding_with_the_mean_of_float_fields(tiny, tmp_path):
+    folder = tmp_path / "data" / "tiny"
+    folder.mkdir(parents=True)
+    for suffix in ("inter", "user"):
+        shutil.copy(os.path.join(DATA_DIR, "tiny", f"tiny.{suffix}"), folder)
+    with open(os.path.join(DATA_DIR, "tiny", "tiny.item")) as source:
+        header, *rows = [line for line in source if not line.startswith("i5\t")]
+    (folder / "tiny.item").write_text(header + "".join(rows))
+    # RecBole drops the interactions of an item without a feature row unless told to keep them.
+    tiny["config_dict"].update({"data_path": str(folder.parent), "filter_inter_by_user_or_item": False})
+    dataset = training_dataset(Config(model="TwoTowerSplit", **tiny))
+    item = int(dataset.token2id("item_id", "i5"))
+    embedding = FeatureEmbedding(dataset, "item", ["title", "class", "price"], 4)
+    assert torch.equal(embedding(torch.tensor([item]))[0, :2], torch.zeros(2, 4))  # title, class
+    prices = [float(row.split("\t")[3]) for row in rows]
+    assert dataset.get_item_feature()["price"][item].item() == pytest.approx(sum(prices) / len(prices), rel=1e-5)
