@@ -14,6 +14,10 @@
   removed from the ranking, so neither stratum is penalised for the other's true items. Head =
   the most popular items (training counts) that together hold ``head_share`` of the training
   interactions; tail = the rest.
+- ``cold_eval`` (cold start, e.g. on a ``recbole_endo.cold_start`` split): the same full ranking
+  over the cold and the warm stratum; cold = without a training interaction. ``item``: test items
+  of each stratum count, as for popularity strata; ``user``: all test items of the stratum's
+  users count.
 
 In a list, items are ranked by the model's score; binary NDCG and Recall come from RecBole's own
 metric classes (relevant: grade > 0), graded NDCG (gain 2^grade − 1) from :class:`GradedNDCG`,
@@ -38,6 +42,7 @@ from recbole_endo.model.losses import grade_labels
 from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
 
 LIST_PROTOCOLS = ("none", "sampled", "exposed")
+COLD_EVAL_ENTITIES = ("none", "item", "user")
 
 
 class GradedNDCG(AbstractMetric):
@@ -274,13 +279,43 @@ def popularity_strata_evaluation(config, model, splits):
     return result
 
 
+def cold_start_evaluation(config, model, splits):
+    """Cold and warm full-ranking metrics at ``topk``, keys ``cold:ndcg@10``, ``warm:...``, plus
+    the number of cold test items (``cold:items``) or cold test users (``cold:users``)."""
+    train_split, valid_split, test_split = splits
+    entity = config["cold_eval"]
+    users = np.unique(_test_users_and_items(test_split)[0])
+    scores = score_all_items(model, train_split, users)
+    history = _history([train_split, valid_split], users, train_split.item_num)
+    positives = _history([test_split], users, train_split.item_num)
+    if entity == "item":
+        cold = torch.ones(train_split.item_num, dtype=torch.bool)
+        cold[[0, *train_split.item_counter]] = False  # 0 is RecBole's padding id, not an item
+        strata = {"cold": (slice(None), cold), "warm": (slice(None), ~cold)}
+        count = int((positives & cold).any(0).sum())
+    else:
+        cold = torch.tensor([train_split.user_counter[user] == 0 for user in users], dtype=torch.bool)
+        every_item = torch.ones(train_split.item_num, dtype=torch.bool)
+        strata = {"cold": (cold, every_item), "warm": (~cold, every_item)}
+        count = int(cold.sum())
+    result = OrderedDict({f"cold:{entity}s": count})
+    for name, (rows, stratum) in strata.items():
+        for key, value in stratum_metrics(scores[rows], history[rows], positives[rows], stratum, config["topk"]).items():
+            result[f"{name}:{key}"] = value
+    return result
+
+
 def extra_evaluation(config, model, splits):
-    """The plugin's protocols that ``config`` switches on (``list_eval``, ``head_share``)."""
+    """The plugin's protocols that ``config`` switches on (``list_eval``, ``head_share``, ``cold_eval``)."""
     if config["list_eval"] not in LIST_PROTOCOLS:
         raise ValueError(f"config option 'list_eval' is {config['list_eval']!r}; use one of {', '.join(LIST_PROTOCOLS)}")
+    if config["cold_eval"] not in COLD_EVAL_ENTITIES:
+        raise ValueError(f"config option 'cold_eval' is {config['cold_eval']!r}; use one of {', '.join(COLD_EVAL_ENTITIES)}")
     result = OrderedDict()
     if config["list_eval"] != "none":
         result.update(list_evaluation(config, model, splits))
     if config["head_share"] is not None:
         result.update(popularity_strata_evaluation(config, model, splits))
+    if config["cold_eval"] != "none":
+        result.update(cold_start_evaluation(config, model, splits))
     return result

@@ -66,12 +66,29 @@ def check_fields(dataset, entity, group, fields):
             )
 
 
+def trained_entities(dataset, entity):
+    """Bool per internal id of ``entity``: it has an interaction in ``dataset`` (the training split)."""
+    counter = dataset.user_counter if entity == "user" else dataset.item_counter
+    trained = torch.zeros(dataset.user_num if entity == "user" else dataset.item_num, dtype=torch.bool)
+    trained[list(counter)] = True
+    return trained
+
+
 class FeatureEmbedding(nn.Module):
     r"""Embeds fields of the user or item feature table for a batch of internal ids.
 
     token → embedding; token_seq → mean of the embeddings of its non-padding tokens (an empty cell
     gives zeros); float / float_seq → linear map of the value(s). The feature table is held as
     non-persistent buffers: it moves to the model's device once and stays out of checkpoints.
+
+    Unseen tokens: ``dataset`` is the training split. A token (an id, a title word, a zip code)
+    that occurs in the features of no entity with a training interaction has learned nothing
+    about users' tastes: an unseen user's tokens keep their random initialisation, and an unseen
+    item's are only pushed down as RecBole's negatives, which it samples from all items. In eval
+    mode such a token is embedded as the mean embedding of the seen tokens, the expected
+    contribution of a token of its field, so a cold entity is ranked by what it shares with
+    trained ones (side values, known title words) plus an average atom. When every entity has a
+    training interaction every token is seen and nothing changes; training is unchanged.
 
     Output: ``[batch, len(fields), embedding_size]``.
     """
@@ -80,6 +97,7 @@ class FeatureEmbedding(nn.Module):
         super().__init__()
         check_fields(dataset, entity, group, fields)
         table = dataset.get_user_feature() if entity == "user" else dataset.get_item_feature()
+        trained = trained_entities(dataset, entity)
         self.fields = list(fields)
         self.field_types = {}
         self.encoders = nn.ModuleDict()
@@ -88,6 +106,10 @@ class FeatureEmbedding(nn.Module):
             values = table[field]
             if field_type in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
                 self.encoders[field] = nn.Embedding(dataset.num(field), embedding_size, padding_idx=0)
+                seen = torch.zeros(dataset.num(field), dtype=torch.bool)
+                seen[values[trained].flatten()] = True
+                seen[0] = True  # padding (an empty cell or a missing value) is not a token: kept as is
+                self.register_buffer(f"seen_{field}", seen, persistent=False)
             elif field_type in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ):
                 values = values.float().reshape(len(values), -1)
                 self.encoders[field] = nn.Linear(values.shape[1], embedding_size)
@@ -97,13 +119,25 @@ class FeatureEmbedding(nn.Module):
             self.register_buffer(f"table_{field}", values, persistent=False)
         self.output_size = len(self.fields) * embedding_size
 
+    def embed_tokens(self, field, values):
+        """Token embeddings; in eval mode an unseen token's is the mean of the seen tokens'."""
+        embedded = self.encoders[field](values)
+        if self.training:
+            return embedded
+        seen = getattr(self, f"seen_{field}")
+        seen_weights = self.encoders[field].weight[1:][seen[1:]]
+        mean = seen_weights.sum(0) / max(len(seen_weights), 1)  # no seen token: zeros, as an empty cell
+        return torch.where(seen[values].unsqueeze(-1), embedded, mean)
+
     def embed_field(self, field, ids):
         values = getattr(self, f"table_{field}")[ids]
-        encoder = self.encoders[field]
-        if self.field_types[field] != FeatureType.TOKEN_SEQ:
-            return encoder(values)
+        field_type = self.field_types[field]
+        if field_type == FeatureType.TOKEN:
+            return self.embed_tokens(field, values)
+        if field_type != FeatureType.TOKEN_SEQ:
+            return self.encoders[field](values)
         mask = (values != 0).unsqueeze(-1).float()
-        return (encoder(values) * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)
+        return (self.embed_tokens(field, values) * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)
 
     def forward(self, ids):
         return torch.stack([self.embed_field(field, ids) for field in self.fields], dim=-2)

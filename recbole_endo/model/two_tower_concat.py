@@ -22,6 +22,11 @@ class TwoTowerConcat(FeatureTowerRecommender):
     Score: dot product of the user and item towers. Loss: graded BPR on RecBole's sampled
     negatives (see :class:`FeatureTowerRecommender`).
     Hyper-parameters: ``embedding_size``, ``mlp_hidden_size``, ``dropout_prob``, ``endo_fields``.
+
+    Unseen atoms (a cold item's id, its title words never seen in training): replaced at the
+    MLP's input by their field's mean trained embedding (:class:`FeatureEmbedding`). The MLP
+    mixes atoms and sides in one layer, so there is no side-only path; an average atom is the
+    input closest to what it was trained on.
     """
 
     tower_class = ConcatTower

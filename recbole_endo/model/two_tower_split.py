@@ -45,6 +45,11 @@ class TwoTowerSplit(FeatureTowerRecommender):
     Score: dot product of the user and item towers. Loss: graded BPR on RecBole's sampled
     negatives (see :class:`FeatureTowerRecommender`).
     Hyper-parameters: ``embedding_size``, ``mlp_hidden_size``, ``dropout_prob``, ``endo_fields``.
+
+    Unseen atoms: a cold item is ranked by its side branch plus the atom branch of its known
+    title words and the mean trained embedding in place of its id and unseen words
+    (:class:`FeatureEmbedding`). Not the side branch alone: the output layer was only ever
+    trained on both branches, and a zero atom branch is an input it has never seen.
     """
 
     tower_class = SplitTower

@@ -1,0 +1,145 @@
+"""Cold-start splits of a RecBole dataset, written as RecBole benchmark files.
+
+A seeded random ``cold_share`` of the entity's ids (items or users) is *cold*: all of its
+interactions go to validation and test, half each (seeded), so no cold id occurs in training.
+The other (warm) interactions are split 8:1:1 at random per user, with RecBole's own rounding, as
+its ``RS`` split with ``group_by: user`` splits them, so warm and cold results come side by side.
+
+    python -m recbole_endo.cold_start SOURCE_DIR DATASET OUT_DIR [--entity item|user] [--cold_share 0.2] [--seed 2020]
+
+reads ``SOURCE_DIR/DATASET.inter`` and writes ``OUT_DIR/DATASET/DATASET.cold_<entity>.{train,valid,test}.inter``
+(the source's header and rows) with copies of ``DATASET.user`` and ``DATASET.item``. Run a model on it with
+``--dataset=DATASET --data_path=OUT_DIR --benchmark_filename="['cold_item.train','cold_item.valid','cold_item.test']"``:
+the dataset keeps its name, so its properties (``load_col``, ``endo_fields``) still apply.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+from collections import defaultdict
+
+import numpy as np
+from recbole.data.dataset import Dataset
+
+from recbole_endo.files import dataset_folder, write_atomic_file
+
+ENTITIES = ("item", "user")
+PARTS = ("train", "valid", "test")
+WARM_RATIOS = [0.8, 0.1, 0.1]
+FEATURE_FILES = ("user", "item")
+
+
+def benchmark_names(entity):
+    """The ``benchmark_filename`` list of a cold-``entity`` split."""
+    return [f"cold_{entity}.{part}" for part in PARTS]
+
+
+def read_inter(path):
+    """Header fields and rows (lists of strings, values kept as written) of a RecBole atomic file."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not lines:
+        raise ValueError(f"{path}: empty file, expected a 'name:type' header")
+    header = lines[0].split("\t")
+    rows = []
+    for number, line in enumerate(lines[1:], 2):
+        if not line:
+            continue  # blank lines (a file's end) hold no interaction
+        row = line.split("\t")
+        if len(row) != len(header):
+            raise ValueError(f"{path}, line {number}: {len(row)} fields, the header has {len(header)}")
+        rows.append(row)
+    return header, rows
+
+
+def column(path, header, name):
+    """Index of field ``name`` (RecBole's default id field names) in ``header``."""
+    names = [field.split(":")[0] for field in header]
+    if name not in names:
+        raise ValueError(f"{path}: no '{name}' field in the header ({', '.join(header)})")
+    return names.index(name)
+
+
+def split_cold_start(users, entity_ids, cold_share, seed):
+    """Part index (0 train, 1 valid, 2 test) of each interaction.
+
+    ``users`` and ``entity_ids`` are the interactions' user and cold-entity (user or item) ids.
+    """
+    rng = np.random.default_rng(seed)
+    ids = sorted(set(entity_ids))
+    n_cold = round(cold_share * len(ids))
+    if not 1 <= n_cold < len(ids):
+        raise ValueError(
+            f"cold_share {cold_share} of {len(ids)} ids makes {n_cold} cold; need at least one cold and one warm id"
+        )
+    cold = set(rng.choice(ids, size=n_cold, replace=False).tolist())
+    rows_of_cold, rows_of_user = defaultdict(list), defaultdict(list)
+    for row, (user, entity_id) in enumerate(zip(users, entity_ids)):
+        if entity_id in cold:
+            rows_of_cold[entity_id].append(row)
+        else:
+            rows_of_user[user].append(row)
+    parts = np.zeros(len(users), dtype=int)
+    for entity_id in sorted(rows_of_cold):
+        rows = rng.permutation(rows_of_cold[entity_id])
+        parts[rows[: len(rows) // 2]] = 1  # an odd interaction out goes to test
+        parts[rows[len(rows) // 2 :]] = 2
+    for user in sorted(rows_of_user):
+        rows = rng.permutation(rows_of_user[user])
+        # RecBole's rounding of a grouped ratio split (the method does not use its instance).
+        train_end, valid_end = Dataset._calcu_split_ids(None, tot=len(rows), ratios=WARM_RATIOS)
+        parts[rows[train_end:valid_end]] = 1
+        parts[rows[valid_end:]] = 2
+    return parts
+
+
+def write_cold_start_split(source_dir, dataset, out_dir, entity="item", cold_share=0.2, seed=2020):
+    """Write the cold-``entity`` split of ``source_dir/dataset.inter`` to ``out_dir/dataset/``; return that folder.
+
+    All input is read and checked before anything is written, so bad input leaves ``out_dir`` as it was.
+    """
+    if entity not in ENTITIES:
+        raise ValueError(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+    if not 0 < cold_share < 1:
+        raise ValueError(f"cold_share must be in (0, 1), got {cold_share}")
+    inter_path = os.path.join(source_dir, f"{dataset}.inter")
+    if not os.path.isfile(inter_path):
+        raise FileNotFoundError(f"interaction file not found: {inter_path}")
+    header, rows = read_inter(inter_path)
+    user_column, entity_column = column(inter_path, header, "user_id"), column(inter_path, header, f"{entity}_id")
+    parts = split_cold_start(
+        [row[user_column] for row in rows], [row[entity_column] for row in rows], cold_share, seed
+    )
+
+    target = os.path.join(out_dir, dataset)
+    # Other benchmark splits already in the folder (the other entity's) stay.
+    with dataset_folder(target, keep_other_files=True) as work:
+        for part, name in enumerate(benchmark_names(entity)):
+            write_atomic_file(
+                os.path.join(work, f"{dataset}.{name}.inter"), header, (row for row, p in zip(rows, parts) if p == part)
+            )
+        for suffix in FEATURE_FILES:
+            feature_path = os.path.join(source_dir, f"{dataset}.{suffix}")
+            if os.path.isfile(feature_path):
+                shutil.copyfile(feature_path, os.path.join(work, f"{dataset}.{suffix}"))
+    return target
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write a cold-start split of a RecBole dataset as benchmark files.")
+    parser.add_argument("source_dir", help="folder with DATASET.inter (and DATASET.user / DATASET.item)")
+    parser.add_argument("dataset", help="dataset name (file prefix)")
+    parser.add_argument("out_dir", help="RecBole data_path; the dataset folder is written inside it")
+    parser.add_argument("--entity", default="item", choices=ENTITIES, help="whose ids go cold")
+    parser.add_argument("--cold_share", type=float, default=0.2, help="share of the entity's ids made cold")
+    parser.add_argument("--seed", type=int, default=2020, help="seed of the cold ids and of every split")
+    args = parser.parse_args(argv)
+    try:
+        print(write_cold_start_split(args.source_dir, args.dataset, args.out_dir, args.entity, args.cold_share, args.seed))
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
