@@ -15,6 +15,7 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_endo.config import Config
 from recbole_endo.evaluation import extra_evaluation
+from recbole_endo.fast_path import skip_feature_join
 from recbole_endo.synth import prepare_dataset
 from recbole_endo.utils import get_model, get_trainer
 
@@ -25,6 +26,8 @@ def _build(config):
     prepare_dataset(config)  # endo-synth is generated on first use; other datasets are left alone
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    # Models that read features by id get batches without RecBole's feature join (join_features).
+    skip_feature_join(config, get_model(config["model"]), (train_data, valid_data, test_data))
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)

@@ -47,6 +47,11 @@ class EndoDecouple(FeatureTowerRecommender):
       fake negatives (the same atom repeated in the batch) masked by cosine of ``a``;
     - both SSL terms use the batch's first ``ssl_batch_size`` rows (a random subset: batches are
       shuffled), since InfoNCE's in-batch negatives cost batch² time and memory;
+    - under DDP the in-batch negatives are per process, not gathered: each process takes them
+      from its own ``train_batch_size / world_size`` rows, so an anchor has
+      ``min(ssl_batch_size, train_batch_size / world_size) − 1`` negatives (with the defaults,
+      2048 / 2 ≥ 512, the same 511 as in one process, and the SSL terms cover ``world_size``
+      times more rows per step);
     - **ranking representation**: ``output(concat(MLP_side, MLP_atom))``, the output a linear map
       or, with ``rank_hidden_size``, an MLP; score = dot product; graded BPR as in
       :class:`FeatureTowerRecommender`.
@@ -62,6 +67,11 @@ class EndoDecouple(FeatureTowerRecommender):
     ``cos(a, s)`` marks an over-exposed atom, as high popularity does for IPW; a decreasing,
     positive, bounded map (ratio at most ``e^(2·endo_eta)``) mirrors IPW's ``popularity^−η``
     without IPW's exploding weights for rare items.
+
+    Unseen atoms: as in :class:`TwoTowerSplit`, a cold item's id and unseen title words enter the
+    atom branch as their field's mean trained embedding, so cold items differ by their side
+    representation and known title words, the parts the SSL terms train to generalise. Its
+    ranking representation is not the side one alone because the output layer combines both.
     """
 
     SAMPLE_WEIGHTS = ("none", "ipw", "endo")
@@ -82,48 +92,68 @@ class EndoDecouple(FeatureTowerRecommender):
         sizes_option(config, "rank_hidden_size", allow_empty=True)
         super().__init__(config, dataset)
 
-    def auxiliary(self, entity, ids):
-        """The tower's ranking representation, its auxiliary losses and cos(a, s) statistics."""
+    def auxiliary(self, entity, ids, other_ids=None):
+        """The tower's ranking representation, its auxiliary losses and cos(a, s) statistics.
+
+        The representation covers ``ids`` and then ``other_ids`` (the negative items) when given;
+        the losses and statistics cover ``ids`` only. With ``deduplicate`` each distinct id runs
+        through the tower once; the SSL views are drawn per row either way.
+        """
         tower = self.towers[entity]
-        embedded = tower.embed(ids)
+        count = len(ids)
+        if self.deduplicate and other_ids is not None:
+            ids = torch.cat([ids, other_ids])
+        distinct, index = self.distinct(ids)
+
+        def rows(tensor, part=slice(None)):
+            """``tensor``'s rows of ``ids[part]``: ``tensor`` has one row per distinct id."""
+            return tensor[part] if index is None else tensor[index[part]]
+
+        embedded = tower.embed(distinct)
         branches = {group: tower.branch(group, embedded[group]) for group in FIELD_GROUPS}
-        s = F.normalize(branches["side"], dim=-1)
-        a = F.normalize(branches["atom"], dim=-1)
+        mine = slice(0, count)
+        s = rows(F.normalize(branches["side"], dim=-1), mine)
+        a = rows(F.normalize(branches["atom"], dim=-1), mine)
         cos = (a * s).sum(-1)
         losses = {}
         if self.weights["stage1"]:
             losses["stage1"] = truncated_cosine_loss(a, s, self.margin)
         # SSL on the first ssl_batch_size rows: RecBole shuffles batches, so it is a random subset,
         # and InfoNCE costs batch² (four 2048² logit matrices would dominate a training step).
-        rows = slice(0, self.ssl_batch_size)
+        ssl = slice(0, min(self.ssl_batch_size, count))
         if self.weights["side_ssl"]:
-            views = [tower.heads["side"](tower.view("side", embedded["side"][rows])) for _ in range(2)]
-            mask = fake_negative_mask(s[rows], self.fake_threshold)
+            views = [tower.heads["side"](tower.view("side", rows(embedded["side"], ssl))) for _ in range(2)]
+            mask = fake_negative_mask(s[ssl], self.fake_threshold)
             losses["side_ssl"] = info_nce(*views, self.temperature, mask)
         if self.weights["atom_ssl"]:
-            views = [F.normalize(tower.view("atom", embedded["atom"][rows]), dim=-1) for _ in range(2)]
+            views = [F.normalize(tower.view("atom", rows(embedded["atom"], ssl)), dim=-1) for _ in range(2)]
             if self.orthogonalize:
-                views = [orthogonal_component(view, s[rows]) for view in views]
+                views = [orthogonal_component(view, s[ssl]) for view in views]
             views = [tower.heads["atom"](view) for view in views]
-            mask = fake_negative_mask(a[rows], self.fake_threshold)
+            mask = fake_negative_mask(a[ssl], self.fake_threshold)
             losses["atom_ssl"] = info_nce(*views, self.temperature, mask)
-        return tower.combine(branches), losses, cos
+        representation = rows(tower.combine(branches))
+        if other_ids is not None and index is None:
+            representation = torch.cat([representation, tower(other_ids)])
+        return representation, losses, cos
 
     def calculate_loss(self, interaction):
         user_repr, user_losses, user_cos = self.auxiliary("user", interaction[self.USER_ID])
-        pos_repr, item_losses, item_cos = self.auxiliary("item", interaction[self.ITEM_ID])
-        neg_repr = self.towers["item"](interaction[self.NEG_ITEM_ID])
+        items = interaction[self.ITEM_ID]
+        item_repr, item_losses, item_cos = self.auxiliary("item", items, interaction[self.NEG_ITEM_ID])
+        pos_repr, neg_repr = item_repr[: len(items)], item_repr[len(items) :]
         if self.sample_weight == "endo":
             weight = batch_normalised(torch.exp(-self.endo_eta * item_cos))
         else:
             weight = self.pair_weight(interaction)
         rank = self.ranking_loss(interaction, user_repr, pos_repr, neg_repr, weight)
         total = rank
-        self.loss_components = {"rank": rank.item()}
+        # Detached tensors, not floats: .item() would wait for the device once per component.
+        self.loss_components = {"rank": rank.detach()}
         for entity, losses, cos in (("user", user_losses, user_cos), ("item", item_losses, item_cos)):
             for name, loss in losses.items():
                 total = total + self.weights[name] * loss
-                self.loss_components[f"{entity}_{name}"] = loss.item()
-            self.loss_components[f"{entity}_cos_mean"] = cos.mean().item()
-            self.loss_components[f"{entity}_cos_min"] = cos.min().item()
+                self.loss_components[f"{entity}_{name}"] = loss.detach()
+            self.loss_components[f"{entity}_cos_mean"] = cos.detach().mean()
+            self.loss_components[f"{entity}_cos_min"] = cos.detach().min()
         return total

@@ -11,6 +11,8 @@ from recbole_endo.model.losses import batch_normalised, grade_labels, graded_bpr
 from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
 from recbole_endo.model.towers import ENTITIES, parse_endo_fields
 
+REPR_CHUNK = 65536  # ids per tower call when every user's or item's representation is computed
+
 
 class FeatureTowerRecommender(GeneralRecommender):
     r"""Scores a user–item pair by the dot product of a user tower and an item tower.
@@ -22,13 +24,16 @@ class FeatureTowerRecommender(GeneralRecommender):
     Ranking loss (shared by the plugin's models, so they compare on one objective): graded BPR
     over (positive, RecBole-sampled negative) pairs. A positive's grade is 1 + the number of
     ``grade_thresholds`` its rating reaches (ml-100k: rating >= 3 → 2, else 1); a negative's is 0;
-    a pair weighs its gain difference 2^grade − 1. Without a loaded rating field every positive
-    has grade 1 (plain BPR). ``sample_weight: ipw`` multiplies each pair by the classic inverse
-    propensity ``popularity(item)^-ipw_eta``, normalised to mean 1 in the batch.
+    a pair weighs its gain difference 2^grade − 1. ``grade_thresholds: []`` gives every positive
+    grade 1 (plain BPR); non-empty thresholds need the rating field (``RATING_FIELD``) loaded from
+    the .inter file, or the model refuses to build. ``sample_weight: ipw`` multiplies each pair by
+    the classic inverse propensity ``popularity(item)^-ipw_eta``, normalised to mean 1 in the batch.
     """
 
     input_type = InputType.PAIRWISE
     SAMPLE_WEIGHTS = ("none", "ipw")
+    # The towers look features up by id: RecBole need not join them into batches (fast_path.py).
+    reads_joined_features = False
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -40,9 +45,13 @@ class FeatureTowerRecommender(GeneralRecommender):
             {entity: self.tower_class(dataset, entity, self.endo_fields[entity], config) for entity in ENTITIES}
         )
         self.RATING = config["RATING_FIELD"]
-        has_rating = self.RATING in dataset.field2type
-        thresholds = numbers_option(config, "grade_thresholds")
-        self.grade_thresholds = thresholds if has_rating else None
+        self.grade_thresholds = numbers_option(config, "grade_thresholds")
+        if self.grade_thresholds and self.RATING not in dataset.field2type:
+            raise ValueError(
+                f"config option 'grade_thresholds' {self.grade_thresholds} needs the rating field "
+                f"'{self.RATING}' (RATING_FIELD), which the dataset does not load: add it to the .inter "
+                "file and load_col['inter'], or set grade_thresholds: [] for binary BPR"
+            )
         if self.grade_thresholds:
             check_raw_ratings(config, "grade_thresholds")
         if config["sample_weight"] not in self.SAMPLE_WEIGHTS:
@@ -57,22 +66,27 @@ class FeatureTowerRecommender(GeneralRecommender):
             popularity[item] += count
         self.register_buffer("item_popularity", popularity, persistent=False)
         self.loss_components = {}
+        # A batch repeats popular users and items many times (ml-100k: 2048 pairs hold about 660
+        # users and, with the negatives, 1450 items): each distinct id goes through its tower once
+        # and the rows share its output and sum their gradients. With dropout every row keeps a
+        # mask of its own, so the towers then run on every row, as they always did.
+        self.deduplicate = not config["dropout_prob"]
         self.apply(xavier_normal_initialization)
-        self._item_repr_cache = None
+        self._repr_cache = {}
 
     def train(self, mode=True):
         # RecBole switches modes around every weight change (a training epoch, loading the best
-        # checkpoint), so the cached item tower lives exactly as long as one evaluation.
-        self._item_repr_cache = None
+        # checkpoint), so the cached towers live exactly as long as one evaluation.
+        self._repr_cache = {}
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._item_repr_cache = None
+        self._repr_cache = {}
         super()._load_from_state_dict(*args, **kwargs)
 
     def grades(self, interaction):
         items = interaction[self.ITEM_ID]
-        if self.grade_thresholds is None:
+        if not self.grade_thresholds:
             return torch.ones_like(items)
         return grade_labels(interaction[self.RATING], self.grade_thresholds)
 
@@ -87,29 +101,57 @@ class FeatureTowerRecommender(GeneralRecommender):
         neg_score = (user_repr * neg_repr).sum(-1)
         return graded_bpr_loss(pos_score, neg_score, self.grades(interaction), sample_weight)
 
+    def distinct(self, ids):
+        """``(distinct ids, where each of ids is among them)``, or ``(ids, None)`` when the model
+        does not deduplicate (see ``deduplicate``)."""
+        if not self.deduplicate:
+            return ids, None
+        return torch.unique(ids, return_inverse=True)
+
+    def tower_rows(self, entity, *ids):
+        """The ``entity`` tower on each id tensor of ``ids``, each distinct id computed once."""
+        if not self.deduplicate:
+            return tuple(self.towers[entity](part) for part in ids)
+        distinct, index = self.distinct(torch.cat(ids))
+        return self.towers[entity](distinct)[index].split([len(part) for part in ids])
+
     def calculate_loss(self, interaction):
-        user_repr = self.towers["user"](interaction[self.USER_ID])
-        pos_repr = self.towers["item"](interaction[self.ITEM_ID])
-        neg_repr = self.towers["item"](interaction[self.NEG_ITEM_ID])
+        (user_repr,) = self.tower_rows("user", interaction[self.USER_ID])
+        pos_repr, neg_repr = self.tower_rows("item", interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID])
         loss = self.ranking_loss(interaction, user_repr, pos_repr, neg_repr, self.pair_weight(interaction))
-        self.loss_components = {"rank": loss.item()}
+        # Detached tensors, not floats: .item() would wait for the device once per component.
+        self.loss_components = {"rank": loss.detach()}
         return loss
 
+    def representations(self, entity, ids):
+        """The ``entity`` tower on ``ids``; in eval mode looked up in :meth:`all_representations`."""
+        if self.training:
+            return self.towers[entity](ids)
+        return self.all_representations(entity)[ids]
+
     def forward(self, user, item):
-        return (self.towers["user"](user) * self.towers["item"](item)).sum(-1)
+        return (self.representations("user", user) * self.representations("item", item)).sum(-1)
 
     def predict(self, interaction):
         return self.forward(interaction[self.USER_ID], interaction[self.ITEM_ID])
 
-    def all_item_representations(self):
-        """The item tower over every item; computed once per evaluation (cached in eval mode)."""
-        if self.training or self._item_repr_cache is None:
-            item_repr = self.towers["item"](torch.arange(self.n_items, device=self.device))
+    def all_representations(self, entity):
+        """The ``entity`` tower over every user or item; in eval mode computed once per evaluation
+        (cached until the next ``train()`` or weight load), so an evaluation batch costs a lookup."""
+        if self.training or entity not in self._repr_cache:
+            count = self.n_users if entity == "user" else self.n_items
+            ids = torch.arange(count, device=self.device)
+            # In chunks: the tower's intermediates for millions of ids at once need not fit.
+            reprs = torch.cat([self.towers[entity](chunk) for chunk in ids.split(REPR_CHUNK)])
             if self.training:
-                return item_repr
-            self._item_repr_cache = item_repr
-        return self._item_repr_cache
+                return reprs
+            self._repr_cache[entity] = reprs
+        return self._repr_cache[entity]
+
+    def all_item_representations(self):
+        """The item tower over every item (see :meth:`all_representations`)."""
+        return self.all_representations("item")
 
     def full_sort_predict(self, interaction):
-        user_repr = self.towers["user"](interaction[self.USER_ID])
+        user_repr = self.representations("user", interaction[self.USER_ID])
         return (user_repr @ self.all_item_representations().T).reshape(-1)

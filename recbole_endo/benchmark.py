@@ -1,0 +1,328 @@
+"""Speed benchmark: training seconds per epoch, full-sort evaluation seconds and peak memory of
+several models on several datasets, in one run, with each model's ratios to a baseline (BPR).
+
+    python -m recbole_endo.benchmark --datasets=ml-100k,endo-synth --synth_interactions=1000000 \\
+        --output_dir=results/speed
+
+Each (dataset, model) runs in a fresh Python process, one at a time, so its peak memory is its
+own and no run inherits another's caches. The process builds the dataset, splits and model as a
+normal run does (``quick_start._build``: the same config layering, seed and fast paths), then
+times ``--epochs_measured`` training epochs after one warm-up epoch (``Trainer._train_epoch``,
+as the quick start times epochs) and one full-sort evaluation of the test split
+(``Trainer.evaluate``, the item and user towers computed inside it). Peak memory is the
+process's peak resident set (``ru_maxrss``: dataset, model, training and evaluation together),
+plus the peak CUDA memory allocated on a GPU. ``endo-synth`` is generated before any timed
+process starts, so no process counts the generator. Ratios divide each model's number by the
+baseline's on the same dataset (blank without a baseline row).
+
+Output in ``--output_dir``: ``speed.csv`` (one row per dataset and model, every measurement, CPU
+seconds beside wall seconds: on a loaded machine they say what the work cost) and
+``speed.md`` (the table and the settings), each rewritten, through a temporary file renamed into
+place, after every model, so an interrupted run keeps what it measured; ``logs/`` holds each
+process's output. Any other ``--key=value`` is a RecBole config option for every run (e.g.
+``--train_batch_size=4096``); ``--synth_interactions`` (and any ``--synth_*``) goes to
+``endo-synth`` only, which is generated into ``dataset/benchmark/endo-synth/`` (not the
+``dataset/endo-synth/`` of other runs) unless ``--data_path`` says otherwise.
+"""
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+from recbole_endo.files import open_replacing
+
+DEFAULT_MODELS = ("BPR", "TwoTowerConcat", "TwoTowerSplit", "EndoDecouple")
+SYNTH_DATASET = "endo-synth"
+# endo-synth is generated into its own folder, so that a benchmark at 1M interactions does not
+# regenerate the dataset/endo-synth/ that other runs (at the default options) use, and back.
+SYNTH_DATA_PATH = os.path.join("dataset", "benchmark")
+COLUMNS = [
+    "dataset", "model", "status", "train_interactions", "users", "items", "batches_per_epoch",
+    "warmup_epoch_s", "train_s_per_epoch", "train_s_min", "train_s_max", "eval_s", "train_cpu_s_per_epoch",
+    "eval_cpu_s", "peak_rss_mb",
+    "peak_cuda_mb", "build_s", "train_ratio", "eval_ratio", "memory_ratio", "threads", "device", "error",
+]
+RATIOS = {"train_ratio": "train_s_per_epoch", "eval_ratio": "eval_s", "memory_ratio": "peak_rss_mb"}
+
+
+def default_threads():
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def peak_rss_mb():
+    """This process's peak resident memory in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def measure(model, dataset, config_file_list, config_dict, epochs_measured, threads):
+    """In this process: build ``model`` on ``dataset``, time one warm-up and ``epochs_measured``
+    training epochs and one full-sort evaluation of the test split; return the measurements."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from recbole_endo.config import Config
+    from recbole_endo.quick_start import _build
+
+    start = time.perf_counter()
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    _, _, trainer, (train_data, _, test_data) = _build(config)
+    build_s = time.perf_counter() - start
+    cuda = config["device"].type == "cuda"
+    synchronize = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def timed(call):
+        """``(wall seconds, CPU seconds of all this process's threads)`` of ``call()``."""
+        synchronize()
+        begin, begin_cpu = time.perf_counter(), time.process_time()
+        call()
+        synchronize()
+        return time.perf_counter() - begin, time.process_time() - begin_cpu
+
+    epochs = [
+        timed(lambda epoch=epoch: trainer._train_epoch(train_data, epoch)) for epoch in range(1 + epochs_measured)
+    ]
+    eval_s, eval_cpu_s = timed(lambda: trainer.evaluate(test_data, load_best_model=False))
+    measured = [wall for wall, _ in epochs[1:]]
+    train_dataset = train_data._dataset
+    return {
+        "train_interactions": len(train_dataset),
+        "users": train_dataset.user_num - 1,  # RecBole's id 0 is padding
+        "items": train_dataset.item_num - 1,
+        "batches_per_epoch": len(train_data),
+        "warmup_epoch_s": epochs[0][0],
+        "train_s_per_epoch": sum(measured) / len(measured),
+        "train_s_min": min(measured),
+        "train_s_max": max(measured),
+        "eval_s": eval_s,
+        # CPU seconds: what the work cost, less sensitive than wall seconds to other processes' load.
+        "train_cpu_s_per_epoch": sum(cpu for _, cpu in epochs[1:]) / epochs_measured,
+        "eval_cpu_s": eval_cpu_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "build_s": build_s,
+        "threads": torch.get_num_threads(),
+        "device": str(config["device"]),
+    }
+
+
+def run_worker(spec_file):
+    """The child process: read the spec, measure, write the result JSON beside the spec."""
+    with open(spec_file) as file:
+        spec = json.load(file)
+    result = measure(
+        spec["model"], spec["dataset"], spec["config_file_list"], spec["config_dict"],
+        spec["epochs_measured"], spec["threads"],
+    )
+    with open_replacing(spec["result_file"]) as file:
+        json.dump(result, file)
+
+
+def dataset_options(dataset, config_dict):
+    """``config_dict`` for one dataset: the ``synth_*`` options go to endo-synth only, which is
+    generated under ``SYNTH_DATA_PATH`` unless ``data_path`` is given."""
+    if dataset == SYNTH_DATASET:
+        return {"data_path": SYNTH_DATA_PATH, **config_dict}
+    return {key: value for key, value in config_dict.items() if not key.startswith("synth_")}
+
+
+def prepare(dataset, model, config_file_list, config_dict):
+    """Generate endo-synth (when it is missing or stale) here, before any timed process."""
+    if dataset != SYNTH_DATASET:
+        return
+    from recbole_endo.config import Config
+    from recbole_endo.synth import prepare_dataset
+
+    prepare_dataset(Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict))
+
+
+def run_one(model, dataset, config_file_list, config_dict, epochs_measured, threads, log_file, timeout=None):
+    """Measure ``model`` on ``dataset`` in a fresh Python process; a row for the table."""
+    row = {"dataset": dataset, "model": model}
+    with tempfile.TemporaryDirectory(prefix="recbole-endo-benchmark-") as directory:
+        spec = {
+            "model": model, "dataset": dataset, "config_file_list": config_file_list, "config_dict": config_dict,
+            "epochs_measured": epochs_measured, "threads": threads,
+            "result_file": os.path.join(directory, "result.json"),
+        }
+        spec_file = os.path.join(directory, "spec.json")
+        with open(spec_file, "w") as file:
+            json.dump(spec, file)
+        command = [sys.executable, "-m", "recbole_endo.benchmark", f"--worker={spec_file}"]
+        with open(log_file, "w") as log:
+            try:
+                process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+                failure = f"exit status {process.returncode}" if process.returncode else None
+            except subprocess.TimeoutExpired:
+                failure = f"timed out after {timeout} s"
+        if failure is None and os.path.isfile(spec["result_file"]):
+            with open(spec["result_file"]) as file:
+                row.update(json.load(file), status="ok")
+            return row
+    with open(log_file) as log:
+        lines = [line.strip() for line in log if line.strip()]
+    row.update(status="failed", error=f"{failure or 'no result'}: {lines[-1] if lines else ''}"[:300])
+    return row
+
+
+def add_ratios(rows, baseline):
+    """Each row's ratios to the ``baseline`` model's row on the same dataset (None without one)."""
+    base = {row["dataset"]: row for row in rows if row["model"] == baseline and row.get("status") == "ok"}
+    for row in rows:
+        reference = base.get(row["dataset"])
+        for ratio, column in RATIOS.items():
+            ok = reference is not None and row.get("status") == "ok" and reference[column]
+            row[ratio] = row[column] / reference[column] if ok else None
+    return rows
+
+
+def _cell(value, digits=2):
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(rows, baseline, settings):
+    """The table: per dataset and model, seconds, memory and ratios to ``baseline``."""
+    header = [
+        "dataset", "model", "train interactions", "train s/epoch", f"× {baseline}", "eval s", f"× {baseline}",
+        "peak RSS MiB", f"× {baseline}",
+    ]
+    lines = [settings, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if row.get("status") != "ok":
+            lines.append(f"| {row['dataset']} | `{row['model']}` | failed: {row.get('error', '')} |" + " |" * 6)
+            continue
+        cells = [
+            row["dataset"], f"`{row['model']}`", f"{row['train_interactions']:,}",
+            _cell(row["train_s_per_epoch"]), _cell(row["train_ratio"]), _cell(row["eval_s"]), _cell(row["eval_ratio"]),
+            _cell(row["peak_rss_mb"], 0), _cell(row["memory_ratio"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows, output_dir, baseline, settings):
+    """``speed.csv`` and ``speed.md`` in ``output_dir``, each written to a temporary file renamed
+    into place."""
+    with open_replacing(os.path.join(output_dir, "speed.csv"), "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({column: row.get(column) for column in COLUMNS} for row in rows)
+    with open_replacing(os.path.join(output_dir, "speed.md")) as file:
+        file.write(markdown(rows, baseline, settings))
+
+
+def benchmark(
+    datasets, output_dir, models=DEFAULT_MODELS, epochs_measured=3, threads=None, baseline="BPR",
+    config_file_list=None, config_dict=None, timeout=None, log=print,
+):
+    """Measure every model on every dataset, each in a fresh process, and write the tables.
+
+    Returns:
+        list of dict: one row per (dataset, model), in order, with the ratios to ``baseline``.
+    """
+    if epochs_measured < 1:
+        raise ValueError(f"epochs_measured must be at least 1, got {epochs_measured}")
+    threads = threads or default_threads()
+    config_dict = dict(config_dict or {})
+    os.makedirs(os.path.join(output_dir, "logs"), exist_ok=True)
+    settings = (
+        f"{epochs_measured} measured training epoch(s) after one warm-up, one full-sort evaluation of the test "
+        f"split; {threads} torch thread(s); {platform.machine()} {platform.system()}, {default_threads()} CPU core(s) "
+        f"available; options {json.dumps(config_dict, sort_keys=True)}."
+    )
+    rows = []
+    for dataset in datasets:
+        options = dataset_options(dataset, config_dict)
+        prepare(dataset, models[0], config_file_list, options)
+        for model in models:
+            start = time.perf_counter()
+            log_file = os.path.join(output_dir, "logs", f"{dataset}-{model}.log")
+            row = run_one(model, dataset, config_file_list, options, epochs_measured, threads, log_file, timeout)
+            rows.append(row)
+            add_ratios(rows, baseline)
+            write_tables(rows, output_dir, baseline, settings)
+            if row["status"] == "ok":
+                log(
+                    f"{dataset} {model}: {row['train_s_per_epoch']:.2f} s/epoch, eval {row['eval_s']:.2f} s, "
+                    f"peak RSS {row['peak_rss_mb']:.0f} MiB ({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
+            else:
+                log(f"{dataset} {model}: FAILED ({row['error']}); see {log_file}", flush=True)
+    add_ratios(rows, baseline)
+    write_tables(rows, output_dir, baseline, settings)
+    return rows
+
+
+def parse_config_args(args):
+    """``--key=value`` arguments as a config dict, values read as YAML (as ``--compare`` entries)."""
+    config_dict = {}
+    for arg in args:
+        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not sep or not key:
+            raise ValueError(f"argument '{arg}' is not --key=value")
+        config_dict[key] = yaml.safe_load(value)
+    return config_dict
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--datasets", default="ml-100k,endo-synth", help="comma-separated datasets")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated models")
+    parser.add_argument("--baseline", default="BPR", help="the model the ratios divide by")
+    parser.add_argument("--epochs_measured", type=int, default=3, help="epochs timed after one warm-up epoch")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every available core)")
+    parser.add_argument("--output_dir", default="results/speed", help="where speed.csv and speed.md go")
+    parser.add_argument("--config_files", default=None, help="space-separated YAML files for every run")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed to each model's process")
+    parser.add_argument(
+        "--synth_interactions", type=int, default=None,
+        help="endo-synth's observed interactions, train + validation (default: its YAML's; 90%% train)",
+    )
+    args, config_args = parser.parse_known_args(argv)
+    # RecBole's Config reads --key=value from sys.argv: the options go in config_dict instead.
+    sys.argv = sys.argv[:1]
+    if args.worker:
+        run_worker(args.worker)
+        return 0
+    try:
+        config_dict = parse_config_args(config_args)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.synth_interactions is not None:
+        config_dict["synth_interactions"] = args.synth_interactions
+    rows = benchmark(
+        datasets=[name.strip() for name in args.datasets.split(",") if name.strip()],
+        output_dir=args.output_dir,
+        models=[name.strip() for name in args.models.split(",") if name.strip()],
+        epochs_measured=args.epochs_measured,
+        threads=args.threads,
+        baseline=args.baseline,
+        config_file_list=args.config_files.split() if args.config_files else None,
+        config_dict=config_dict,
+        timeout=args.timeout,
+    )
+    with open(os.path.join(args.output_dir, "speed.md")) as file:
+        print(file.read())
+    return 0 if all(row["status"] == "ok" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
