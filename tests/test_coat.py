@@ -211,3 +211,32 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
         convert_coat(make_raw(tmp_path / "raw"), str(out), seed=5)
     assert os.listdir(out) == ["coat"]  # no temp folder left
     assert {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)} == before
+
+
+def test_exposed_protocol_on_a_coat_slice(tmp_path):
+    from recbole_endo.evaluation import candidate_lists
+    from recbole_endo.quick_start import run_recbole_endo
+
+    # User 1 leaves item 4 unrated, so RecBole has a negative to sample for every user.
+    train = [[3, 1, 4, 0, 5]] + TRAIN[1:]
+    convert_coat(make_raw(tmp_path / "raw", train=matrix_text(train)), str(tmp_path / "out"))
+    options = {
+        "data_path": str(tmp_path / "out"), "checkpoint_dir": str(tmp_path / "saved"), "state": "ERROR",
+        "epochs": 1, "train_batch_size": 4, "embedding_size": 4, "mlp_hidden_size": [8, 4],
+        "topk": [5], "valid_metric": "NDCG@5",  # 5 items: RecBole's full ranking cannot cut at 10
+    }
+    config = recbole_endo.Config(model="TwoTowerSplit", dataset="coat", config_dict=options)
+    dataset = recbole.data.create_dataset(config)
+    splits = [split._dataset for split in recbole.data.data_preparation(config, dataset)]
+    users, items, grades = candidate_lists(config, splits)
+    lists = {}
+    for user, row_items, row_grades in zip(users.tolist(), items.tolist(), grades.tolist()):
+        for item, grade in zip(row_items, row_grades):
+            if item:
+                lists.setdefault(dataset.id2token("user_id", user), {})[dataset.id2token("item_id", item)] = grade
+    # By hand from TRAIN/TEST: user 1's two test items are also in its self-selected ratings, and
+    # so is user 4's item 5; grade = max(0, rating - 3).
+    assert lists == {"2": {"1": 0, "4": 2}, "3": {"2": 0, "5": 0}, "4": {"4": 0}}
+    result = run_recbole_endo(model="TwoTowerSplit", dataset="coat", config_dict=options)["test_result"]
+    assert result["exposed:recall@5"] == 1.0  # user 2 is the one with a relevant item; both fit in a top 5
+    assert 0 < result["exposed:gndcg@5"] <= 1
