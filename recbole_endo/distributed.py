@@ -51,9 +51,6 @@ def run_distributed(
         "nproc": nproc,
         "offset": group_offset,
     }
-    # RecBole's init_logger creates ./log/<model>/ by check-then-create, which races between the
-    # processes (FileExistsError): create it first (./log/ alone when the model is in a file).
-    os.makedirs(os.path.join("log", model or ""), exist_ok=True)
     # A spawn-context queue, as RecBole's run(): the processes are started by spawning.
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(

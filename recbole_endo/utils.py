@@ -5,11 +5,15 @@ plugin, so RecBole's ``run_recbole`` and ``load_data_and_model`` work with the p
 """
 
 import importlib
+import os
 import sys
 
 import recbole.config.configurator
+import recbole.data.dataset.dataset
+import recbole.data.utils
 import recbole.trainer.trainer
 import recbole.utils
+import recbole.utils.logger
 import recbole.utils.utils
 from recbole.config import Config as RecBoleConfig
 from recbole.evaluator.collector import Collector
@@ -75,6 +79,19 @@ def _load_internal_config_dict(config, model, model_class, dataset):
         layer_plugin_properties(config, model, dataset)
 
 
+def ensure_dir(dir_path):
+    """RecBole's ``ensure_dir`` without its check-then-create race: the processes of a DDP run
+    create ``./log/<model>/`` and the checkpoint folder at the same moment (FileExistsError)."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+# Every RecBole module that binds ensure_dir by name.
+ENSURE_DIR_MODULES = (
+    recbole.utils, recbole.utils.utils, recbole.utils.logger, recbole.trainer.trainer,
+    recbole.data.utils, recbole.data.dataset.dataset,
+)
+
+
 def register():
     """Make RecBole itself resolve, configure and checkpoint the plugin's models, and run
     distributed on CPUs.
@@ -99,3 +116,5 @@ def register():
     enable_safe_checkpoints()
     # RecBole 1.2.1's collector breaks its own non-accuracy metrics (see get_data_struct).
     Collector.get_data_struct = get_data_struct
+    for module in ENSURE_DIR_MODULES:
+        module.ensure_dir = ensure_dir
