@@ -259,19 +259,27 @@ def stratum_metrics(scores, history, positives, stratum, topk):
     return _evaluate(["NDCG", "Recall"], topk, {"rec.topk": _topk_struct(scores, relevant[keep], topk)})
 
 
+def full_ranking(model, splits):
+    """Test users and, ``[users, n_items]`` each, their scores of every item, their training and
+    validation history, and their test items: what every stratified full ranking starts from."""
+    train_split, valid_split, test_split = splits
+    users = np.unique(_test_users_and_items(test_split)[0])
+    scores = score_all_items(model, train_split, users)
+    history = _history([train_split, valid_split], users, train_split.item_num)
+    positives = _history([test_split], users, train_split.item_num)
+    return users, scores, history, positives
+
+
 def popularity_strata_evaluation(config, model, splits):
     """Head and tail full-ranking metrics at ``topk``, keys ``head:ndcg@10``, ``tail:...``, plus
     the head's number of items (``head:items``)."""
-    train_split, valid_split, test_split = splits
+    train_split = splits[0]
     head_share = number_option(config, "head_share", 0, 1, low_open=True)
     counts = np.zeros(train_split.item_num)
     for item, count in train_split.item_counter.items():
         counts[item] = count
     head = torch.from_numpy(head_items(counts, head_share))
-    users = np.unique(_test_users_and_items(test_split)[0])
-    scores = score_all_items(model, train_split, users)
-    history = _history([train_split, valid_split], users, train_split.item_num)
-    positives = _history([test_split], users, train_split.item_num)
+    users, scores, history, positives = full_ranking(model, splits)
     result = OrderedDict({"head:items": int(head.sum())})
     for name, stratum in (("head", head), ("tail", ~head)):
         for key, value in stratum_metrics(scores, history, positives, stratum, config["topk"]).items():
@@ -282,12 +290,9 @@ def popularity_strata_evaluation(config, model, splits):
 def cold_start_evaluation(config, model, splits):
     """Cold and warm full-ranking metrics at ``topk``, keys ``cold:ndcg@10``, ``warm:...``, plus
     the number of cold test items (``cold:items``) or cold test users (``cold:users``)."""
-    train_split, valid_split, test_split = splits
+    train_split = splits[0]
     entity = config["cold_eval"]
-    users = np.unique(_test_users_and_items(test_split)[0])
-    scores = score_all_items(model, train_split, users)
-    history = _history([train_split, valid_split], users, train_split.item_num)
-    positives = _history([test_split], users, train_split.item_num)
+    users, scores, history, positives = full_ranking(model, splits)
     if entity == "item":
         cold = torch.ones(train_split.item_num, dtype=torch.bool)
         cold[[0, *train_split.item_counter]] = False  # 0 is RecBole's padding id, not an item
