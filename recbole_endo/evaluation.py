@@ -14,10 +14,12 @@
   removed from the ranking, so neither stratum is penalised for the other's true items. Head =
   the most popular items (training counts) that together hold ``head_share`` of the training
   interactions; tail = the rest.
-- ``cold_eval`` (cold start, e.g. on a ``recbole_endo.cold_start`` split): the same full ranking
-  over the cold and the warm stratum; cold = without a training interaction. ``item``: test items
-  of each stratum count, as for popularity strata; ``user``: all test items of the stratum's
-  users count.
+- ``cold_eval`` (cold start, e.g. on a ``recbole_endo.cold_start`` split); cold = without a
+  training interaction. ``item``: each stratum is ranked on its own, the cold test items among
+  all cold items and the warm test items among all warm items (history masked), as cold-start
+  papers rank new items: the question is whether side information orders items no model has
+  seen, not whether they beat trained ids. ``user``: full ranking over all items, the cold
+  users' test items and the warm users' reported apart.
 
 In a list, items are ranked by the model's score; binary NDCG and Recall come from RecBole's own
 metric classes (relevant: grade > 0), graded NDCG (gain 2^grade − 1) from :class:`GradedNDCG`,
@@ -249,13 +251,13 @@ def head_items(item_counts, head_share):
     return head
 
 
-def stratum_metrics(scores, history, positives, stratum, topk):
-    """NDCG@k and Recall@k of a full ranking where only ``stratum`` items among the test
-    ``positives`` count: history and the other stratum's positives are removed from the ranking.
-    All arguments are ``[users, n_items]`` except ``stratum`` (``[n_items]`` bool)."""
-    relevant = positives & stratum
+def stratum_metrics(scores, removed, relevant, topk):
+    """NDCG@k and Recall@k of a full ranking without the ``removed`` items, where the
+    ``relevant`` items count; all arguments are ``[users, n_items]`` (masks may broadcast).
+    Users without a relevant item are left out."""
+    relevant = relevant.expand_as(scores)
     keep = relevant.any(1)
-    scores = scores[keep].masked_fill(history[keep] | (positives[keep] & ~stratum), -torch.inf)
+    scores = scores.masked_fill(removed, -torch.inf)[keep]
     return _evaluate(["NDCG", "Recall"], topk, {"rec.topk": _topk_struct(scores, relevant[keep], topk)})
 
 
@@ -266,6 +268,7 @@ def full_ranking(model, splits):
     users = np.unique(_test_users_and_items(test_split)[0])
     scores = score_all_items(model, train_split, users)
     history = _history([train_split, valid_split], users, train_split.item_num)
+    history[:, 0] = True  # RecBole's padding id is no item; its full sort masks it as well
     positives = _history([test_split], users, train_split.item_num)
     return users, scores, history, positives
 
@@ -282,9 +285,23 @@ def popularity_strata_evaluation(config, model, splits):
     users, scores, history, positives = full_ranking(model, splits)
     result = OrderedDict({"head:items": int(head.sum())})
     for name, stratum in (("head", head), ("tail", ~head)):
-        for key, value in stratum_metrics(scores, history, positives, stratum, config["topk"]).items():
+        # The other stratum's positives leave the ranking: neither stratum is penalised for them.
+        removed = history | (positives & ~stratum)
+        for key, value in stratum_metrics(scores, removed, positives & stratum, config["topk"]).items():
             result[f"{name}:{key}"] = value
     return result
+
+
+def cold_strata(entity, cold, history, positives):
+    """Stratum name → (items removed from the ranking, relevant items), ``[users, n_items]`` masks.
+
+    ``entity`` ``item``: ``cold`` is ``[n_items]``; each stratum ranks only its own items.
+    ``user``: ``cold`` is ``[users]``; both rank every item, each counts its own users' test items.
+    """
+    if entity == "item":
+        return {"cold": (history | ~cold, positives & cold), "warm": (history | cold, positives & ~cold)}
+    rows = cold.unsqueeze(1)
+    return {"cold": (history, positives & rows), "warm": (history, positives & ~rows)}
 
 
 def cold_start_evaluation(config, model, splits):
@@ -295,17 +312,14 @@ def cold_start_evaluation(config, model, splits):
     users, scores, history, positives = full_ranking(model, splits)
     if entity == "item":
         cold = torch.ones(train_split.item_num, dtype=torch.bool)
-        cold[[0, *train_split.item_counter]] = False  # 0 is RecBole's padding id, not an item
-        strata = {"cold": (slice(None), cold), "warm": (slice(None), ~cold)}
+        cold[list(train_split.item_counter)] = False
         count = int((positives & cold).any(0).sum())
     else:
         cold = torch.tensor([train_split.user_counter[user] == 0 for user in users], dtype=torch.bool)
-        every_item = torch.ones(train_split.item_num, dtype=torch.bool)
-        strata = {"cold": (cold, every_item), "warm": (~cold, every_item)}
         count = int(cold.sum())
     result = OrderedDict({f"cold:{entity}s": count})
-    for name, (rows, stratum) in strata.items():
-        for key, value in stratum_metrics(scores[rows], history[rows], positives[rows], stratum, config["topk"]).items():
+    for name, (removed, relevant) in cold_strata(entity, cold, history, positives).items():
+        for key, value in stratum_metrics(scores, removed, relevant, config["topk"]).items():
             result[f"{name}:{key}"] = value
     return result
 

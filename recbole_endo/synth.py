@@ -55,6 +55,7 @@ from recbole_endo.files import dataset_folder, write_atomic_file
 from recbole_endo.model.options import number_option
 
 SYNTH_DATASET = "endo-synth"
+SPLIT_PARTS = ("train", "valid", "test")  # its benchmark_filename
 DEFAULT_OPTIONS = {
     "users": 2000,
     "items": 1000,
@@ -296,7 +297,7 @@ def generate_synth(out_dir, dataset_name=SYNTH_DATASET, **options):
     target = os.path.join(out_dir, dataset_name)
     with dataset_folder(target) as work:
         prefix = os.path.join(work, dataset_name)
-        for part, keys in (("train", observed[~valid]), ("valid", observed[valid]), ("test", test)):
+        for part, keys in zip(SPLIT_PARTS, (observed[~valid], observed[valid], test)):
             write_interactions(f"{prefix}.{part}.inter", keys, n_items, truth)
         write_atomic_file(
             f"{prefix}.user",
@@ -321,7 +322,7 @@ def options_record(options):
 
 def is_up_to_date(folder, dataset_name, options):
     """Whether ``folder`` holds every file of ``dataset_name`` generated with ``options``."""
-    parts = ("train.inter", "valid.inter", "test.inter", "user", "item", "truth.npz")
+    parts = (*(f"{part}.inter" for part in SPLIT_PARTS), "user", "item", "truth.npz")
     if not all(os.path.isfile(os.path.join(folder, f"{dataset_name}.{part}")) for part in parts):
         return False
     try:
@@ -333,11 +334,12 @@ def is_up_to_date(folder, dataset_name, options):
 
 def prepare_dataset(config):
     """Generate ``endo-synth`` into ``config["data_path"]`` from the ``synth_*`` options when it is
-    missing or was generated with other options; any other dataset is left alone.
+    missing or was generated with other options; any other dataset, and endo-synth read through
+    other benchmark files (a split made from it, such as a cold-start split), is left alone.
 
     RecBole has already joined ``data_path`` and the dataset name, so the folder is the data path.
     """
-    if config["dataset"] != SYNTH_DATASET:
+    if config["dataset"] != SYNTH_DATASET or config["benchmark_filename"] != list(SPLIT_PARTS):
         return
     options = check_options({name: config[key] for name, key in CONFIG_KEYS.items() if config[key] is not None})
     folder = os.path.normpath(config["data_path"])

@@ -1,4 +1,5 @@
 import copy
+import math
 import os
 from collections import Counter
 
@@ -9,6 +10,7 @@ from recbole.data.interaction import Interaction
 
 from recbole_endo import Config, get_model
 from recbole_endo.cold_start import PARTS, benchmark_names, main, write_cold_start_split
+from recbole_endo.evaluation import cold_strata, stratum_metrics
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
 
 from conftest import DATA_DIR
@@ -241,17 +243,39 @@ def test_runs_report_cold_and_warm_metrics(tiny, cold_items, name, entity):
     assert result[f"cold:{entity}s"] >= 1
 
 
-def test_pop_counts_training_interactions_and_ranks_cold_items_last(tiny, cold_items):
+def test_pop_counts_training_interactions_and_gives_cold_items_no_count(tiny, cold_items):
     pop_config = Config(model="Pop", dataset="ml-100k")
     assert pop_config["train_neg_sample_args"]["distribution"] == "none" and pop_config["train_batch_size"] == 1
     # tiny.yaml sets train_batch_size, and a config file outranks the plugin's Pop.yaml: given again.
     result = run_recbole_endo(model="Pop", **tiny_cold(tiny, cold_items, "item", cold_eval="item", train_batch_size=1))
-    assert result["test_result"]["cold:ndcg@20"] == 0.0  # no training count: below every warm item
-    _, model, _, train_data, _, _ = load_data_and_model(result["checkpoint"])
+    _, model, _, train_data, _, test_data = load_data_and_model(result["checkpoint"])
     counts = torch.zeros(model.n_items, dtype=torch.long)
     for item, count in train_data._dataset.item_counter.items():
         counts[item] = count
     assert torch.equal(model.item_cnt.view(-1), counts)
+    cold_test_items = set(test_data._dataset.inter_feat["item_id"].tolist()) - set(train_data._dataset.item_counter)
+    assert cold_test_items and all(counts[item] == 0 for item in cold_test_items)
+
+
+def test_cold_items_rank_among_cold_items_and_cold_users_among_all_items():
+    scores = torch.tensor([[0.0, 0.9, 0.8, 0.7, 0.6, 0.5]] * 2)
+    # Item 0 is the padding id (masked as history); user 0 has trained on item 2.
+    history = torch.tensor([[True, False, True, False, False, False], [True, False, False, False, False, False]])
+    positives = torch.tensor([[False, False, False, False, True, True], [False, True, False, False, False, True]])
+    second = 1 / math.log2(3)  # NDCG of one relevant item at rank 2
+
+    items = cold_strata("item", torch.tensor([False, False, False, True, False, True]), history, positives)
+    cold = stratum_metrics(scores, *items["cold"], [1, 2])
+    # Among the cold items 3 and 5 only, both users' cold test item 5 ranks second.
+    assert cold["ndcg@1"] == 0.0 and cold["ndcg@2"] == pytest.approx(second, abs=1e-4) and cold["recall@2"] == 1.0
+    warm = stratum_metrics(scores, *items["warm"], [1])
+    assert warm["ndcg@1"] == 0.5  # user 0: ranking 1, 4 (item 2 is history); user 1: item 1 first
+
+    users = cold_strata("user", torch.tensor([False, True]), history, positives)
+    cold = stratum_metrics(scores, *users["cold"], [1, 2])
+    assert cold["ndcg@1"] == 1.0 and cold["recall@2"] == 0.5  # user 1 alone, over every item
+    warm = stratum_metrics(scores, *users["warm"], [2, 4])
+    assert warm["ndcg@2"] == 0.0 and warm["recall@4"] == 1.0  # user 0: ranking 1, 3, 4, 5
 
 
 def test_unknown_cold_eval_names_the_option(tiny):

@@ -70,13 +70,14 @@ def test_head_items_hold_the_share_of_training_counts(share, head):
 
 
 def test_stratum_metrics_count_only_the_stratum_and_remove_the_other_strata_positives():
+    # As popularity_strata_evaluation calls it: item 0 is the padding id, masked with the history.
     scores = torch.tensor([[0.0, 0.9, 0.8, 0.7, 0.6]])
-    history = torch.tensor([[False, True, False, False, False]])  # item 1: a training item
+    history = torch.tensor([[True, True, False, False, False]])  # item 1: a training item
     positives = torch.tensor([[False, False, True, False, True]])  # test items 2 (head) and 4 (tail)
     head = torch.tensor([False, True, True, False, False])
-    head_result = stratum_metrics(scores, history, positives, head, [1])
+    head_result = stratum_metrics(scores, history | (positives & ~head), positives & head, [1])
     assert head_result["ndcg@1"] == 1.0  # item 2 ranks first once item 1 is masked
-    tail_result = stratum_metrics(scores, history, positives, ~head, [1, 2])
+    tail_result = stratum_metrics(scores, history | (positives & head), positives & ~head, [1, 2])
     # item 2 (a head positive) is removed: the ranking is 3, 4, ...
     assert tail_result["ndcg@1"] == 0.0
     assert tail_result["ndcg@2"] == pytest.approx(discount(2), abs=1e-4)

@@ -205,6 +205,11 @@ def test_prepare_leaves_other_datasets_alone(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_prepare_leaves_a_split_made_from_endo_synth_alone(tmp_path):
+    prepare_dataset(synth_config(tmp_path, benchmark_filename=["cold_item.train", "cold_item.valid", "cold_item.test"]))
+    assert not (tmp_path / "data").exists()
+
+
 def test_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     out = tmp_path / "out"
     folder = generate_synth(str(out), **TINY)
