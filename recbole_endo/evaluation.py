@@ -273,16 +273,15 @@ def full_ranking(model, splits):
     return users, scores, history, positives
 
 
-def popularity_strata_evaluation(config, model, splits):
+def popularity_strata_evaluation(config, train_split, ranking):
     """Head and tail full-ranking metrics at ``topk``, keys ``head:ndcg@10``, ``tail:...``, plus
-    the head's number of items (``head:items``)."""
-    train_split = splits[0]
+    the head's number of items (``head:items``); ``ranking`` is :func:`full_ranking`'s."""
     head_share = number_option(config, "head_share", 0, 1, low_open=True)
     counts = np.zeros(train_split.item_num)
     for item, count in train_split.item_counter.items():
         counts[item] = count
     head = torch.from_numpy(head_items(counts, head_share))
-    users, scores, history, positives = full_ranking(model, splits)
+    _, scores, history, positives = ranking
     result = OrderedDict({"head:items": int(head.sum())})
     for name, stratum in (("head", head), ("tail", ~head)):
         # The other stratum's positives leave the ranking: neither stratum is penalised for them.
@@ -304,12 +303,12 @@ def cold_strata(entity, cold, history, positives):
     return {"cold": (history, positives & rows), "warm": (history, positives & ~rows)}
 
 
-def cold_start_evaluation(config, model, splits):
+def cold_start_evaluation(config, train_split, ranking):
     """Cold and warm full-ranking metrics at ``topk``, keys ``cold:ndcg@10``, ``warm:...``, plus
-    the number of cold test items (``cold:items``) or cold test users (``cold:users``)."""
-    train_split = splits[0]
+    the number of cold test items (``cold:items``) or cold test users (``cold:users``);
+    ``ranking`` is :func:`full_ranking`'s."""
     entity = config["cold_eval"]
-    users, scores, history, positives = full_ranking(model, splits)
+    users, scores, history, positives = ranking
     if entity == "item":
         cold = torch.ones(train_split.item_num, dtype=torch.bool)
         cold[list(train_split.item_counter)] = False
@@ -333,8 +332,10 @@ def extra_evaluation(config, model, splits):
     result = OrderedDict()
     if config["list_eval"] != "none":
         result.update(list_evaluation(config, model, splits))
-    if config["head_share"] is not None:
-        result.update(popularity_strata_evaluation(config, model, splits))
-    if config["cold_eval"] != "none":
-        result.update(cold_start_evaluation(config, model, splits))
+    if config["head_share"] is not None or config["cold_eval"] != "none":
+        ranking = full_ranking(model, splits)
+        if config["head_share"] is not None:
+            result.update(popularity_strata_evaluation(config, splits[0], ranking))
+        if config["cold_eval"] != "none":
+            result.update(cold_start_evaluation(config, splits[0], ranking))
     return result

@@ -16,12 +16,14 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 from recbole_endo.config import Config
 from recbole_endo.evaluation import extra_evaluation
 from recbole_endo.fast_path import skip_feature_join
+from recbole_endo.model.options import number_option
 from recbole_endo.synth import prepare_dataset
 from recbole_endo.utils import get_model, get_trainer
 
 
 def _build(config):
     """Dataset, splits, model and trainer for ``config``, seeded as RecBole seeds them."""
+    number_option(config, "epochs", 1, integer=True)  # RecBole would test a checkpoint never saved
     init_seed(config["seed"], config["reproducibility"])
     prepare_dataset(config)  # endo-synth is generated on first use; other datasets are left alone
     dataset = create_dataset(config)

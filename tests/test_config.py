@@ -8,6 +8,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.model.general_recommender import BPR
 
 from recbole_endo import Config, TwoTowerConcat, TwoTowerSplit, get_model
+from recbole_endo.quick_start import run_recbole_endo
 
 
 def test_get_model_finds_plugin_and_builtin_models():
@@ -78,3 +79,8 @@ def test_config_with_unstorable_value_fails_naming_the_key(tiny):
     config["callback"] = object()
     with pytest.raises(TypeError, match="'callback'"):
         torch.save({"config": config}, io.BytesIO())
+
+
+def test_no_epoch_to_train_names_the_option(tiny):
+    with pytest.raises(ValueError, match="'epochs'"):
+        run_recbole_endo(model="BPR", **{**tiny, "config_dict": {**tiny["config_dict"], "epochs": 0}})
