@@ -21,8 +21,9 @@
   seen, not whether they beat trained ids. ``user``: full ranking over all items, the cold
   users' test items and the warm users' reported apart.
 
-In a list, items are ranked by the model's score; binary NDCG and Recall come from RecBole's own
-metric classes (relevant: grade > 0), graded NDCG (gain 2^grade − 1) from :class:`GradedNDCG`,
+In a list or a full ranking, items are ranked by the model's score, tied scores in one fixed
+random order of the items (not by item id, which RecBole assigns in order of first appearance);
+binary NDCG and Recall come from RecBole's own metric classes (relevant: grade > 0), graded NDCG (gain 2^grade − 1) from :class:`GradedNDCG`,
 which is registered with RecBole's metric registry. Users without a relevant item in their list
 (or stratum) are left out, as RecBole leaves out users without test items.
 """
@@ -154,9 +155,19 @@ def _evaluate(metrics, topk, rec):
     return evaluator.evaluate(struct)
 
 
-def _topk_struct(scores, relevant, topk):
-    """RecBole's ``rec.topk``: relevance of the top-k items by score, then the relevant count."""
-    top = scores.topk(max(topk), dim=1).indices
+def _ranked(scores):
+    """Column indices of ``[users, n]`` scores from best to worst, tied scores in one fixed random
+    order of the columns. Not by index: RecBole numbers items in order of first appearance in the
+    data, so item id order carries popularity (a model that ties all cold items, such as Pop,
+    would rank them by it), and a candidate list puts its test items first."""
+    shuffle = torch.randperm(scores.shape[1], generator=torch.Generator().manual_seed(0))
+    return shuffle[scores[:, shuffle].argsort(dim=1, descending=True, stable=True)]
+
+
+def _topk_struct(order, relevant, topk):
+    """RecBole's ``rec.topk`` of a ranking ``order`` (:func:`_ranked`): relevance of the top-k
+    items, then the relevant count."""
+    top = order[:, : max(topk)]
     return torch.cat([relevant.gather(1, top).int(), relevant.sum(1, keepdim=True).int()], dim=1)
 
 
@@ -170,8 +181,8 @@ def rank_lists(scores, grades, topk):
     if short > 0:  # RecBole's top-k metrics need at least max(topk) ranked entries
         scores = torch.nn.functional.pad(scores, (0, short), value=-torch.inf)
         grades = torch.nn.functional.pad(grades, (0, short))
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    rec = {"rec.topk": _topk_struct(scores, grades > 0, topk), "rec.graded": grades.gather(1, order)}
+    order = _ranked(scores)
+    rec = {"rec.topk": _topk_struct(order, grades > 0, topk), "rec.graded": grades.gather(1, order)}
     return _evaluate(["NDCG", "Recall", "GradedNDCG"], topk, rec)
 
 
@@ -258,7 +269,7 @@ def stratum_metrics(scores, removed, relevant, topk):
     relevant = relevant.expand_as(scores)
     keep = relevant.any(1)
     scores = scores.masked_fill(removed, -torch.inf)[keep]
-    return _evaluate(["NDCG", "Recall"], topk, {"rec.topk": _topk_struct(scores, relevant[keep], topk)})
+    return _evaluate(["NDCG", "Recall"], topk, {"rec.topk": _topk_struct(_ranked(scores), relevant[keep], topk)})
 
 
 def full_ranking(model, splits):

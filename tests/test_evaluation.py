@@ -57,6 +57,16 @@ def test_rank_lists_by_hand():
     )
 
 
+def test_tied_scores_are_not_ranked_by_column():
+    # Index order would rank the first ten columns (a list's test items, the earliest-numbered items) on top.
+    relevant = torch.zeros(10, 100, dtype=torch.bool)
+    relevant[torch.arange(10), torch.arange(10)] = True
+    result = stratum_metrics(torch.zeros(10, 100), torch.zeros(10, 100, dtype=torch.bool), relevant, [10])
+    assert result["recall@10"] < 0.5
+    grades = relevant.long()
+    assert rank_lists(torch.zeros(10, 100), grades, [10])["recall@10"] == result["recall@10"]
+
+
 def test_rank_lists_pads_lists_shorter_than_the_cutoff():
     result = rank_lists(torch.tensor([[0.2, 0.8]]), torch.tensor([[1, 0]]), [5])
     assert result["recall@5"] == 1.0
