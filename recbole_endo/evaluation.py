@@ -23,9 +23,10 @@
 
 In a list or a full ranking, items are ranked by the model's score, tied scores in one fixed
 random order of the items (not by item id, which RecBole assigns in order of first appearance);
-binary NDCG and Recall come from RecBole's own metric classes (relevant: grade > 0), graded NDCG (gain 2^grade − 1) from :class:`GradedNDCG`,
-which is registered with RecBole's metric registry. Users without a relevant item in their list
-(or stratum) are left out, as RecBole leaves out users without test items.
+binary NDCG and Recall come from RecBole's own metric classes (relevant: grade > 0), graded NDCG
+(gain 2^grade − 1) from :class:`GradedNDCG`, which is registered with RecBole's metric registry.
+Users without a relevant item in their list (or stratum) are left out, as RecBole leaves out
+users without test items.
 """
 
 import copy
