@@ -47,7 +47,10 @@ if __name__ == "__main__":
         parser.error("--resume continues one single-process run; it takes no --compare, --nproc or --world_size")
     if args.compare:
         seeds = [int(seed) for seed in args.seeds.split(",")]
-        compare(split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list, jobs=args.jobs)
+        try:
+            compare(split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list, jobs=args.jobs)
+        except RuntimeError as error:  # failed runs, named; the tables hold the others
+            sys.exit(f"error: {error}")
         with open(f"{args.output_dir}/summary.md") as summary:
             print(summary.read())
     else:

@@ -96,17 +96,21 @@ def _limit_threads(threads):
 
 
 def _completed(tasks, jobs):
-    """``(index, run)`` of each task as it finishes, in ``jobs`` processes when more than one."""
+    """``(index, run or the exception it raised)`` of each task as it finishes, in ``jobs``
+    processes when more than one."""
     if jobs <= 1:
         for index, task in enumerate(tasks):
-            yield index, run_entry(*task)
+            try:
+                yield index, run_entry(*task)
+            except Exception as error:  # the other entries still run; compare reports it at the end
+                yield index, error
         return
     threads = max(1, os.cpu_count() // jobs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_limit_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(run_entry, *task): index for index, task in enumerate(tasks)}
         for future in as_completed(futures):
-            yield futures[future], future.result()
+            yield futures[future], future.exception() or future.result()
 
 
 def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_dict=None, jobs=1, log=print):
@@ -114,14 +118,20 @@ def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_d
     under ``output_dir``, each to a temporary file renamed into place. Returns the summary.
 
     ``jobs > 1`` runs that many in parallel processes, each with its share of the CPU threads;
-    every run is then timed under the same load, but slower than alone.
+    every run is then timed under the same load, but slower than alone. A run that fails does not
+    stop the others: the tables hold the runs that finished, then a RuntimeError names the failed ones.
     """
     tasks = [
         (entry, *parse_entry(entry), seed, dataset, config_file_list, config_dict) for entry in entries for seed in seeds
     ]
     os.makedirs(output_dir, exist_ok=True)
-    runs = [None] * len(tasks)
+    runs, failed = [None] * len(tasks), []
     for done, (index, run) in enumerate(_completed(tasks, jobs), 1):
+        if isinstance(run, Exception):
+            entry, seed = tasks[index][0], tasks[index][3]
+            failed.append(f"{entry} seed {seed}: {type(run).__name__}: {run}")
+            log(f"[{done}/{len(tasks)}] {failed[-1]}", flush=True)
+            continue
         runs[index] = run
         log(
             f"[{done}/{len(tasks)}] {run['entry']} seed {run['seed']}: "
@@ -129,6 +139,9 @@ def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_d
             + f" ({run['wall_s']:.0f} s)",
             flush=True,
         )
+    runs = [run for run in runs if run is not None]
+    if not runs:
+        raise RuntimeError(f"--compare: every run failed: {'; '.join(failed)}")
     metrics = [key for key in runs[0] if key not in ("entry", "model", "seed", "wall_s", *RUN_COLUMNS)]
     with open_replacing(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(runs[0]))
@@ -143,4 +156,6 @@ def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_d
             writer.writerow([entry, row["seeds"]] + [v for c in columns for v in row[c]])
     with open_replacing(os.path.join(output_dir, "summary.md")) as f:
         f.write(markdown_table(summary, metrics))
+    if failed:
+        raise RuntimeError(f"--compare: {len(failed)} of {len(tasks)} runs failed (the tables hold the others): {'; '.join(failed)}")
     return summary

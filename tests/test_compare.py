@@ -57,6 +57,18 @@ def test_compare_runs_every_entry_with_every_seed(tiny, tmp_path, jobs):
     assert len(os.listdir(tiny["config_dict"]["checkpoint_dir"])) == len(runs)
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_run_is_named_and_the_others_are_kept(tiny, tmp_path, jobs):
+    with pytest.raises(RuntimeError, match=r"1 of 2 runs failed .*BPR\[epochs=0\] seed 1: ValueError: config option 'epochs'"):
+        compare(
+            ["BPR[epochs=0]", "Random"], "tiny", [1], str(tmp_path / "out"),
+            config_file_list=tiny["config_file_list"], config_dict=tiny["config_dict"], jobs=jobs,
+            log=lambda *a, **k: None,
+        )
+    with open(tmp_path / "out" / "runs.csv") as f:
+        assert [run["entry"] for run in csv.DictReader(f)] == ["Random"]
+
+
 def test_tables_of_a_compare_that_fails_while_writing_keep_the_previous_ones(tmp_path, monkeypatch):
     def run_entry(entry, model, options, seed, *_):  # no training: only the writing is under test
         return {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1 * seed, "best_epoch": 1, "epochs": 2,
