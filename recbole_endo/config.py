@@ -4,12 +4,13 @@ Layering, lowest to highest precedence: RecBole's properties, the plugin's ``ove
 plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, then (as in RecBole) the
 user's ``config_file_list``, ``config_dict`` and ``--key=value`` on the command line.
 
-A Config pickles as plain data (see :func:`restore_config`), so checkpoints load with torch's safe
-loader (``weights_only=True``).
+The plugin's Config pickles as plain data (see :func:`restore_config`), so checkpoints load with
+torch's safe loader (``weights_only=True``); RecBole's own Config is left as it is.
 """
 
 import numbers
 import os
+import sys
 from importlib import resources
 
 import numpy as np
@@ -44,6 +45,8 @@ class Config(RecBoleConfig):
 
     Built-in models (BPR, LightGCN, ...) run through this Config get the same split, metrics and
     dataset fields as the plugin's models, so all of them are compared under one protocol.
+    Distributed processes without CUDA join with ``gloo`` (:meth:`_init_device`), and the config
+    pickles as plain data (:func:`restore_config`).
     """
 
     def _load_internal_config_dict(self, model, model_class, dataset):
@@ -60,39 +63,40 @@ class Config(RecBoleConfig):
         # "{seed}" in data_path picks a split written per seed, so --compare's seeds run on
         # different cold-start splits as they run on different random splits.
         options["data_path"] = options["data_path"].replace("{seed}", str(options["seed"]))
+        # RecBole's progress bars where someone watches them (tqdm writes to stderr); not in a log file.
+        if "show_progress" not in self.external_config_dict:
+            options["show_progress"] = sys.stderr.isatty()
 
+    def _init_device(self):
+        """RecBole's ``_init_device``, except that a distributed process without CUDA joins its
+        process group with ``gloo`` and runs on the CPU.
 
-_recbole_init_device = RecBoleConfig._init_device
+        RecBole joins every distributed process (one with ``local_rank``) with ``nccl`` on GPU
+        ``local_rank``, which fails without CUDA.
+        """
+        options = self.final_config_dict
+        if "local_rank" not in options:
+            return super()._init_device()
+        # RecBole's single-process set-up picks the device: CUDA when gpu_id names one and CUDA is
+        # available (it sets CUDA_VISIBLE_DEVICES before anything starts CUDA). It resets local_rank.
+        local_rank = options.pop("local_rank")
+        super()._init_device()
+        options["local_rank"] = local_rank
+        if options["device"].type == "cuda":
+            return super()._init_device()  # RecBole's own: nccl, one GPU per process
+        torch.distributed.init_process_group(
+            backend="gloo",
+            rank=local_rank + options["offset"],
+            world_size=options["world_size"],
+            init_method=f"tcp://{options['ip']}:{options['port']}",
+        )
+        options["single_spec"] = False
+        if local_rank != 0:
+            # As RecBole's: only the first process of each machine logs.
+            options.update(state="error", show_progress=False, verbose=False)
 
-
-def init_device(config):
-    """RecBole's ``Config._init_device``, except that a distributed process without CUDA joins
-    its process group with ``gloo`` and runs on the CPU.
-
-    RecBole joins every distributed process (one with ``local_rank``) with ``nccl`` on GPU
-    ``local_rank``, which fails without CUDA. :func:`recbole_endo.utils.register` installs this on
-    RecBole's Config, so the plugin's Config and RecBole's own share it.
-    """
-    options = config.final_config_dict
-    if "local_rank" not in options:
-        return _recbole_init_device(config)
-    # RecBole's single-process set-up picks the device: CUDA when gpu_id names one and CUDA is
-    # available (it sets CUDA_VISIBLE_DEVICES before anything starts CUDA). It resets local_rank.
-    local_rank = options.pop("local_rank")
-    _recbole_init_device(config)
-    options["local_rank"] = local_rank
-    if options["device"].type == "cuda":
-        return _recbole_init_device(config)  # RecBole's own: nccl, one GPU per process
-    torch.distributed.init_process_group(
-        backend="gloo",
-        rank=local_rank + options["offset"],
-        world_size=options["world_size"],
-        init_method=f"tcp://{options['ip']}:{options['port']}",
-    )
-    options["single_spec"] = False
-    if local_rank != 0:
-        # As RecBole's: only the first process of each machine logs.
-        options.update(state="error", show_progress=False, verbose=False)
+    def __reduce__(self):
+        return restore_config, (config_state(self),)
 
 
 # Enum types that appear in a RecBole Config's values; reconstructing an enum member runs no code.
@@ -150,11 +154,7 @@ def restore_config(state):
     return config
 
 
-def _reduce_config(config):
-    return restore_config, (config_state(config),)
-
-
-def enable_safe_config_pickling():
-    """Make every RecBole Config pickle as plain data and load under ``weights_only=True``."""
-    RecBoleConfig.__reduce__ = _reduce_config
-    torch.serialization.add_safe_globals([restore_config, *CONFIG_ENUMS])
+def plain_config(config):
+    """``config`` as the plugin's Config, which pickles as plain data (a RecBole Config, of a
+    plugin model run by RecBole's own quick start, is copied into one)."""
+    return config if isinstance(config, Config) else restore_config(config_state(config))

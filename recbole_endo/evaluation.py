@@ -95,23 +95,23 @@ def register_metric(metric_class):
 
 register_metric(GradedNDCG)
 
-_recbole_get_data_struct = Collector.get_data_struct
-
-
-def get_data_struct(collector):
-    """RecBole's ``Collector.get_data_struct``, leaving non-tensor entries alone.
+class PlainEntriesCollector(Collector):
+    """RecBole's Collector, with ``get_data_struct`` leaving non-tensor entries alone.
 
     RecBole 1.2.1 calls ``.cpu()`` on every collected entry, so the int and Counter entries
     (``data.num_items``, ``data.count_items``) that its own AveragePopularity, GiniIndex,
-    ItemCoverage and TailPercentage need raise AttributeError at the first evaluation.
+    ItemCoverage and TailPercentage need raise AttributeError at the first evaluation. The
+    plugin's trainers collect with this class (``recbole_endo.trainer``).
     """
-    data = collector.data_struct._data_dict
-    plain = {key: data.pop(key) for key in list(data) if not isinstance(data[key], torch.Tensor)}
-    returned = _recbole_get_data_struct(collector)
-    data.update(plain)
-    for key, value in plain.items():
-        returned.set(key, copy.deepcopy(value))
-    return returned
+
+    def get_data_struct(self):
+        data = self.data_struct._data_dict
+        plain = {key: data.pop(key) for key in list(data) if not isinstance(data[key], torch.Tensor)}
+        returned = super().get_data_struct()
+        data.update(plain)
+        for key, value in plain.items():
+            returned.set(key, copy.deepcopy(value))
+        return returned
 
 
 def _history(splits, users, n_items):
@@ -204,19 +204,11 @@ def candidate_lists(config, splits):
     train_split, valid_split, test_split = splits
     protocol = config["list_eval"]
     users, items = _test_users_and_items(test_split)
-    rating_field = config["RATING_FIELD"]
-    if rating_field not in test_split.inter_feat:
-        raise ValueError(
-            f"list_eval '{protocol}' grades test items by their rating, but the test split has no "
-            f"'{rating_field}' field (RATING_FIELD; check load_col)"
-        )
-    check_raw_ratings(config, "list_eval")
-    ratings = test_split.inter_feat[rating_field].float()
+    ratings = test_split.inter_feat[config["RATING_FIELD"]].float()
     if protocol == "sampled":
-        grades = grade_labels(ratings, numbers_option(config, "grade_thresholds")).numpy()
+        grades = grade_labels(ratings, config["grade_thresholds"]).numpy()
     else:
-        threshold = number_option(config, "relevance_threshold")
-        grades = (ratings - threshold + 1).clamp(min=0).round().long().numpy()
+        grades = (ratings - config["relevance_threshold"] + 1).clamp(min=0).round().long().numpy()
     list_users = np.unique(users)
     n_items = test_split.item_num
     history = _history([train_split, valid_split], list_users, n_items)
@@ -230,7 +222,7 @@ def candidate_lists(config, splits):
         item_rows[row].append(int(item))
         grade_rows[row].append(int(grade))
     if protocol == "sampled":
-        negatives = number_option(config, "list_negatives", 1, integer=True)
+        negatives = config["list_negatives"]
         rng = np.random.default_rng(config["seed"])
         interacted = history | _history([test_split], list_users, n_items)
         interacted[:, 0] = True  # the padding id is not an item
@@ -247,8 +239,7 @@ def list_evaluation(config, model, splits):
     users, items, grades = candidate_lists(config, splits)
     scores = score_all_items(model, splits[0], users.numpy()).gather(1, items)
     scores[(items == 0)] = -torch.inf
-    topk = sizes_option(config, "list_topk")
-    result = rank_lists(scores, grades, topk)
+    result = rank_lists(scores, grades, config["list_topk"])
     return OrderedDict((f"{config['list_eval']}:{key}", value) for key, value in result.items())
 
 
@@ -288,7 +279,7 @@ def full_ranking(model, splits):
 def popularity_strata_evaluation(config, train_split, ranking):
     """Head and tail full-ranking metrics at ``topk``, keys ``head:ndcg@10``, ``tail:...``, plus
     the head's number of items (``head:items``); ``ranking`` is :func:`full_ranking`'s."""
-    head_share = number_option(config, "head_share", 0, 1, low_open=True)
+    head_share = config["head_share"]
     counts = np.zeros(train_split.item_num)
     for item, count in train_split.item_counter.items():
         counts[item] = count
@@ -335,12 +326,36 @@ def cold_start_evaluation(config, train_split, ranking):
     return result
 
 
-def extra_evaluation(config, model, splits):
-    """The plugin's protocols that ``config`` switches on (``list_eval``, ``head_share``, ``cold_eval``)."""
+def check_evaluation_options(config, dataset):
+    """Fail, naming the option, unless the extra protocols' options (``list_eval``, ``cold_eval``,
+    ``head_share`` and what they read) are valid for ``dataset``: checked before training, so a
+    typo does not cost a run."""
     if config["list_eval"] not in LIST_PROTOCOLS:
         raise ValueError(f"config option 'list_eval' is {config['list_eval']!r}; use one of {', '.join(LIST_PROTOCOLS)}")
     if config["cold_eval"] not in COLD_EVAL_ENTITIES:
         raise ValueError(f"config option 'cold_eval' is {config['cold_eval']!r}; use one of {', '.join(COLD_EVAL_ENTITIES)}")
+    if config["head_share"] is not None:
+        number_option(config, "head_share", 0, 1, low_open=True)
+    if config["list_eval"] == "none":
+        return
+    sizes_option(config, "list_topk")
+    rating_field = config["RATING_FIELD"]
+    if rating_field not in dataset.field2type:
+        raise ValueError(
+            f"config option list_eval '{config['list_eval']}' grades test items by their rating, but the "
+            f"dataset loads no '{rating_field}' field (RATING_FIELD): add it to load_col['inter']"
+        )
+    check_raw_ratings(config, "list_eval")
+    if config["list_eval"] == "sampled":
+        numbers_option(config, "grade_thresholds")
+        number_option(config, "list_negatives", 1, integer=True)
+    else:
+        number_option(config, "relevance_threshold")
+
+
+def extra_evaluation(config, model, splits):
+    """The plugin's protocols that ``config`` switches on (``list_eval``, ``head_share``,
+    ``cold_eval``; their options checked by :func:`check_evaluation_options`)."""
     result = OrderedDict()
     if config["list_eval"] != "none":
         result.update(list_evaluation(config, model, splits))

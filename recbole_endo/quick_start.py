@@ -13,10 +13,12 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
+from recbole_endo.checkpoint import load_weights, read_checkpoint
 from recbole_endo.config import Config
-from recbole_endo.evaluation import extra_evaluation
+from recbole_endo.evaluation import check_evaluation_options, extra_evaluation
 from recbole_endo.fast_path import skip_feature_join
 from recbole_endo.model.options import number_option
+from recbole_endo.run_scope import plugin_run
 from recbole_endo.synth import prepare_dataset
 from recbole_endo.utils import get_model, get_trainer
 
@@ -27,6 +29,7 @@ def _build(config):
     init_seed(config["seed"], config["reproducibility"])
     prepare_dataset(config)  # endo-synth is generated on first use; other datasets are left alone
     dataset = create_dataset(config)
+    check_evaluation_options(config, dataset)  # before training: a typo must not cost a run
     train_data, valid_data, test_data = data_preparation(config, dataset)
     # Models that read features by id get batches without RecBole's feature join (join_features).
     skip_feature_join(config, get_model(config["model"]), (train_data, valid_data, test_data))
@@ -70,6 +73,8 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
     test_eval_seconds = time.perf_counter() - start
     test_result.update(extra_evaluation(config, trainer.model, [data._dataset for data in splits]))
     epochs = len(trainer.train_loss_dict)
+    # No validation (eval_step <= 0): fit keeps the last epoch.
+    best_epoch = trainer.best_epoch if trainer.best_epoch is not None else max(trainer.train_loss_dict)
     return {
         "model": config["model"],
         "valid_metric": config["valid_metric"].lower(),
@@ -78,8 +83,7 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "epochs": epochs,
-        # RecBole counts evaluations without improvement in cur_step.
-        "best_epoch": epochs - 1 - trainer.cur_step * config["eval_step"],
+        "best_epoch": best_epoch,
         "fit_seconds": sum(train_seconds) + sum(valid_seconds),
         "train_s_per_epoch": sum(train_seconds) / len(train_seconds),
         "valid_s_per_eval": sum(valid_seconds) / max(len(valid_seconds), 1),
@@ -88,6 +92,7 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
     }
 
 
+@plugin_run()
 def run_recbole_endo(
     model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None, resume_file=None
 ):
@@ -128,6 +133,7 @@ def run_recbole_endo(
     return result
 
 
+@plugin_run()
 def objective_function(config_dict=None, config_file_list=None, saved=True):
     """The objective for RecBole's ``HyperTuning``: train, select on validation, report test."""
     config = Config(config_dict=config_dict, config_file_list=config_file_list)
@@ -137,17 +143,17 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     return _train_and_test(config, trainer, splits, saved, verbose=False)
 
 
+@plugin_run()
 def load_data_and_model(model_file):
     r"""Load a checkpoint with torch's safe loader and rebuild its dataset, splits and model.
 
     Returns:
         tuple: (config, model, dataset, train_data, valid_data, test_data)
     """
-    checkpoint = torch.load(model_file, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(model_file)
     config = checkpoint["config"]
     init_logger(config)
     getLogger().info(config)
     dataset, model, _, (train_data, valid_data, test_data) = _build(config)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    load_weights(model, checkpoint)
     return config, model, dataset, train_data, valid_data, test_data

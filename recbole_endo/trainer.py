@@ -1,22 +1,141 @@
-"""Trainers of the plugin's models, by model name (RecBole's ``<Model>Trainer`` convention), and
-the checkpoint writer and reader that let torch's safe loader read RecBole's checkpoints back and
-let a resumed run continue exactly where the checkpoint left off.
+"""Trainers of the plugin's runs: :class:`PluginTrainerMixin` gives any RecBole trainer the
+plugin's checkpoints (safe, atomic, resumable, holding any model's ``other_parameter()`` state),
+and the plugin's models train with :class:`FeatureTowerTrainer`, found by model name (RecBole's
+``<Model>Trainer`` convention).
 """
 
+import functools
 import math
-import random
 
-import numpy as np
 import torch
-from recbole.trainer import Trainer
+from recbole.trainer import PretrainTrainer, Trainer
 from recbole.utils import set_color
-from torch.nn.parallel import DistributedDataParallel
 
-from recbole_endo.files import open_replacing
+from recbole_endo.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
+from recbole_endo.evaluation import PlainEntriesCollector
 from recbole_endo.model import MODELS
 
 
-class FeatureTowerTrainer(Trainer):
+class PluginTrainerMixin:
+    """What the plugin's runs add to a RecBole ``Trainer`` (class or subclass), in its own classes
+    rather than in RecBole's (see :func:`plugin_trainer`):
+
+    - checkpoints that torch's safe loader reads, written atomically, with the model's
+      ``other_parameter()`` state as plain data (``recbole_endo.checkpoint``), read back so by
+      ``evaluate(load_best_model=True)`` and ``resume_checkpoint``;
+    - resuming restores everything an uninterrupted run holds after the checkpoint's epoch, the
+      random state included, so the resumed run ends as the uninterrupted one;
+    - ``best_epoch``: the epoch of the best validation, whatever ``eval_step``;
+    - RecBole's collector, fixed for its non-accuracy metrics (:class:`PlainEntriesCollector`).
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.eval_collector = PlainEntriesCollector(config)
+        self.current_epoch = None
+        self.best_epoch = None
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        self.current_epoch = epoch_idx
+        return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        """RecBole's, keeping the result on the trainer for the checkpoint that ``fit`` writes
+        when it improved, and the epoch it improved at."""
+        valid_score, self.valid_result = super()._valid_epoch(valid_data, show_progress)
+        # RecBole's early_stopping takes a score at least as good as the best as the new best.
+        if self.valid_metric_bigger:
+            improved = valid_score >= self.best_valid_score
+        else:
+            improved = valid_score <= self.best_valid_score
+        if improved:
+            self.best_epoch = self.current_epoch
+        return valid_score, self.valid_result
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint, as ``recbole_endo.checkpoint`` writes it; under DDP rank 0 writes."""
+        distributed = not self.config["single_spec"]
+        if not distributed or self.config["local_rank"] == 0:
+            write_checkpoint(self, epoch, verbose, **kwargs)
+        if distributed:
+            # Every rank loads the best checkpoint to test: none may read it before rank 0 wrote it.
+            torch.distributed.barrier()
+
+    def resume_checkpoint(self, resume_file):
+        """Continue from ``resume_file``: weights, optimizer, early stopping, best validation
+        result and epoch, loss history and, once ``fit`` starts, the random state. The run goes
+        on writing its best checkpoint to ``resume_file``. A checkpoint of another model, dataset
+        or seed (the seed fixes the split), or one with no epoch left to train, is refused
+        before anything is loaded."""
+        resume_file = str(resume_file)
+        checkpoint = read_checkpoint(resume_file, self.device)
+        for option in ("model", "dataset", "seed"):
+            if checkpoint["config"][option] != self.config[option]:
+                raise ValueError(
+                    f"checkpoint '{resume_file}' was trained with {option} {checkpoint['config'][option]!r}, "
+                    f"this run has {option} {self.config[option]!r}; resume with the checkpoint's {option}"
+                )
+        start_epoch = checkpoint["epoch"] + 1
+        if start_epoch >= self.epochs:
+            raise ValueError(
+                f"checkpoint '{resume_file}' holds epochs 0 to {checkpoint['epoch']}, and config option "
+                f"'epochs' is {self.epochs}: no epoch is left to train. Resume with epochs above "
+                f"{start_epoch}, or test the checkpoint with recbole_endo.quick_start.load_data_and_model"
+            )
+        self.saved_model_file = resume_file
+        self.start_epoch = start_epoch
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint["best_valid_result"]
+        # A checkpoint is written when validation improves: one without best_epoch is its own.
+        self.best_epoch = checkpoint.get("best_epoch", checkpoint["epoch"])
+        self.train_loss_dict = checkpoint["train_loss_dict"]
+        load_weights(self.model, checkpoint)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.resumed_random_state = checkpoint["random_state"]
+        self.logger.info(set_color("Resuming", "blue") + f" from {resume_file} at epoch {self.start_epoch}")
+
+    def fit(self, train_data, *args, **kwargs):
+        """RecBole's ``fit``, first restoring the random state of the checkpoint that
+        :meth:`resume_checkpoint` loaded, so the run draws the same shuffles, negatives and
+        dropout masks as an uninterrupted one. It keeps ``train_data`` on the trainer:
+        checkpoints save its shuffle generator."""
+        self.train_data = train_data
+        resumed = getattr(self, "resumed_random_state", None)
+        if resumed is not None:
+            set_random_state(resumed, train_data)
+            self.resumed_random_state = None  # a second fit continues, it does not rewind
+        return super().fit(train_data, *args, **kwargs)
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        """RecBole's ``evaluate``, loading the best checkpoint with the safe loader."""
+        if load_best_model and eval_data:
+            checkpoint_file = model_file or self.saved_model_file
+            load_weights(self.model, read_checkpoint(checkpoint_file, self.device))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+
+class PretrainCheckpointMixin(PluginTrainerMixin):
+    """:class:`PluginTrainerMixin` for RecBole's ``PretrainTrainer`` family (S3Rec, RaCT), whose
+    pre-training stage writes its own checkpoints, which the run then tests."""
+
+    def save_pretrained_model(self, epoch, saved_model_file):
+        write_checkpoint(self, epoch, verbose=False, saved_model_file=saved_model_file)
+        self.saved_model_file = saved_model_file
+
+
+@functools.cache
+def plugin_trainer(trainer_class):
+    """``trainer_class`` (a RecBole ``Trainer`` subclass) with :class:`PluginTrainerMixin`'s
+    guarantees; a trainer with no ``Trainer`` loop (RecBole's tree-model trainers) as it is."""
+    if issubclass(trainer_class, PluginTrainerMixin) or not issubclass(trainer_class, Trainer):
+        return trainer_class
+    mixin = PretrainCheckpointMixin if issubclass(trainer_class, PretrainTrainer) else PluginTrainerMixin
+    return type(trainer_class.__name__, (mixin, trainer_class), {"__module__": __name__})
+
+
+class FeatureTowerTrainer(PluginTrainerMixin, Trainer):
     """RecBole's Trainer that also logs, every epoch, the batch mean of each loss component the
     model reports in ``model.loss_components`` (text log and TensorBoard, ``Loss/<name>``), and
     fails naming the component when one is not finite. ``loss_component_history`` maps each
@@ -71,145 +190,3 @@ def check_finite(components, where):
 
 
 TRAINERS = dict.fromkeys(MODELS, FeatureTowerTrainer)
-
-
-def save_checkpoint(trainer, epoch, verbose=True, **kwargs):
-    """RecBole's ``Trainer._save_checkpoint``, readable with ``weights_only=True`` and atomic.
-
-    RecBole saves with pickle protocol 4, whose FRAME opcode torch's safe unpickler rejects, so
-    RecBole cannot reload its own best checkpoint on torch >= 2.6. This writes the same state with
-    torch's default protocol (the config pickles as plain data, see ``recbole_endo.config``), to a
-    temporary file renamed over the target, so a crash never leaves a truncated checkpoint. It
-    also holds what :func:`resume_checkpoint` needs to continue the run exactly: the best
-    validation result, the loss history and the random state.
-    Under DDP rank 0 writes it.
-    """
-    distributed = not trainer.config["single_spec"]
-    if not distributed or trainer.config["local_rank"] == 0:
-        write_checkpoint(trainer, epoch, verbose, **kwargs)
-    if distributed:
-        # Every rank loads the best checkpoint to test: none may read it before rank 0 wrote it.
-        torch.distributed.barrier()
-
-
-def write_checkpoint(trainer, epoch, verbose=True, **kwargs):
-    saved_model_file = kwargs.pop("saved_model_file", trainer.saved_model_file)
-    # fit writes an improved epoch's checkpoint before it records that epoch's result as the best:
-    # the best result is the one valid_epoch has just kept.
-    best_valid_result = getattr(trainer, "valid_result", trainer.best_valid_result)
-    state = {
-        "config": trainer.config,
-        "epoch": epoch,
-        "cur_step": trainer.cur_step,
-        "best_valid_score": float(trainer.best_valid_score),
-        # RecBole rounds metrics to numpy scalars, which weights_only does not read.
-        "best_valid_result": None
-        if best_valid_result is None
-        else {metric: float(value) for metric, value in best_valid_result.items()},
-        "train_loss_dict": trainer.train_loss_dict,
-        "state_dict": trainer.model.state_dict(),
-        "other_parameter": trainer.model.other_parameter(),
-        "optimizer": trainer.optimizer.state_dict(),
-        # fit keeps its train loader on the trainer; a RecBole trainer with a fit loop of its own
-        # (NCLTrainer) has none, and resumes with weights and optimizer only.
-        "random_state": random_state(trainer.train_data) if hasattr(trainer, "train_data") else None,
-    }
-    with open_replacing(saved_model_file, "wb") as file:
-        torch.save(state, file)
-    if verbose:
-        trainer.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
-
-
-def random_state(train_data):
-    """Every random stream training draws from, as tensors and plain lists that
-    ``weights_only=True`` reads back: Python's ``random`` (RecBole's sequence augmentations),
-    numpy's global generator (negative sampling), torch's CPU and CUDA generators (dropout, the
-    SSL views) and the train loader's own shuffle generator."""
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [keys.tolist(), position, has_gauss, cached_gaussian],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all(),
-        "shuffle": train_data.generator.get_state(),
-    }
-
-
-def set_random_state(state, train_data):
-    """Put every stream of :func:`random_state` back where ``state`` found it (generator states
-    are CPU tensors, wherever the checkpoint was loaded to)."""
-    random.setstate(state["python"])
-    np.random.set_state(("MT19937", *state["numpy"]))
-    torch.set_rng_state(state["torch"].cpu())
-    torch.cuda.set_rng_state_all([cuda_state.cpu() for cuda_state in state["cuda"]])
-    train_data.generator.set_state(state["shuffle"].cpu())
-
-
-def resume_checkpoint(trainer, resume_file):
-    """RecBole's ``Trainer.resume_checkpoint``, read with ``weights_only=True`` and restoring all
-    that an uninterrupted run holds after the checkpoint's epoch: weights, optimizer, early
-    stopping, best validation result, loss history and, once ``fit`` starts, the random state.
-
-    The run continues to write its best checkpoint to ``resume_file``. A checkpoint of another
-    model, dataset or seed (the seed fixes the split) is refused.
-    """
-    resume_file = str(resume_file)
-    checkpoint = torch.load(resume_file, map_location=trainer.device, weights_only=True)
-    for option in ("model", "dataset", "seed"):
-        if checkpoint["config"][option] != trainer.config[option]:
-            raise ValueError(
-                f"checkpoint '{resume_file}' was trained with {option} {checkpoint['config'][option]!r}, "
-                f"this run has {option} {trainer.config[option]!r}; resume with the checkpoint's {option}"
-            )
-    trainer.saved_model_file = resume_file
-    trainer.start_epoch = checkpoint["epoch"] + 1
-    trainer.cur_step = checkpoint["cur_step"]
-    trainer.best_valid_score = checkpoint["best_valid_score"]
-    trainer.best_valid_result = checkpoint["best_valid_result"]
-    trainer.train_loss_dict = checkpoint["train_loss_dict"]
-    trainer.model.load_state_dict(checkpoint["state_dict"])
-    trainer.model.load_other_parameter(checkpoint.get("other_parameter"))
-    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    trainer.resumed_random_state = checkpoint["random_state"]
-    trainer.logger.info(set_color("Resuming", "blue") + f" from {resume_file} at epoch {trainer.start_epoch}")
-
-
-_recbole_fit = Trainer.fit
-_recbole_valid_epoch = Trainer._valid_epoch
-
-
-def fit(trainer, train_data, *args, **kwargs):
-    """RecBole's ``Trainer.fit``, first restoring the random state of the checkpoint that
-    :func:`resume_checkpoint` loaded, so the run draws the same shuffles, negatives and dropout
-    masks as an uninterrupted one. It keeps ``train_data`` on the trainer: checkpoints save its
-    shuffle generator."""
-    trainer.train_data = train_data
-    resumed = getattr(trainer, "resumed_random_state", None)
-    if resumed is not None:
-        set_random_state(resumed, train_data)
-        trainer.resumed_random_state = None  # a second fit continues, it does not rewind
-    return _recbole_fit(trainer, train_data, *args, **kwargs)
-
-
-def valid_epoch(trainer, valid_data, show_progress=False):
-    """RecBole's ``Trainer._valid_epoch``, keeping the result on the trainer for the checkpoint
-    that ``fit`` writes when the result improved."""
-    valid_score, trainer.valid_result = _recbole_valid_epoch(trainer, valid_data, show_progress)
-    return valid_score, trainer.valid_result
-
-
-def enable_safe_checkpoints():
-    """Install the plugin's checkpoint writer, reader and resuming ``fit`` on RecBole's Trainer,
-    so RecBole's built-in models run through the plugin get them too."""
-    Trainer._save_checkpoint = save_checkpoint
-    Trainer.resume_checkpoint = resume_checkpoint
-    Trainer.fit = fit
-    Trainer._valid_epoch = valid_epoch
-
-
-def distributed_data_parallel(module, device_ids=None, **kwargs):
-    """RecBole's trainers wrap the model as ``DistributedDataParallel(model, device_ids=[local_rank])``,
-    which torch refuses for a model on the CPU (a ``gloo`` run): a CPU model gets none."""
-    if next(module.parameters()).device.type == "cpu":
-        device_ids = None
-    return DistributedDataParallel(module, device_ids=device_ids, **kwargs)

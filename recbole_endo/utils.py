@@ -1,28 +1,23 @@
 """Model and trainer lookup: the plugin's classes first, then RecBole's built-ins.
 
-:func:`register` also teaches RecBole's own ``get_model`` / ``get_trainer`` / ``Config`` about the
-plugin, so RecBole's ``run_recbole`` and ``load_data_and_model`` work with the plugin's models.
+:func:`register` registers the plugin's models and trainers with RecBole's own ``get_model`` /
+``get_trainer`` / ``Config``, so RecBole's ``run_recbole`` and ``load_data_and_model`` work with
+the plugin's models, and changes nothing for RecBole's models.
 """
 
 import importlib
-import os
 import sys
 
 import recbole.config.configurator
-import recbole.data.dataset.dataset
-import recbole.data.utils
-import recbole.trainer.trainer
 import recbole.utils
-import recbole.utils.logger
 import recbole.utils.utils
+import torch
 from recbole.config import Config as RecBoleConfig
-from recbole.evaluator.collector import Collector
 from recbole.model.abstract_recommender import AbstractRecommender
 
-from recbole_endo.config import Config, enable_safe_config_pickling, init_device, layer_plugin_properties
-from recbole_endo.evaluation import get_data_struct
+from recbole_endo.config import CONFIG_ENUMS, Config, layer_plugin_properties, restore_config
 from recbole_endo.model import MODELS
-from recbole_endo.trainer import TRAINERS, distributed_data_parallel, enable_safe_checkpoints
+from recbole_endo.trainer import TRAINERS, plugin_trainer
 
 _recbole_get_model = recbole.utils.utils.get_model
 _recbole_get_trainer = recbole.utils.utils.get_trainer
@@ -64,11 +59,18 @@ def get_model(model_name):
     )
 
 
-def get_trainer(model_type, model_name):
-    """The trainer class for ``model_name``: the plugin's, else RecBole's choice."""
+def registered_trainer(model_type, model_name):
+    """The trainer RecBole uses for ``model_name`` once the plugin is registered: the plugin's
+    for its models, else RecBole's own choice, unchanged."""
     if model_name in TRAINERS:
         return TRAINERS[model_name]
     return _recbole_get_trainer(model_type, model_name)
+
+
+def get_trainer(model_type, model_name):
+    """The trainer class of the plugin's runs for ``model_name``: the plugin's, else RecBole's
+    choice with the plugin's checkpoints (:func:`recbole_endo.trainer.plugin_trainer`)."""
+    return plugin_trainer(registered_trainer(model_type, model_name))
 
 
 def _load_internal_config_dict(config, model, model_class, dataset):
@@ -79,25 +81,14 @@ def _load_internal_config_dict(config, model, model_class, dataset):
         layer_plugin_properties(config, model, dataset)
 
 
-def ensure_dir(dir_path):
-    """RecBole's ``ensure_dir`` without its check-then-create race: the processes of a DDP run
-    create ``./log/<model>/`` and the checkpoint folder at the same moment (FileExistsError)."""
-    os.makedirs(dir_path, exist_ok=True)
-
-
-# Every RecBole module that binds ensure_dir by name.
-ENSURE_DIR_MODULES = (
-    recbole.utils, recbole.utils.utils, recbole.utils.logger, recbole.trainer.trainer,
-    recbole.data.utils, recbole.data.dataset.dataset,
-)
-
-
 def register():
-    """Make RecBole itself resolve, configure and checkpoint the plugin's models, and run
-    distributed on CPUs.
+    """Register the plugin's models and trainers with RecBole, and its checkpoints' config with
+    torch's safe loader; nothing else of RecBole changes (what the plugin's own runs change is
+    scoped to them, ``recbole_endo.run_scope``).
 
     RecBole binds ``get_model``/``get_trainer`` by name in several modules; each binding is
-    replaced (``recbole.quick_start`` too when already imported; imported later, it binds the
+    replaced by a lookup that finds the plugin's models and otherwise returns what RecBole's
+    returns (``recbole.quick_start`` too when already imported; imported later, it binds the
     replaced ones from ``recbole.utils``, and importing it here would import ray).
     """
     modules = [recbole.utils, recbole.utils.utils, recbole.config.configurator]
@@ -107,14 +98,8 @@ def register():
         if hasattr(module, "get_model"):
             module.get_model = get_model
         if hasattr(module, "get_trainer"):
-            module.get_trainer = get_trainer
+            module.get_trainer = registered_trainer
     RecBoleConfig._load_internal_config_dict = _load_internal_config_dict
-    # Distributed runs without CUDA: gloo and the CPU instead of RecBole's nccl and GPUs.
-    RecBoleConfig._init_device = init_device
-    recbole.trainer.trainer.DistributedDataParallel = distributed_data_parallel
-    enable_safe_config_pickling()
-    enable_safe_checkpoints()
-    # RecBole 1.2.1's collector breaks its own non-accuracy metrics (see get_data_struct).
-    Collector.get_data_struct = get_data_struct
-    for module in ENSURE_DIR_MODULES:
-        module.ensure_dir = ensure_dir
+    # RecBole's load_data_and_model reads a plugin model's checkpoint with torch's default safe
+    # loader: the config's rebuilder and the RecBole enums in it must be readable.
+    torch.serialization.add_safe_globals([restore_config, *CONFIG_ENUMS])

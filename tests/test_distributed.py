@@ -99,17 +99,3 @@ def test_checkpoint_evaluates_in_one_process_as_in_two(two_process_run, one_thre
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     single_result = trainer.evaluate(test_data, load_best_model=False)
     assert dict(single_result) == pytest.approx(ddp_result, abs=ROUNDING)
-
-
-def test_recbole_creates_folders_without_a_race(tmp_path):
-    """DDP processes create ./log/<model>/ and the checkpoint folder at once; RecBole's own
-    ensure_dir checks, then creates, and the slower process failed with FileExistsError."""
-    import recbole.trainer.trainer
-    import recbole.utils.logger
-
-    for module in (recbole.trainer.trainer, recbole.utils.logger):
-        assert module.ensure_dir.__module__ == "recbole_endo.utils"
-    folder = tmp_path / "saved"
-    folder.mkdir()  # another process created it between RecBole's check and its makedirs
-    recbole.trainer.trainer.ensure_dir(str(folder))
-    assert folder.is_dir()

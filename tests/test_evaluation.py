@@ -171,3 +171,22 @@ def test_grades_on_normalised_ratings_are_refused(model, options, option, tiny):
     config_dict = {**tiny["config_dict"], "normalize_all": True, **options}
     with pytest.raises(ValueError, match=f"{option}.*normalize_all"):
         run_recbole_endo(model=model, **{**tiny, "config_dict": config_dict})
+
+
+@pytest.mark.parametrize(
+    "options, fault",
+    [
+        ({"list_eval": "sampeld"}, "'list_eval'"),
+        ({"cold_eval": "items"}, "'cold_eval'"),
+        ({"head_share": 1.5}, "'head_share'"),
+        ({"list_eval": "sampled", "list_topk": [0, 5]}, "'list_topk'"),
+        ({"list_eval": "exposed", "relevance_threshold": "four"}, "'relevance_threshold'"),
+    ],
+)
+def test_bad_protocol_options_are_refused_before_training(tiny, monkeypatch, options, fault):
+    from recbole_endo.trainer import PluginTrainerMixin
+
+    monkeypatch.setattr(PluginTrainerMixin, "fit", lambda *args, **kwargs: pytest.fail("trained before refusing"))
+    tiny["config_dict"].update(options)
+    with pytest.raises(ValueError, match=fault):
+        run_recbole_endo(model="BPR", **tiny)

@@ -90,3 +90,23 @@ def test_script_resumes_and_refuses_resume_with_ddp(tiny, tmp_path):
     assert os.listdir(folder / "saved") == []  # it went on writing the interrupted checkpoint
     run = script(f"--resume={interrupted.saved_model_file}", "--nproc=2")
     assert run.returncode != 0 and "--resume continues one single-process run" in run.stderr
+
+
+def test_resume_with_no_epoch_left_is_refused_before_anything_changes(tiny):
+    interrupted, _ = fitted(tiny, "BPR", "interrupted", epochs=1)  # its checkpoint holds epoch 0
+    with open(interrupted.saved_model_file, "rb") as file:
+        before = file.read()
+    trainer, _ = built(tiny, "BPR", "interrupted", epochs=1)
+    with pytest.raises(ValueError, match=r"holds epochs 0 to 0, and config option 'epochs' is 1"):
+        trainer.resume_checkpoint(interrupted.saved_model_file)
+    with open(interrupted.saved_model_file, "rb") as file:
+        assert file.read() == before
+    assert trainer.start_epoch == 0
+
+
+def test_best_epoch_is_the_validated_epoch_of_the_checkpoint_when_eval_step_skips_epochs(tiny):
+    # Validation after epochs 1 and 3 of 0..4; epoch 4 is trained but never validated.
+    result = run_recbole_endo(model="BPR", **options(tiny, "eval-step", epochs=5, eval_step=2, stopping_step=10))
+    assert result["epochs"] == 5
+    assert result["best_epoch"] in (1, 3)
+    assert result["best_epoch"] == torch.load(result["checkpoint"], weights_only=True)["epoch"]

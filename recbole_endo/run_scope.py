@@ -1,0 +1,78 @@
+"""What the plugin changes in RecBole for the runs it starts, and only while they run.
+
+Importing ``recbole_endo`` only registers its models, trainers and metric with RecBole. The runs
+the plugin starts (:func:`recbole_endo.quick_start.run_recbole_endo`, ``objective_function``,
+``load_data_and_model``) run inside :func:`plugin_run`, which for their duration
+
+- binds a race-free ``ensure_dir`` in every RecBole module that binds it by name: the processes
+  of a DDP run create ``./log/<model>/`` and the checkpoint folder at the same moment, and
+  RecBole's check-then-create fails the slower one with FileExistsError;
+- lets RecBole's trainers wrap a CPU model for DDP (``gloo``), which torch refuses with the
+  ``device_ids`` RecBole passes;
+- hides the known deprecation warnings raised inside RecBole's own modules (pandas' chained
+  assignment and ``Series.agg(len)`` in its dataset code, torch's ``GradScaler`` in its trainer),
+  which repeat on every run and say nothing about the user's data or code. Any other warning,
+  from RecBole or elsewhere, is shown.
+
+Everything is put back when the run ends, also when it fails.
+"""
+
+import os
+import warnings
+from contextlib import ExitStack, contextmanager
+
+import recbole.data.dataset.dataset
+import recbole.data.utils
+import recbole.trainer.trainer
+import recbole.utils
+import recbole.utils.logger
+import recbole.utils.utils
+from torch.nn.parallel import DistributedDataParallel
+
+# Every RecBole module that binds ensure_dir by name.
+ENSURE_DIR_MODULES = (
+    recbole.utils, recbole.utils.utils, recbole.utils.logger, recbole.trainer.trainer,
+    recbole.data.utils, recbole.data.dataset.dataset,
+)
+# (message start, category) of the warnings RecBole 1.2.1 raises in its own modules on every run.
+RECBOLE_WARNINGS = (
+    ("A value is trying to be set on a copy of a DataFrame or Series through chained assignment", FutureWarning),
+    ("using <built-in function len> in Series.agg cannot aggregate", FutureWarning),
+    (r"`torch.cuda.amp.GradScaler\(args...\)` is deprecated", FutureWarning),
+)
+
+
+def ensure_dir(dir_path):
+    """RecBole's ``ensure_dir`` without its check-then-create race."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def distributed_data_parallel(module, device_ids=None, **kwargs):
+    """RecBole's trainers wrap the model as ``DistributedDataParallel(model, device_ids=[local_rank])``,
+    which torch refuses for a model on the CPU (a ``gloo`` run): a CPU model gets none."""
+    if next(module.parameters()).device.type == "cpu":
+        device_ids = None
+    return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
+
+
+@contextmanager
+def _patched(owner, name, value):
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@contextmanager
+def plugin_run():
+    """The scope of one run the plugin starts (see the module docstring); it nests."""
+    with ExitStack() as stack:
+        for module in ENSURE_DIR_MODULES:
+            stack.enter_context(_patched(module, "ensure_dir", ensure_dir))
+        stack.enter_context(_patched(recbole.trainer.trainer, "DistributedDataParallel", distributed_data_parallel))
+        stack.enter_context(warnings.catch_warnings())
+        for message, category in RECBOLE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=r"recbole\.")
+        yield
