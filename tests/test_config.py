@@ -84,3 +84,19 @@ def test_config_with_unstorable_value_fails_naming_the_key(tiny):
 def test_no_epoch_to_train_names_the_option(tiny):
     with pytest.raises(ValueError, match="'epochs'"):
         run_recbole_endo(model="BPR", **{**tiny, "config_dict": {**tiny["config_dict"], "epochs": 0}})
+
+
+class Terminal:
+    def write(self, text):
+        return len(text)
+
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_show_in_a_terminal_only_unless_set(tiny, monkeypatch):
+    assert Config(model="BPR", **tiny)["show_progress"] is False  # pytest captures stderr: no terminal
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert Config(model="BPR", **tiny)["show_progress"] is True
+    tiny["config_dict"]["show_progress"] = False
+    assert Config(model="BPR", **tiny)["show_progress"] is False

@@ -133,3 +133,22 @@ def test_non_finite_loss_component_stops_training_naming_it(tiny, monkeypatch):
     monkeypatch.setattr(model, "calculate_loss", diverging)
     with pytest.raises(ValueError, match="loss component 'item_side_ssl' is nan"):
         trainer.fit(train_data, valid_data, saved=False)
+
+
+def test_side_ssl_sees_views_of_the_normalised_side_representation(tiny):
+    """Scaling the side branch leaves s = norm(side branch), so the side SSL, unchanged."""
+    _, model, _, (train_data, _, _) = _build(Config(model="EndoDecouple", **tiny))
+    model.train()
+    batch = next(iter(train_data))
+
+    def side_ssl():
+        torch.manual_seed(0)  # the same dropout views each time
+        model.calculate_loss(batch)
+        return model.loss_components["item_side_ssl"].item()
+
+    before = side_ssl()
+    last = [module for module in model.towers["item"].mlps["side"].modules() if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(3.0)
+        last.bias.mul_(3.0)
+    assert side_ssl() == pytest.approx(before, rel=1e-5)

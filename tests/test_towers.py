@@ -78,7 +78,7 @@ def test_field_from_another_file_is_refused(tiny_dataset):
 )
 def test_malformed_endo_fields_name_the_option(endo_fields, fault):
     with pytest.raises(ValueError, match=fault):
-        parse_endo_fields({"endo_fields": endo_fields})
+        parse_endo_fields({"endo_fields": endo_fields}, dataset=None)
 
 
 def test_side_fields_of_a_missing_feature_file_are_refused_naming_the_file(tiny, tmp_path):
@@ -107,3 +107,15 @@ def test_item_without_a_feature_row_embeds_as_padding_with_the_mean_of_float_fie
     assert torch.equal(embedding(torch.tensor([item]))[0, :2], torch.zeros(2, 4))  # title, class
     prices = [float(row.split("\t")[3]) for row in rows]
     assert dataset.get_item_feature()["price"][item].item() == pytest.approx(sum(prices) / len(prices), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["TwoTowerConcat", "EndoDecouple"])
+def test_padding_rows_embed_as_zeros_after_initialisation_and_training(name, tiny):
+    from recbole_endo.quick_start import _build
+
+    _, model, trainer, (train_data, valid_data, _) = _build(Config(model=name, **tiny))
+    padded = [module for module in model.modules() if isinstance(module, torch.nn.Embedding) and module.padding_idx == 0]
+    assert len(padded) == 7  # user_id, age, gender, favourite; item_id, title, class
+    assert all(not module.weight[0].any() for module in padded)
+    trainer.fit(train_data, valid_data, saved=False)
+    assert all(not module.weight[0].any() for module in padded)

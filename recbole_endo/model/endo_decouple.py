@@ -1,3 +1,5 @@
+from logging import getLogger
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,13 +19,21 @@ from recbole_endo.model.two_tower_split import SplitTower
 
 class EndoTower(SplitTower):
     """A split tower with the seed's self-supervised parts: a dropout that makes stochastic views
-    of the field embeddings, and one projection head per SSL task (side, atom), not shared."""
+    of the field embeddings, and one projection head per SSL task (side, atom), not shared.
+
+    A tower with no side field (an entity without a feature file) or no atom field has nothing
+    to decouple: it is a plain split tower, ``decoupled`` is False and it has no heads."""
 
     def __init__(self, dataset, entity, fields, config):
         super().__init__(dataset, entity, fields, config, config["rank_hidden_size"])
         missing = [group for group in FIELD_GROUPS if not fields[group]]
+        self.decoupled = not missing
         if missing:
-            raise ValueError(f"EndoDecouple needs endo_fields.{entity}.{missing[0]} to name at least one field")
+            getLogger().warning(
+                f"EndoDecouple: endo_fields.{entity}.{missing[0]} names no field, so the {entity} tower's "
+                "decoupling terms (stage-1, side SSL, atom SSL) are off"
+            )
+            return
         self.view_dropout = nn.Dropout(config["ssl_dropout"])
         size = config["mlp_hidden_size"][-1]
         self.heads = nn.ModuleDict({group: mlp([size, size, config["projection_size"]]) for group in FIELD_GROUPS})
@@ -55,6 +65,9 @@ class EndoDecouple(FeatureTowerRecommender):
     - **ranking representation**: ``output(concat(MLP_side, MLP_atom))``, the output a linear map
       or, with ``rank_hidden_size``, an MLP; score = dot product; graded BPR as in
       :class:`FeatureTowerRecommender`.
+
+    A tower without a side (or an atom) field, such as the item tower of a dataset without an
+    ``.item`` file, has nothing to decouple: its decoupling terms are off, and the log says so.
 
     Total loss: ranking + ``stage1_weight``·stage1 + ``side_ssl_weight``·side_ssl +
     ``atom_ssl_weight``·atom_ssl, the auxiliary terms summed over both towers. A zero weight
@@ -91,15 +104,24 @@ class EndoDecouple(FeatureTowerRecommender):
         number_option(config, "projection_size", 1, integer=True)
         sizes_option(config, "rank_hidden_size", allow_empty=True)
         super().__init__(config, dataset)
+        if self.sample_weight == "endo" and not self.towers["item"].decoupled:
+            raise ValueError(
+                "config option 'sample_weight' endo weighs items by cos(atom, side), but endo_fields.item "
+                "lacks an atom or a side field: name both, or use sample_weight none or ipw"
+            )
 
     def auxiliary(self, entity, ids, other_ids=None):
-        """The tower's ranking representation, its auxiliary losses and cos(a, s) statistics.
+        """The tower's ranking representation, its auxiliary losses and cos(a, s) statistics
+        (None for a tower that is not ``decoupled``).
 
         The representation covers ``ids`` and then ``other_ids`` (the negative items) when given;
         the losses and statistics cover ``ids`` only. With ``deduplicate`` each distinct id runs
         through the tower once; the SSL views are drawn per row either way.
         """
         tower = self.towers[entity]
+        if not tower.decoupled:
+            parts = (ids,) if other_ids is None else (ids, other_ids)
+            return torch.cat(self.tower_rows(entity, *parts)), {}, None
         count = len(ids)
         if self.deduplicate and other_ids is not None:
             ids = torch.cat([ids, other_ids])
@@ -122,7 +144,8 @@ class EndoDecouple(FeatureTowerRecommender):
         # and InfoNCE costs batch² (four 2048² logit matrices would dominate a training step).
         ssl = slice(0, min(self.ssl_batch_size, count))
         if self.weights["side_ssl"]:
-            views = [tower.heads["side"](tower.view("side", rows(embedded["side"], ssl))) for _ in range(2)]
+            views = [F.normalize(tower.view("side", rows(embedded["side"], ssl)), dim=-1) for _ in range(2)]
+            views = [tower.heads["side"](view) for view in views]
             mask = fake_negative_mask(s[ssl], self.fake_threshold)
             losses["side_ssl"] = info_nce(*views, self.temperature, mask)
         if self.weights["atom_ssl"]:
@@ -154,6 +177,7 @@ class EndoDecouple(FeatureTowerRecommender):
             for name, loss in losses.items():
                 total = total + self.weights[name] * loss
                 self.loss_components[f"{entity}_{name}"] = loss.detach()
-            self.loss_components[f"{entity}_cos_mean"] = cos.detach().mean()
-            self.loss_components[f"{entity}_cos_min"] = cos.detach().min()
+            if cos is not None:
+                self.loss_components[f"{entity}_cos_mean"] = cos.detach().mean()
+                self.loss_components[f"{entity}_cos_min"] = cos.detach().min()
         return total

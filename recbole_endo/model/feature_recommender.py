@@ -37,7 +37,7 @@ class FeatureTowerRecommender(GeneralRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.endo_fields = parse_endo_fields(config)
+        self.endo_fields = parse_endo_fields(config, dataset)
         number_option(config, "embedding_size", 1, integer=True)
         sizes_option(config, "mlp_hidden_size")
         number_option(config, "dropout_prob", 0, 1)
@@ -72,6 +72,12 @@ class FeatureTowerRecommender(GeneralRecommender):
         # mask of its own, so the towers then run on every row, as they always did.
         self.deduplicate = not config["dropout_prob"]
         self.apply(xavier_normal_initialization)
+        # RecBole's initialisation draws every embedding row, padding rows too: a missing token
+        # value (padding id 0) must embed as zeros, and padding_idx keeps it there in training.
+        for module in self.modules():
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
         self._repr_cache = {}
 
     def train(self, mode=True):

@@ -2,9 +2,11 @@
 
 ``endo_fields`` (config) names, per entity (``user``, ``item``), its ``atom`` fields (identity-like,
 popularity-biased: ids, titles) and its ``side`` fields (generalisable: genres, demographics).
+Unset, it is derived from the loaded feature fields (:func:`derive_endo_fields`).
 """
 
 import os
+from logging import getLogger
 
 import torch
 import torch.nn as nn
@@ -19,13 +21,49 @@ ENTITY_SOURCES = {
 }
 
 
-def parse_endo_fields(config):
-    """``config['endo_fields']`` checked to be ``{user|item: {atom|side: [field, ...]}}``."""
+# A token field with at least this many distinct values per entity (a token_seq field: distinct
+# sequences) names entities rather than describing them: an atom.
+ATOM_DISTINCT_SHARE = 0.5
+
+
+def derive_endo_fields(dataset):
+    """``endo_fields`` from the loaded feature fields of each entity's file (``.user``, ``.item``):
+    the id field and every identity-like token or token_seq field, with at least
+    ``ATOM_DISTINCT_SHARE`` distinct values (whole sequences) per entity (a zip code, a title),
+    are atoms; the other token fields and every float field are side. Without a feature file an
+    entity's only field, its id, is an atom."""
+    derived = {}
+    for entity in ENTITIES:
+        id_field = dataset.uid_field if entity == "user" else dataset.iid_field
+        table = dataset.get_user_feature() if entity == "user" else dataset.get_item_feature()
+        entities = max(len(table) - 1, 1)  # row 0 is RecBole's padding entity
+        derived[entity] = {"atom": [id_field], "side": []}
+        # Not the neg_<field> copies RecBole registers for sampled negatives: they are no table column.
+        for field in (f for f in dataset.fields(source=[ENTITY_SOURCES[entity][0]]) if f in table.columns):
+            field_type = dataset.field2type[field]
+            if field_type in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
+                values = table[field][1:]
+                distinct = len(torch.unique(values, dim=0)) if field_type == FeatureType.TOKEN_SEQ else len(values.unique())
+                group = "atom" if distinct >= ATOM_DISTINCT_SHARE * entities else "side"
+            else:
+                group = "side"
+            derived[entity][group].append(field)
+    return derived
+
+
+def parse_endo_fields(config, dataset):
+    """``config['endo_fields']`` checked to be ``{user|item: {atom|side: [field, ...]}}``; unset,
+    derived from ``dataset`` (:func:`derive_endo_fields`), logged and stored in the config, so
+    the run's checkpoint rebuilds the same towers."""
     endo_fields = config["endo_fields"]
+    if endo_fields is None:
+        endo_fields = derive_endo_fields(dataset)
+        config["endo_fields"] = endo_fields
+        getLogger().info(f"endo_fields not set; derived from the loaded features (towers.py): {endo_fields}")
     if not isinstance(endo_fields, dict):
         raise ValueError(
             "config option 'endo_fields' must map 'user' and 'item' to {atom: [...], side: [...]}, "
-            f"got {endo_fields!r}"
+            f"or be left unset to derive it from the dataset's feature fields; got {endo_fields!r}"
         )
     parsed = {}
     for entity in ENTITIES:
