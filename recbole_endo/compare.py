@@ -51,15 +51,16 @@ def split_entries(text):
 
 
 def summarise(runs, metrics):
-    """Per entry: mean and sample std (n−1) of each metric and run column, over its seeds."""
+    """Per entry: mean and sample std (n−1) of each metric and run column, over its seeds; a
+    metric that no run of the entry reports (another protocol's) is ``None``."""
     summary = {}
     for entry in dict.fromkeys(run["entry"] for run in runs):
         rows = [run for run in runs if run["entry"] == entry]
         summary[entry] = {"seeds": len(rows)}
         for column in metrics + RUN_COLUMNS:
-            values = [row[column] for row in rows]
+            values = [row[column] for row in rows if row.get(column) is not None]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
-            summary[entry][column] = (statistics.mean(values), std)
+            summary[entry][column] = (statistics.mean(values), std) if values else None
     return summary
 
 
@@ -68,7 +69,7 @@ def markdown_table(summary, metrics):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry, row in summary.items():
         cells = [entry, str(row["seeds"])]
-        cells += [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in metrics]
+        cells += ["—" if row[m] is None else f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in metrics]
         cells += [f"{row['best_epoch'][0]:.1f}"]
         cells += [f"{row[c][0]:.2f}" for c in ("train_s_per_epoch", "valid_s_per_eval", "test_eval_s")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -80,7 +81,8 @@ def run_entry(entry, model, options, seed, dataset, config_file_list, config_dic
     start = time.perf_counter()
     result = run_recbole_endo(
         model=model, dataset=dataset, config_file_list=config_file_list,
-        config_dict={**(config_dict or {}), **options, "seed": seed},
+        # Progress bars of runs finishing in any order would interleave: the log lines say enough.
+        config_dict={"show_progress": False, **(config_dict or {}), **options, "seed": seed},
     )
     run = {"entry": entry, "model": model, "seed": seed, f"valid {result['valid_metric']}": result["best_valid_score"]}
     run.update(result["test_result"])
@@ -142,18 +144,21 @@ def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_d
     runs = [run for run in runs if run is not None]
     if not runs:
         raise RuntimeError(f"--compare: every run failed: {'; '.join(failed)}")
-    metrics = [key for key in runs[0] if key not in ("entry", "model", "seed", "wall_s", *RUN_COLUMNS)]
+    # Entries may report different metrics (a protocol switched on for one entry): every column
+    # any run has, in order of first appearance; a run without one leaves its cell empty.
+    columns = list(dict.fromkeys(key for run in runs for key in run))
+    metrics = [key for key in columns if key not in ("entry", "model", "seed", "wall_s", *RUN_COLUMNS)]
     with open_replacing(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(runs[0]))
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(runs)
     summary = summarise(runs, metrics)
     with open_replacing(os.path.join(output_dir, "summary.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        columns = metrics + RUN_COLUMNS
-        writer.writerow(["model", "seeds"] + [f"{c} {stat}" for c in columns for stat in ("mean", "std")])
+        summary_columns = metrics + RUN_COLUMNS
+        writer.writerow(["model", "seeds"] + [f"{c} {stat}" for c in summary_columns for stat in ("mean", "std")])
         for entry, row in summary.items():
-            writer.writerow([entry, row["seeds"]] + [v for c in columns for v in row[c]])
+            writer.writerow([entry, row["seeds"]] + [v for c in summary_columns for v in row[c] or ("", "")])
     with open_replacing(os.path.join(output_dir, "summary.md")) as f:
         f.write(markdown_table(summary, metrics))
     if failed:

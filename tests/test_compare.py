@@ -87,3 +87,36 @@ def test_tables_of_a_compare_that_fails_while_writing_keep_the_previous_ones(tmp
     with pytest.raises(OSError, match="disk full"):
         compare(["BPR"], "tiny", [3, 4], str(output_dir), log=lambda *a, **k: None)
     assert {name: (output_dir / name).read_text() for name in os.listdir(output_dir)} == before
+
+
+def test_entries_reporting_different_metrics_share_one_table(tmp_path, monkeypatch):
+    def run_entry(entry, model, options, seed, *_):  # BPR[head_share=0.5] adds the strata's metrics
+        run = {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1 * seed, "best_epoch": 1, "epochs": 2,
+               "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0}
+        if options:
+            run["tail:ndcg@10"] = 0.01 * seed
+        return run
+
+    monkeypatch.setattr(compare_module, "run_entry", run_entry)
+    output_dir = tmp_path / "out"
+    summary = compare(["BPR", "BPR[head_share=0.5]"], "tiny", [1, 2], str(output_dir), log=lambda *a, **k: None)
+    assert summary["BPR"]["tail:ndcg@10"] is None
+    assert summary["BPR[head_share=0.5]"]["tail:ndcg@10"][0] == pytest.approx(0.015)
+    table = (output_dir / "summary.md").read_text()
+    assert "| BPR | 2 | 0.1500 ± 0.0707 | — |" in table
+    assert "| BPR[head_share=0.5] | 2 | 0.1500 ± 0.0707 | 0.0150 ± 0.0071 |" in table
+    with open(output_dir / "runs.csv") as f:
+        assert [run["tail:ndcg@10"] for run in csv.DictReader(f)] == ["", "", "0.01", "0.02"]
+
+
+def test_compare_runs_show_no_progress_bars(monkeypatch):
+    seen = []
+
+    def run_recbole_endo(**arguments):
+        seen.append(arguments["config_dict"])
+        return {"valid_metric": "ndcg@10", "best_valid_score": 0.1, "test_result": {"ndcg@10": 0.1},
+                **dict.fromkeys(compare_module.RUN_COLUMNS, 1)}
+
+    monkeypatch.setattr(compare_module, "run_recbole_endo", run_recbole_endo)
+    compare_module.run_entry("BPR", "BPR", {}, 1, "tiny", None, {"state": "INFO"})
+    assert seen == [{"show_progress": False, "state": "INFO", "seed": 1}]
