@@ -95,6 +95,7 @@ def register_metric(metric_class):
 
 register_metric(GradedNDCG)
 
+
 class PlainEntriesCollector(Collector):
     """RecBole's Collector, with ``get_data_struct`` leaving non-tensor entries alone.
 
