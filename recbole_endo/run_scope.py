@@ -10,7 +10,8 @@ the plugin starts (:func:`recbole_endo.quick_start.run_recbole_endo`, ``objectiv
 - lets RecBole's trainers wrap a CPU model for DDP (``gloo``), which torch refuses with the
   ``device_ids`` RecBole passes;
 - hides the known deprecation warnings raised inside RecBole's own modules (pandas' chained
-  assignment and ``Series.agg(len)`` in its dataset code, torch's ``GradScaler`` in its trainer),
+  assignment and ``Series.agg(len)`` in its dataset code, torch's ``GradScaler`` in its trainer
+  and ``sparse.FloatTensor`` in its graph models),
   which repeat on every run and say nothing about the user's data or code. Any other warning,
   from RecBole or elsewhere, is shown.
 
@@ -39,6 +40,8 @@ RECBOLE_WARNINGS = (
     ("A value is trying to be set on a copy of a DataFrame or Series through chained assignment", FutureWarning),
     ("using <built-in function len> in Series.agg cannot aggregate", FutureWarning),
     (r"`torch.cuda.amp.GradScaler\(args...\)` is deprecated", FutureWarning),
+    # RecBole's graph models (LightGCN, NGCF, ...) build their adjacency matrix the old way.
+    (r"torch.sparse.SparseTensor\(indices, values, shape, \*, device=\) is deprecated", UserWarning),
 )
 
 
