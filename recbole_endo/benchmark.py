@@ -19,7 +19,10 @@ Output in ``--output_dir``: ``speed.csv`` (one row per dataset and model, every 
 seconds beside wall seconds: on a loaded machine they say what the work cost) and
 ``speed.md`` (the table and the settings), each rewritten, through a temporary file renamed into
 place, after every model, so an interrupted run keeps what it measured; ``logs/`` holds each
-process's output. Any other ``--key=value`` is a RecBole config option for every run (e.g.
+process's output. With ``--profile_top`` N (default 10; 0: off) each process profiles one more
+training epoch after the timed ones (``torch.profiler``, CPU) and the table lists, per model,
+the N operators with the most self CPU time, with their share of the epoch's self CPU time and
+their number of calls: where the epoch's time goes. Any other ``--key=value`` is a RecBole config option for every run (e.g.
 ``--train_batch_size=4096``); ``--synth_interactions`` (and any ``--synth_*``) goes to
 ``endo-synth`` only, which is generated into ``dataset/benchmark/endo-synth/`` (not the
 ``dataset/endo-synth/`` of other runs) unless ``--data_path`` says otherwise.
@@ -68,9 +71,22 @@ def peak_rss_mb():
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def measure(model, dataset, config_file_list, config_dict, epochs_measured, threads):
+def top_costs(profiler, count):
+    """The ``count`` operators of a finished ``torch.profiler`` run with the most self CPU time:
+    ``[{"op", "self_cpu_ms", "share", "calls"}]``, ``share`` of the run's total self CPU time."""
+    events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events) or 1
+    return [
+        {"op": event.key, "self_cpu_ms": event.self_cpu_time_total / 1000,
+         "share": event.self_cpu_time_total / total, "calls": event.count}
+        for event in events[:count]
+    ]
+
+
+def measure(model, dataset, config_file_list, config_dict, epochs_measured, threads, profile_top=0):
     """In this process: build ``model`` on ``dataset``, time one warm-up and ``epochs_measured``
-    training epochs and one full-sort evaluation of the test split; return the measurements."""
+    training epochs and one full-sort evaluation of the test split, and with ``profile_top``
+    profile one more training epoch; return the measurements."""
     import torch
 
     torch.set_num_threads(threads)
@@ -97,6 +113,12 @@ def measure(model, dataset, config_file_list, config_dict, epochs_measured, thre
     ]
     eval_s, eval_cpu_s = timed(lambda: trainer.evaluate(test_data, load_best_model=False))
     measured = [wall for wall, _ in epochs[1:]]
+    profile = None
+    if profile_top:
+        # After the timed epochs: the profiler's own overhead must not reach the timings.
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            trainer._train_epoch(train_data, 1 + epochs_measured)
+        profile = top_costs(profiler, profile_top)
     train_dataset = train_data._dataset
     return {
         "train_interactions": len(train_dataset),
@@ -116,6 +138,7 @@ def measure(model, dataset, config_file_list, config_dict, epochs_measured, thre
         "build_s": build_s,
         "threads": torch.get_num_threads(),
         "device": str(config["device"]),
+        "profile": profile,
     }
 
 
@@ -125,7 +148,7 @@ def run_worker(spec_file):
         spec = json.load(file)
     result = measure(
         spec["model"], spec["dataset"], spec["config_file_list"], spec["config_dict"],
-        spec["epochs_measured"], spec["threads"],
+        spec["epochs_measured"], spec["threads"], spec["profile_top"],
     )
     with open_replacing(spec["result_file"]) as file:
         json.dump(result, file)
@@ -149,13 +172,15 @@ def prepare(dataset, model, config_file_list, config_dict):
     prepare_dataset(Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict))
 
 
-def run_one(model, dataset, config_file_list, config_dict, epochs_measured, threads, log_file, timeout=None):
+def run_one(
+    model, dataset, config_file_list, config_dict, epochs_measured, threads, log_file, timeout=None, profile_top=0
+):
     """Measure ``model`` on ``dataset`` in a fresh Python process; a row for the table."""
     row = {"dataset": dataset, "model": model}
     with tempfile.TemporaryDirectory(prefix="recbole-endo-benchmark-") as directory:
         spec = {
             "model": model, "dataset": dataset, "config_file_list": config_file_list, "config_dict": config_dict,
-            "epochs_measured": epochs_measured, "threads": threads,
+            "epochs_measured": epochs_measured, "threads": threads, "profile_top": profile_top,
             "result_file": os.path.join(directory, "result.json"),
         }
         spec_file = os.path.join(directory, "spec.json")
@@ -212,6 +237,14 @@ def markdown(rows, baseline, settings):
             _cell(row["peak_rss_mb"], 0), _cell(row["memory_ratio"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    profiled = [row for row in rows if row.get("profile")]
+    if profiled:
+        lines += ["", "Top costs of one profiled training epoch (self CPU time, share of the epoch's, calls):", ""]
+        for row in profiled:
+            costs = "; ".join(
+                f"`{cost['op']}` {cost['share']:.0%} ({cost['calls']:,})" for cost in row["profile"]
+            )
+            lines.append(f"- {row['dataset']} `{row['model']}`: {costs}")
     return "\n".join(lines) + "\n"
 
 
@@ -228,7 +261,7 @@ def write_tables(rows, output_dir, baseline, settings):
 
 def benchmark(
     datasets, output_dir, models=DEFAULT_MODELS, epochs_measured=3, threads=None, baseline="BPR",
-    config_file_list=None, config_dict=None, timeout=None, log=print,
+    config_file_list=None, config_dict=None, timeout=None, profile_top=0, log=print,
 ):
     """Measure every model on every dataset, each in a fresh process, and write the tables.
 
@@ -252,7 +285,9 @@ def benchmark(
         for model in models:
             start = time.perf_counter()
             log_file = os.path.join(output_dir, "logs", f"{dataset}-{model}.log")
-            row = run_one(model, dataset, config_file_list, options, epochs_measured, threads, log_file, timeout)
+            row = run_one(
+                model, dataset, config_file_list, options, epochs_measured, threads, log_file, timeout, profile_top
+            )
             rows.append(row)
             add_ratios(rows, baseline)
             write_tables(rows, output_dir, baseline, settings)
@@ -293,6 +328,10 @@ def main(argv=None):
     parser.add_argument("--config_files", default=None, help="space-separated YAML files for every run")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed to each model's process")
     parser.add_argument(
+        "--profile_top", type=int, default=10,
+        help="operators listed per model from one profiled training epoch (0: no profiling)",
+    )
+    parser.add_argument(
         "--synth_interactions", type=int, default=None,
         help="endo-synth's observed interactions, train + validation (default: its YAML's; 90%% train)",
     )
@@ -318,6 +357,7 @@ def main(argv=None):
         config_file_list=args.config_files.split() if args.config_files else None,
         config_dict=config_dict,
         timeout=args.timeout,
+        profile_top=args.profile_top,
     )
     with open(os.path.join(args.output_dir, "speed.md")) as file:
         print(file.read())

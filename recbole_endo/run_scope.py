@@ -41,7 +41,7 @@ RECBOLE_WARNINGS = (
     ("using <built-in function len> in Series.agg cannot aggregate", FutureWarning),
     (r"`torch.cuda.amp.GradScaler\(args...\)` is deprecated", FutureWarning),
     # RecBole's graph models (LightGCN, NGCF, ...) build their adjacency matrix the old way.
-    (r"torch.sparse.SparseTensor\(indices, values, shape, \*, device=\) is deprecated", UserWarning),
+    (r"torch.sparse.SparseTensor\(indices, values, (shape, )?\*, device=\) is deprecated", UserWarning),
 )
 
 

@@ -24,6 +24,7 @@ def test_one_fresh_process_per_model_gives_a_row_each_with_ratios_to_bpr(tmp_pat
     rows = benchmark(
         ["tiny"], str(output_dir), models=MODELS, epochs_measured=1, threads=1,
         config_file_list=[TINY_YAML], config_dict={"data_path": DATA_DIR, "checkpoint_dir": str(tmp_path / "saved")},
+        profile_top=3,
     )
     assert [row["model"] for row in rows] == MODELS
     assert all(row["status"] == "ok" for row in rows), [row.get("error") for row in rows]
@@ -41,6 +42,12 @@ def test_one_fresh_process_per_model_gives_a_row_each_with_ratios_to_bpr(tmp_pat
     for model in MODELS:
         assert f"| tiny | `{model}` |" in markdown
     assert "| tiny | `BPR` |" in markdown and "| 1.00 |" in markdown
+    for row in rows:  # the profiled epoch's three costliest operators, costliest first
+        costs = row["profile"]
+        assert len(costs) == 3 and all(cost["op"] and cost["calls"] >= 1 for cost in costs)
+        assert costs[0]["self_cpu_ms"] >= costs[1]["self_cpu_ms"] >= costs[2]["self_cpu_ms"] > 0
+        assert 0 < sum(cost["share"] for cost in costs) <= 1
+        assert f"- tiny `{row['model']}`: `{costs[0]['op']}` {costs[0]['share']:.0%}" in markdown
     # Rows were written through temporary files renamed into place: none is left behind.
     assert sorted(os.listdir(output_dir)) == ["logs", "speed.csv", "speed.md"]
     assert sorted(os.listdir(output_dir / "logs")) == sorted(f"tiny-{model}.log" for model in MODELS)
