@@ -31,17 +31,22 @@ RECBOLE_MODEL_PACKAGES = (
 )
 
 
-def recbole_model_names():
-    """Names of RecBole's built-in models (those importable here)."""
-    names = set()
+def recbole_models():
+    """``(package, name)`` of RecBole's built-in models (those importable here), by package."""
+    models = []
     for package in RECBOLE_MODEL_PACKAGES:
         module = importlib.import_module(f"recbole.model.{package}")
-        names.update(
-            name
-            for name, obj in vars(module).items()
+        models += [
+            (package, name)
+            for name, obj in sorted(vars(module).items())
             if isinstance(obj, type) and issubclass(obj, AbstractRecommender)
-        )
-    return sorted(names)
+        ]
+    return models
+
+
+def recbole_model_names():
+    """Names of RecBole's built-in models (those importable here)."""
+    return sorted({name for _, name in recbole_models()})
 
 
 def get_model(model_name):

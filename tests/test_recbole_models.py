@@ -3,18 +3,15 @@ best checkpoint saved, tested after a reload with the safe loader, and reloaded 
 ``load_data_and_model`` with the same test result. Models that cannot run on the tiny data for a
 reason outside the plugin are listed with it (and the reason is checked)."""
 
-import importlib
 import os
 
 import pytest
 import recbole
 import yaml
-from recbole.model.abstract_recommender import AbstractRecommender
 
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
-from recbole_endo.utils import get_trainer
+from recbole_endo.utils import get_trainer, recbole_models
 
-PACKAGES = ("general_recommender", "sequential_recommender", "context_aware_recommender", "knowledge_aware_recommender")
 # Options a model needs on the tiny data (40 users, 60 items, embedding_size 8), each for a reason
 # of RecBole's, not the plugin's.
 MODEL_OPTIONS = {
@@ -44,17 +41,6 @@ SEQUENTIAL_PROTOCOL = {
 }
 # Context-aware models train on a label: RecBole's context-model set-up (rating >= 4, no sampled negatives).
 CONTEXT_PROTOCOL = {"threshold": {"rating": 4}, "train_neg_sample_args": None}
-
-
-def recbole_models():
-    models = []
-    for package in PACKAGES:
-        module = importlib.import_module(f"recbole.model.{package}")
-        names = sorted(
-            name for name, obj in vars(module).items() if isinstance(obj, type) and issubclass(obj, AbstractRecommender)
-        )
-        models += [(package, name) for name in names]
-    return models
 
 
 def model_options(package, name):
