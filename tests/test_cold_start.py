@@ -215,12 +215,11 @@ def test_nothing_changes_when_every_entity_is_trained(tiny, name):
     config = Config(model=name, **{**tiny, "config_dict": {**tiny["config_dict"], "dropout_prob": 0.0, **every_interaction}})
     dataset = create_dataset(config).build()[0]  # every user and item trained
     model = get_model(name)(config, dataset)
-    for module in model.modules():
-        for field in getattr(module, "fields", []):
-            seen = getattr(module, f"seen_{field}", None)
-            if seen is not None:
-                table = getattr(module, f"table_{field}")
-                assert seen[table.flatten()].all(), field
+    for entity in ("user", "item"):
+        table = dataset.get_user_feature() if entity == "user" else dataset.get_item_feature()
+        for module in model.towers[entity].modules():
+            for field in getattr(module, "token_fields", []):
+                assert getattr(module, f"seen_{field}")[table[field].flatten()].all(), field
     for entity, n_ids in (("user", dataset.user_num), ("item", dataset.item_num)):
         ids = torch.arange(n_ids)
         raw = raw_tower(model, entity, ids)

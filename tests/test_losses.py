@@ -102,3 +102,18 @@ def test_graded_bpr_with_equal_grades_is_plain_bpr():
     pos, neg = torch.tensor([1.0, -0.5, 0.3]), torch.tensor([0.2, 0.1, 0.9])
     plain = -F.logsigmoid(pos - neg).mean()
     assert math.isclose(graded_bpr_loss(pos, neg, torch.ones(3)).item(), plain.item(), rel_tol=1e-6)
+
+
+def test_info_nce_and_fake_masks_of_stacked_problems_equal_each_problem_solved_alone():
+    torch.manual_seed(0)
+    anchors, positives = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
+    references = torch.randn(3, 6, 4)
+    references[1, 4] = references[1, 2]  # a fake negative in the second problem only
+    masks = fake_negative_mask(references, 0.99)
+    assert masks.shape == (3, 6, 6) and masks[1, 2, 4] and masks[1, 4, 2] and masks.sum() == 2
+    for problem in range(3):
+        assert torch.equal(masks[problem], fake_negative_mask(references[problem], 0.99))
+    stacked = info_nce(anchors, positives, 0.2, masks)
+    alone = torch.stack([info_nce(anchors[i], positives[i], 0.2, masks[i]) for i in range(3)])
+    assert stacked.shape == (3,)
+    assert torch.allclose(stacked, alone, atol=1e-6)

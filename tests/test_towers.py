@@ -42,6 +42,33 @@ def test_token_seq_is_mean_of_non_padding_tokens_and_empty_cell_is_zero(tiny_dat
     assert torch.equal(pooled[1], torch.zeros(4))
 
 
+@pytest.mark.parametrize("entity, fields", [("item", ["title", "item_id", "price", "class"]), ("user", ["user_id", "age", "gender", "favourite"])])
+def test_one_lookup_for_all_fields_equals_each_field_embedded_on_its_own(tiny_dataset, entity, fields):
+    """Every entity, in field order, against a per-field loop written out by hand."""
+    torch.manual_seed(0)
+    embedding = FeatureEmbedding(tiny_dataset, entity, fields, 4)
+    table = tiny_dataset.get_user_feature() if entity == "user" else tiny_dataset.get_item_feature()
+    ids = torch.arange(len(table))
+    expected = [[torch.zeros(4)] * len(fields) for _ in ids]
+    for row in ids.tolist():
+        for column, field in enumerate(fields):
+            value = table[field][row]
+            encoder = embedding.encoders[field]
+            if isinstance(encoder, torch.nn.Linear):
+                expected[row][column] = encoder(value.float().reshape(-1))
+            elif value.dim() == 0:
+                expected[row][column] = encoder(value)
+            elif (value != 0).any():
+                expected[row][column] = encoder(value[value != 0]).mean(0)
+    expected = torch.stack([torch.stack(row) for row in expected])
+    assert torch.allclose(embedding(ids), expected, atol=1e-6)
+    assert torch.allclose(embedding(ids[[3, 1, 3]]), expected[[3, 1, 3]], atol=1e-6)
+    upstream = torch.randn(len(ids), len(fields), 4)
+    gradients = [torch.autograd.grad((output * upstream).sum(), embedding.parameters()) for output in (embedding(ids), expected)]
+    assert all(torch.allclose(mine, theirs, atol=1e-5) for mine, theirs in zip(*gradients))
+    assert embedding(ids[[1, 2, 3, 4]].view(2, 2)).shape == (2, 2, len(fields), 4)
+
+
 def test_float_field_is_a_linear_map_of_its_value(tiny_dataset):
     embedding = FeatureEmbedding(tiny_dataset, "item", ["price"], 4)
     linear = embedding.encoders["price"]

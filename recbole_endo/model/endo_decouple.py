@@ -38,9 +38,10 @@ class EndoTower(SplitTower):
         size = config["mlp_hidden_size"][-1]
         self.heads = nn.ModuleDict({group: mlp([size, size, config["projection_size"]]) for group in FIELD_GROUPS})
 
-    def view(self, group, embedded):
-        """One stochastic view of a group's representation (before normalisation)."""
-        return self.branch(group, self.view_dropout(embedded))
+    def views(self, group, embedded):
+        """Two stochastic views of each row of a group's field embeddings, through its branch in
+        one pass and normalised: ``[2, rows, size]``."""
+        return F.normalize(self.branch(group, self.view_dropout(embedded.expand(2, *embedded.shape))), dim=-1)
 
 
 class EndoDecouple(FeatureTowerRecommender):
@@ -111,17 +112,19 @@ class EndoDecouple(FeatureTowerRecommender):
             )
 
     def auxiliary(self, entity, ids, other_ids=None):
-        """The tower's ranking representation, its auxiliary losses and cos(a, s) statistics
-        (None for a tower that is not ``decoupled``).
+        """The tower's ranking representation, its stage-1 loss, its SSL problems and cos(a, s)
+        (no loss, problem or cosine for a tower that is not ``decoupled``).
 
+        An SSL problem is ``(views, reference)``: the two projected views of each SSL row
+        ``[2, rows, projection_size]`` and the representation whose cosines mark fake negatives.
         The representation covers ``ids`` and then ``other_ids`` (the negative items) when given;
-        the losses and statistics cover ``ids`` only. With ``deduplicate`` each distinct id runs
-        through the tower once; the SSL views are drawn per row either way.
+        the rest covers ``ids`` only. With ``deduplicate`` each distinct id runs through the tower
+        once; the SSL views are drawn per row either way.
         """
         tower = self.towers[entity]
         if not tower.decoupled:
             parts = (ids,) if other_ids is None else (ids, other_ids)
-            return torch.cat(self.tower_rows(entity, *parts)), {}, None
+            return torch.cat(self.tower_rows(entity, *parts)), {}, {}, None
         count = len(ids)
         if self.deduplicate and other_ids is not None:
             ids = torch.cat([ids, other_ids])
@@ -136,47 +139,57 @@ class EndoDecouple(FeatureTowerRecommender):
         mine = slice(0, count)
         s = rows(F.normalize(branches["side"], dim=-1), mine)
         a = rows(F.normalize(branches["atom"], dim=-1), mine)
-        cos = (a * s).sum(-1)
         losses = {}
         if self.weights["stage1"]:
             losses["stage1"] = truncated_cosine_loss(a, s, self.margin)
         # SSL on the first ssl_batch_size rows: RecBole shuffles batches, so it is a random subset,
         # and InfoNCE costs batch² (four 2048² logit matrices would dominate a training step).
         ssl = slice(0, min(self.ssl_batch_size, count))
+        problems = {}
         if self.weights["side_ssl"]:
-            views = [F.normalize(tower.view("side", rows(embedded["side"], ssl)), dim=-1) for _ in range(2)]
-            views = [tower.heads["side"](view) for view in views]
-            mask = fake_negative_mask(s[ssl], self.fake_threshold)
-            losses["side_ssl"] = info_nce(*views, self.temperature, mask)
+            views = tower.views("side", rows(embedded["side"], ssl))
+            problems["side_ssl"] = tower.heads["side"](views), s[ssl]
         if self.weights["atom_ssl"]:
-            views = [F.normalize(tower.view("atom", rows(embedded["atom"], ssl)), dim=-1) for _ in range(2)]
+            views = tower.views("atom", rows(embedded["atom"], ssl))
             if self.orthogonalize:
-                views = [orthogonal_component(view, s[ssl]) for view in views]
-            views = [tower.heads["atom"](view) for view in views]
-            mask = fake_negative_mask(a[ssl], self.fake_threshold)
-            losses["atom_ssl"] = info_nce(*views, self.temperature, mask)
+                views = orthogonal_component(views, s[ssl])
+            problems["atom_ssl"] = tower.heads["atom"](views), a[ssl]
         representation = rows(tower.combine(branches))
         if other_ids is not None and index is None:
             representation = torch.cat([representation, tower(other_ids)])
-        return representation, losses, cos
+        return representation, losses, problems, (a * s).sum(-1)
+
+    def ssl_losses(self, problems):
+        """``{name: InfoNCE}`` of every SSL problem of both towers, solved as one batch: they all
+        have ``min(ssl_batch_size, batch)`` rows and the same sizes."""
+        if not problems:
+            return {}
+        views, references = (torch.stack(parts) for parts in zip(*problems.values()))
+        masks = fake_negative_mask(references, self.fake_threshold)
+        return dict(zip(problems, info_nce(views[:, 0], views[:, 1], self.temperature, masks).unbind()))
 
     def calculate_loss(self, interaction):
-        user_repr, user_losses, user_cos = self.auxiliary("user", interaction[self.USER_ID])
+        user_repr, user_losses, user_problems, user_cos = self.auxiliary("user", interaction[self.USER_ID])
         items = interaction[self.ITEM_ID]
-        item_repr, item_losses, item_cos = self.auxiliary("item", items, interaction[self.NEG_ITEM_ID])
+        item_repr, item_losses, item_problems, item_cos = self.auxiliary("item", items, interaction[self.NEG_ITEM_ID])
         pos_repr, neg_repr = item_repr[: len(items)], item_repr[len(items) :]
         if self.sample_weight == "endo":
             weight = batch_normalised(torch.exp(-self.endo_eta * item_cos))
         else:
             weight = self.pair_weight(interaction)
         rank = self.ranking_loss(interaction, user_repr, pos_repr, neg_repr, weight)
+        losses = {f"user_{name}": loss for name, loss in user_losses.items()}
+        losses |= {f"item_{name}": loss for name, loss in item_losses.items()}
+        problems = {f"user_{name}": problem for name, problem in user_problems.items()}
+        problems |= {f"item_{name}": problem for name, problem in item_problems.items()}
+        losses |= self.ssl_losses(problems)
         total = rank
         # Detached tensors, not floats: .item() would wait for the device once per component.
         self.loss_components = {"rank": rank.detach()}
-        for entity, losses, cos in (("user", user_losses, user_cos), ("item", item_losses, item_cos)):
-            for name, loss in losses.items():
-                total = total + self.weights[name] * loss
-                self.loss_components[f"{entity}_{name}"] = loss.detach()
+        for name, loss in losses.items():
+            total = total + self.weights[name.split("_", 1)[1]] * loss
+            self.loss_components[name] = loss.detach()
+        for entity, cos in (("user", user_cos), ("item", item_cos)):
             if cos is not None:
                 self.loss_components[f"{entity}_cos_mean"] = cos.detach().mean()
                 self.loss_components[f"{entity}_cos_min"] = cos.detach().min()

@@ -18,22 +18,30 @@ def orthogonal_component(a, s):
 
 
 def fake_negative_mask(reference, threshold):
-    """``[batch, batch]`` True where an in-batch negative is a fake one: another row whose
+    """``[..., batch, batch]`` True where an in-batch negative is a fake one: another row whose
     reference representation has cosine > ``threshold`` with the anchor's (the same side value,
-    or the same atom repeated in the batch). The diagonal (the positive) is never masked."""
+    or the same atom repeated in the batch). The diagonal (the positive) is never masked.
+    Leading dimensions of ``reference`` (``[..., batch, dim]``) are independent problems."""
     reference = F.normalize(reference.detach(), dim=-1)
-    mask = reference @ reference.T > threshold
-    mask.fill_diagonal_(False)
-    return mask
+    rows = reference.shape[-2]
+    diagonal = torch.eye(rows, dtype=torch.bool, device=reference.device)
+    return (reference @ reference.transpose(-1, -2) > threshold) & ~diagonal
 
 
 def info_nce(anchor, positive, temperature, mask=None):
     r"""InfoNCE of ``anchor[i]`` against ``positive[i]``, the other rows of ``positive`` being the
-    negatives, except those where ``mask[i, j]`` is True (fake negatives)."""
-    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).T / temperature
+    negatives, except those where ``mask[i, j]`` is True (fake negatives): the mean over rows of
+    :math:`-\log \frac{e^{\cos(x_i, y_i)/\tau}}{\sum_j e^{\cos(x_i, y_j)/\tau}}`.
+
+    Leading dimensions (``[..., batch, dim]``, a mask ``[..., batch, batch]``) are independent
+    problems solved in one batched product: the result has one loss per problem, ``[...]``."""
+    logits = (F.normalize(anchor, dim=-1) / temperature) @ F.normalize(positive, dim=-1).transpose(-1, -2)
     if mask is not None:
         logits = logits.masked_fill(mask, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+    rows = logits.shape[-1]
+    targets = torch.arange(rows, device=logits.device).repeat(logits[..., 0, 0].numel())
+    losses = F.cross_entropy(logits.reshape(-1, rows), targets, reduction="none")
+    return losses.view(logits.shape[:-1]).mean(-1)
 
 
 def grade_labels(ratings, thresholds):

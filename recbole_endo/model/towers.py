@@ -10,6 +10,7 @@ from logging import getLogger
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from recbole.model.layers import MLPLayers
 from recbole.utils import FeatureSource, FeatureType
 
@@ -119,6 +120,13 @@ class FeatureEmbedding(nn.Module):
     gives zeros); float / float_seq → linear map of the value(s). The feature table is held as
     non-persistent buffers: it moves to the model's device once and stays out of checkpoints.
 
+    Every token field keeps an ``nn.Embedding`` of its own (its initialisation and checkpoint
+    keys), but a batch looks all of them up at once: the fields' tables, less their padding rows,
+    are concatenated behind one shared zero row, each entity's non-padding tokens are stored as
+    one bag per field, and one ``embedding_bag`` call averages every bag of the batch. A padded
+    ``[batch, tokens]`` lookup per field with a masked mean costs several times as much (most
+    title cells are short and padded to the longest), in the forward pass and its gradient.
+
     Unseen tokens: ``dataset`` is the training split. A token (an id, a title word, a zip code)
     that occurs in the features of no entity with a training interaction has learned nothing
     about users' tastes: an unseen user's tokens keep their random initialisation, and an unseen
@@ -128,7 +136,7 @@ class FeatureEmbedding(nn.Module):
     trained ones (side values, known title words) plus an average atom. When every entity has a
     training interaction every token is seen and nothing changes; training is unchanged.
 
-    Output: ``[batch, len(fields), embedding_size]``.
+    Output: ``[*ids.shape, len(fields), embedding_size]``.
     """
 
     def __init__(self, dataset, entity, fields, embedding_size, group="atom"):
@@ -137,8 +145,9 @@ class FeatureEmbedding(nn.Module):
         table = dataset.get_user_feature() if entity == "user" else dataset.get_item_feature()
         trained = trained_entities(dataset, entity)
         self.fields = list(fields)
-        self.field_types = {}
+        self.token_fields, self.float_fields = [], []
         self.encoders = nn.ModuleDict()
+        token_values = []
         for field in self.fields:
             field_type = dataset.field2type[field]
             values = table[field]
@@ -148,37 +157,70 @@ class FeatureEmbedding(nn.Module):
                 seen[values[trained].flatten()] = True
                 seen[0] = True  # padding (an empty cell or a missing value) is not a token: kept as is
                 self.register_buffer(f"seen_{field}", seen, persistent=False)
+                self.token_fields.append(field)
+                token_values.append(values.reshape(len(values), -1))
             elif field_type in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ):
                 values = values.float().reshape(len(values), -1)
                 self.encoders[field] = nn.Linear(values.shape[1], embedding_size)
+                self.float_fields.append(field)
+                self.register_buffer(f"table_{field}", values, persistent=False)
             else:
                 raise ValueError(f"field '{field}' has type {field_type.value}, which a feature tower cannot embed")
-            self.field_types[field] = field_type
-            self.register_buffer(f"table_{field}", values, persistent=False)
+        if token_values:
+            self.register_bags(token_values)
         self.output_size = len(self.fields) * embedding_size
 
-    def embed_tokens(self, field, values):
-        """Token embeddings; in eval mode an unseen token's is the mean of the seen tokens'."""
-        embedded = self.encoders[field](values)
-        if self.training:
-            return embedded
-        seen = getattr(self, f"seen_{field}")
-        seen_weights = self.encoders[field].weight[1:][seen[1:]]
-        mean = seen_weights.sum(0) / max(len(seen_weights), 1)  # no seen token: zeros, as an empty cell
-        return torch.where(seen[values].unsqueeze(-1), embedded, mean)
+    def register_bags(self, token_values):
+        """Buffers of the token fields' bags: ``bag_tokens``, every entity's non-padding tokens as
+        rows of :meth:`token_table` (entity by entity, field by field); ``bag_lengths``
+        ``[entities, token fields]``, the tokens of each bag; ``bag_starts``, where each entity's
+        tokens begin in ``bag_tokens``."""
+        shifted, offset = [], 1  # row 0 of the concatenated table is the shared padding row
+        for field, values in zip(self.token_fields, token_values):
+            shifted.append(torch.where(values != 0, values + offset - 1, 0))
+            offset += self.encoders[field].num_embeddings - 1
+        tokens = torch.cat(shifted, dim=1)
+        lengths = torch.stack([(values != 0).sum(1) for values in shifted], dim=1)
+        counts = lengths.sum(1)
+        self.register_buffer("bag_tokens", tokens[tokens != 0], persistent=False)
+        self.register_buffer("bag_lengths", lengths, persistent=False)
+        self.register_buffer("bag_starts", counts.cumsum(0) - counts, persistent=False)
 
-    def embed_field(self, field, ids):
-        values = getattr(self, f"table_{field}")[ids]
-        field_type = self.field_types[field]
-        if field_type == FeatureType.TOKEN:
-            return self.embed_tokens(field, values)
-        if field_type != FeatureType.TOKEN_SEQ:
-            return self.encoders[field](values)
-        mask = (values != 0).unsqueeze(-1).float()
-        return (self.embed_tokens(field, values) * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)
+    def token_table(self):
+        """The token fields' tables concatenated behind one zero row, each without its padding row;
+        in eval mode an unseen token's row is the mean of its field's seen rows."""
+        rows = []
+        for field in self.token_fields:
+            weight = self.encoders[field].weight[1:]
+            if not self.training:
+                seen = getattr(self, f"seen_{field}")[1:]
+                mean = weight[seen].sum(0) / max(int(seen.sum()), 1)  # no seen token: zeros, as an empty cell
+                weight = torch.where(seen.unsqueeze(-1), weight, mean)
+            rows.append(weight)
+        return torch.cat([rows[0].new_zeros(1, rows[0].shape[1]), *rows])
+
+    def pool_tokens(self, ids):
+        """``[len(ids), token fields, embedding_size]``: each bag's mean row of :meth:`token_table`."""
+        lengths = self.bag_lengths[ids]
+        counts = lengths.sum(1)
+        total = int(counts.sum())
+        # The position in bag_tokens of each token of the batch: its entity's tokens lie at
+        # bag_starts[id] onwards, and the batch's lie at (tokens of earlier rows) onwards.
+        shift = (self.bag_starts[ids] - (counts.cumsum(0) - counts)).repeat_interleave(counts, output_size=total)
+        tokens = self.bag_tokens[torch.arange(total, device=ids.device) + shift]
+        bags = lengths.flatten()
+        pooled = F.embedding_bag(tokens, self.token_table(), bags.cumsum(0) - bags, mode="mean")
+        return pooled.view(len(ids), len(self.token_fields), -1)
 
     def forward(self, ids):
-        return torch.stack([self.embed_field(field, ids) for field in self.fields], dim=-2)
+        flat = ids.reshape(-1)
+        pooled = self.pool_tokens(flat) if self.token_fields else None
+        if self.float_fields:
+            columns = dict(zip(self.token_fields, pooled.unbind(1))) if self.token_fields else {}
+            for field in self.float_fields:
+                columns[field] = self.encoders[field](getattr(self, f"table_{field}")[flat])
+            pooled = torch.stack([columns[field] for field in self.fields], dim=1)
+        return pooled.view(*ids.shape, *pooled.shape[1:])
 
 
 def mlp(sizes, dropout=0.0):
