@@ -53,10 +53,10 @@ def test_info_nce_ignores_masked_negatives():
 def test_truncated_cosine_loss_is_zero_above_margin_and_squared_gap_below():
     s = unit([1.0, 0.0], [1.0, 0.0])
     above = unit([0.8, 0.6], [1.0, 0.0])  # cos 0.8 and 1.0, margin 0.5
-    assert truncated_cosine_loss(above, s, 0.5).item() == 0.0
+    assert truncated_cosine_loss((above * s).sum(-1), 0.5).item() == 0.0
     below = unit([0.2, math.sqrt(1 - 0.04)], [-0.6, 0.8])  # cos 0.2 and -0.6
     expected = ((0.5 - 0.2) ** 2 + (0.5 + 0.6) ** 2) / 2
-    assert math.isclose(truncated_cosine_loss(below, s, 0.5).item(), expected, rel_tol=1e-5)
+    assert math.isclose(truncated_cosine_loss((below * s).sum(-1), 0.5).item(), expected, rel_tol=1e-5)
 
 
 def test_orthogonal_component_is_orthogonal_to_side_and_unit_length():

@@ -136,28 +136,29 @@ class EndoDecouple(FeatureTowerRecommender):
 
         embedded = tower.embed(distinct)
         branches = {group: tower.branch(group, embedded[group]) for group in FIELD_GROUPS}
-        mine = slice(0, count)
-        s = rows(F.normalize(branches["side"], dim=-1), mine)
-        a = rows(F.normalize(branches["atom"], dim=-1), mine)
+        # Normalised and compared once per distinct id; rows share the result.
+        side, atom = (F.normalize(branches[group], dim=-1) for group in ("side", "atom"))
+        cos = rows((atom * side).sum(-1), slice(0, count))
         losses = {}
         if self.weights["stage1"]:
-            losses["stage1"] = truncated_cosine_loss(a, s, self.margin)
+            losses["stage1"] = truncated_cosine_loss(cos, self.margin)
         # SSL on the first ssl_batch_size rows: RecBole shuffles batches, so it is a random subset,
         # and InfoNCE costs batch² (four 2048² logit matrices would dominate a training step).
         ssl = slice(0, min(self.ssl_batch_size, count))
+        s, a = rows(side, ssl), rows(atom, ssl)
         problems = {}
         if self.weights["side_ssl"]:
             views = tower.views("side", rows(embedded["side"], ssl))
-            problems["side_ssl"] = tower.heads["side"](views), s[ssl]
+            problems["side_ssl"] = tower.heads["side"](views), s
         if self.weights["atom_ssl"]:
             views = tower.views("atom", rows(embedded["atom"], ssl))
             if self.orthogonalize:
-                views = orthogonal_component(views, s[ssl])
-            problems["atom_ssl"] = tower.heads["atom"](views), a[ssl]
+                views = orthogonal_component(views, s)
+            problems["atom_ssl"] = tower.heads["atom"](views), a
         representation = rows(tower.combine(branches))
         if other_ids is not None and index is None:
             representation = torch.cat([representation, tower(other_ids)])
-        return representation, losses, problems, (a * s).sum(-1)
+        return representation, losses, problems, cos
 
     def ssl_losses(self, problems):
         """``{name: InfoNCE}`` of every SSL problem of both towers, solved as one batch: they all

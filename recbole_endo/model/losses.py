@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 
-def truncated_cosine_loss(a, s, margin):
-    r"""Stage-1 loss: atoms sit around their side. :math:`\mathrm{mean}(\max(0, m - \cos(a, s))^2)`."""
-    return F.relu(margin - (a * s).sum(-1)).pow(2).mean()
+def truncated_cosine_loss(cos, margin):
+    r"""Stage-1 loss: atoms sit around their side. :math:`\mathrm{mean}(\max(0, m - \cos(a, s))^2)`
+    of the cosines ``cos`` ``[batch]`` (of each row's atom and side representations)."""
+    return F.relu(margin - cos).pow(2).mean()
 
 
 def orthogonal_component(a, s):
