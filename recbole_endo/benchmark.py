@@ -1,15 +1,15 @@
 """Speed benchmark: training seconds per epoch, full-sort evaluation seconds and peak memory of
 several models on several datasets, in one run, with each model's ratios to a baseline (BPR).
 
-    python -m recbole_endo.benchmark --datasets=ml-100k,endo-synth --synth_interactions=1000000 \\
+    python -m recbole_endo.benchmark --datasets=ml-100k,endo-synth --synth_interactions=1111111,11111111 \\
         --output_dir=results/speed
 
 Each (dataset, model) runs in a fresh Python process, one at a time, so its peak memory is its
 own and no run inherits another's caches. The process builds the dataset, splits and model as a
 normal run does (``quick_start._build``: the same config layering, seed and fast paths), then
 times ``--epochs_measured`` training epochs after one warm-up epoch (``Trainer._train_epoch``,
-as the quick start times epochs) and one full-sort evaluation of the test split
-(``Trainer.evaluate``, the item and user towers computed inside it). Peak memory is the
+as the quick start times epochs; the table gives their median) and one full-sort evaluation of
+the test split (``Trainer.evaluate``, the item and user towers computed inside it). Peak memory is the
 process's peak resident set (``ru_maxrss``: dataset, model, training and evaluation together),
 plus the peak CUDA memory allocated on a GPU. ``endo-synth`` is generated before any timed
 process starts, so no process counts the generator. Ratios divide each model's number by the
@@ -19,21 +19,27 @@ Output in ``--output_dir``: ``speed.csv`` (one row per dataset and model, every 
 seconds beside wall seconds: on a loaded machine they say what the work cost) and
 ``speed.md`` (the table and the settings), each rewritten, through a temporary file renamed into
 place, after every model, so an interrupted run keeps what it measured; ``logs/`` holds each
-process's output. With ``--profile_top`` N (default 10; 0: off) each process profiles one more
-training epoch after the timed ones (``torch.profiler``, CPU) and the table lists, per model,
-the N operators with the most self CPU time, with their share of the epoch's self CPU time and
-their number of calls: where the epoch's time goes. Any other ``--key=value`` is a RecBole config option for every run (e.g.
-``--train_batch_size=4096``); ``--synth_interactions`` (and any ``--synth_*``) goes to
-``endo-synth`` only, which is generated into ``dataset/benchmark/endo-synth/`` (not the
-``dataset/endo-synth/`` of other runs) unless ``--data_path`` says otherwise.
+process's output. With ``--profile_top`` N (default 10; 0: off) each process profiles the first
+``--profile_batches`` batches (default 500: all of a 1M-interaction epoch) of one more training
+epoch after the timed ones (``torch.profiler``, CPU), and the table lists, per model, the N
+operators with the most self CPU time, with their share of the profiled self CPU time and their
+number of calls: where the epoch's time goes. Any other ``--key=value`` is a RecBole config option for every run (e.g.
+``--train_batch_size=4096``); any ``--synth_*`` goes to ``endo-synth`` only, which is generated
+into ``dataset/benchmark/endo-synth/`` (not the ``dataset/endo-synth/`` of other runs) unless
+``--data_path`` says otherwise. ``--synth_interactions`` may list sizes (``1111111,11111111``):
+endo-synth is then measured once per size, each generated into ``dataset/benchmark/<size>/``,
+with as many users as keep endo-synth's default 50 observed interactions per user (unless
+``--synth_users`` is given) over its 1,000 items.
 """
 
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,10 +89,13 @@ def top_costs(profiler, count):
     ]
 
 
-def measure(model, dataset, config_file_list, config_dict, epochs_measured, threads, profile_top=0):
+def measure(
+    model, dataset, config_file_list, config_dict, epochs_measured, threads, profile_top=0, profile_batches=None
+):
     """In this process: build ``model`` on ``dataset``, time one warm-up and ``epochs_measured``
     training epochs and one full-sort evaluation of the test split, and with ``profile_top``
-    profile one more training epoch; return the measurements."""
+    profile the first ``profile_batches`` batches (all: None) of one more training epoch; return
+    the measurements."""
     import torch
 
     torch.set_num_threads(threads)
@@ -115,10 +124,21 @@ def measure(model, dataset, config_file_list, config_dict, epochs_measured, thre
     measured = [wall for wall, _ in epochs[1:]]
     profile = None
     if profile_top:
-        # After the timed epochs: the profiler's own overhead must not reach the timings.
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-            trainer._train_epoch(train_data, 1 + epochs_measured)
-        profile = top_costs(profiler, profile_top)
+        # After the timed epochs: the profiler's own overhead must not reach the timings. A
+        # profiler step ends with each batch's loss; the profiler records the first
+        # profile_batches of them (loading and loss of each, the backward and optimiser step of
+        # all but the last), so a 10M-interaction epoch's millions of events need not be held.
+        batches = min(profile_batches or len(train_data), len(train_data))
+        schedule = torch.profiler.schedule(wait=0, warmup=0, active=batches, repeat=1)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], schedule=schedule) as profiler:
+
+            def stepping_loss(interaction):
+                loss = trainer.model.calculate_loss(interaction)
+                profiler.step()
+                return loss
+
+            trainer._train_epoch(train_data, 1 + epochs_measured, loss_func=stepping_loss)
+        profile = {"batches": batches, "costs": top_costs(profiler, profile_top)}
     train_dataset = train_data._dataset
     return {
         "train_interactions": len(train_dataset),
@@ -126,7 +146,8 @@ def measure(model, dataset, config_file_list, config_dict, epochs_measured, thre
         "items": train_dataset.item_num - 1,
         "batches_per_epoch": len(train_data),
         "warmup_epoch_s": epochs[0][0],
-        "train_s_per_epoch": sum(measured) / len(measured),
+        # The median: one epoch slowed by the machine's other work does not move it.
+        "train_s_per_epoch": statistics.median(measured),
         "train_s_min": min(measured),
         "train_s_max": max(measured),
         "eval_s": eval_s,
@@ -148,18 +169,36 @@ def run_worker(spec_file):
         spec = json.load(file)
     result = measure(
         spec["model"], spec["dataset"], spec["config_file_list"], spec["config_dict"],
-        spec["epochs_measured"], spec["threads"], spec["profile_top"],
+        spec["epochs_measured"], spec["threads"], spec["profile_top"], spec["profile_batches"],
     )
     with open_replacing(spec["result_file"]) as file:
         json.dump(result, file)
 
 
-def dataset_options(dataset, config_dict):
-    """``config_dict`` for one dataset: the ``synth_*`` options go to endo-synth only, which is
-    generated under ``SYNTH_DATA_PATH`` unless ``data_path`` is given."""
-    if dataset == SYNTH_DATASET:
-        return {"data_path": SYNTH_DATA_PATH, **config_dict}
-    return {key: value for key, value in config_dict.items() if not key.startswith("synth_")}
+def dataset_cases(datasets, config_dict, synth_interactions=()):
+    """``(label, dataset, options)`` per measured dataset. The ``synth_*`` options go to endo-synth
+    only, which is generated under ``SYNTH_DATA_PATH`` unless ``data_path`` is given, and measured
+    once per size in ``synth_interactions`` (observed interactions, train + valid): labelled with
+    its size, generated into a folder of its own, its users scaled to keep endo-synth's default
+    interactions per user unless ``synth_users`` is given."""
+    from recbole_endo.synth import DEFAULT_OPTIONS
+
+    cases = []
+    for dataset in datasets:
+        if dataset != SYNTH_DATASET:
+            cases.append((dataset, dataset, {k: v for k, v in config_dict.items() if not k.startswith("synth_")}))
+            continue
+        options = {"data_path": SYNTH_DATA_PATH, **config_dict}
+        if not synth_interactions:
+            cases.append((dataset, dataset, options))
+        per_user = DEFAULT_OPTIONS["interactions"] / DEFAULT_OPTIONS["users"]
+        for size in synth_interactions:
+            sized = {
+                **options, "synth_interactions": size, "data_path": os.path.join(options["data_path"], str(size)),
+                "synth_users": options.get("synth_users", math.ceil(size / per_user)),
+            }
+            cases.append((f"{dataset} {size:,}", dataset, sized))
+    return cases
 
 
 def prepare(dataset, model, config_file_list, config_dict):
@@ -173,7 +212,8 @@ def prepare(dataset, model, config_file_list, config_dict):
 
 
 def run_one(
-    model, dataset, config_file_list, config_dict, epochs_measured, threads, log_file, timeout=None, profile_top=0
+    model, dataset, config_file_list, config_dict, epochs_measured, threads, log_file, timeout=None, profile_top=0,
+    profile_batches=None,
 ):
     """Measure ``model`` on ``dataset`` in a fresh Python process; a row for the table."""
     row = {"dataset": dataset, "model": model}
@@ -181,7 +221,7 @@ def run_one(
         spec = {
             "model": model, "dataset": dataset, "config_file_list": config_file_list, "config_dict": config_dict,
             "epochs_measured": epochs_measured, "threads": threads, "profile_top": profile_top,
-            "result_file": os.path.join(directory, "result.json"),
+            "profile_batches": profile_batches, "result_file": os.path.join(directory, "result.json"),
         }
         spec_file = os.path.join(directory, "spec.json")
         with open(spec_file, "w") as file:
@@ -239,12 +279,13 @@ def markdown(rows, baseline, settings):
         lines.append("| " + " | ".join(cells) + " |")
     profiled = [row for row in rows if row.get("profile")]
     if profiled:
-        lines += ["", "Top costs of one profiled training epoch (self CPU time, share of the epoch's, calls):", ""]
+        lines += [
+            "", "Top costs of the profiled training batches (self CPU time, share of the profiled time, calls):", "",
+        ]
         for row in profiled:
-            costs = "; ".join(
-                f"`{cost['op']}` {cost['share']:.0%} ({cost['calls']:,})" for cost in row["profile"]
-            )
-            lines.append(f"- {row['dataset']} `{row['model']}`: {costs}")
+            profile = row["profile"]
+            costs = "; ".join(f"`{cost['op']}` {cost['share']:.0%} ({cost['calls']:,})" for cost in profile["costs"])
+            lines.append(f"- {row['dataset']} `{row['model']}`, {profile['batches']:,} batches: {costs}")
     return "\n".join(lines) + "\n"
 
 
@@ -261,7 +302,8 @@ def write_tables(rows, output_dir, baseline, settings):
 
 def benchmark(
     datasets, output_dir, models=DEFAULT_MODELS, epochs_measured=3, threads=None, baseline="BPR",
-    config_file_list=None, config_dict=None, timeout=None, profile_top=0, log=print,
+    config_file_list=None, config_dict=None, timeout=None, profile_top=0, profile_batches=None,
+    synth_interactions=(), log=print,
 ):
     """Measure every model on every dataset, each in a fresh process, and write the tables.
 
@@ -274,31 +316,32 @@ def benchmark(
     config_dict = dict(config_dict or {})
     os.makedirs(os.path.join(output_dir, "logs"), exist_ok=True)
     settings = (
-        f"{epochs_measured} measured training epoch(s) after one warm-up, one full-sort evaluation of the test "
-        f"split; {threads} torch thread(s); {platform.machine()} {platform.system()}, {default_threads()} CPU core(s) "
+        f"Training: median of {epochs_measured} measured epoch(s) after one warm-up; one full-sort evaluation of "
+        f"the test split; {threads} torch thread(s); {platform.machine()} {platform.system()}, {default_threads()} CPU core(s) "
         f"available; options {json.dumps(config_dict, sort_keys=True)}."
     )
     rows = []
-    for dataset in datasets:
-        options = dataset_options(dataset, config_dict)
+    for label, dataset, options in dataset_cases(datasets, config_dict, synth_interactions):
         prepare(dataset, models[0], config_file_list, options)
         for model in models:
             start = time.perf_counter()
-            log_file = os.path.join(output_dir, "logs", f"{dataset}-{model}.log")
+            log_file = os.path.join(output_dir, "logs", f"{label.replace(' ', '-').replace(',', '')}-{model}.log")
             row = run_one(
-                model, dataset, config_file_list, options, epochs_measured, threads, log_file, timeout, profile_top
+                model, dataset, config_file_list, options, epochs_measured, threads, log_file, timeout,
+                profile_top, profile_batches,
             )
+            row["dataset"] = label
             rows.append(row)
             add_ratios(rows, baseline)
             write_tables(rows, output_dir, baseline, settings)
             if row["status"] == "ok":
                 log(
-                    f"{dataset} {model}: {row['train_s_per_epoch']:.2f} s/epoch, eval {row['eval_s']:.2f} s, "
+                    f"{label} {model}: {row['train_s_per_epoch']:.2f} s/epoch, eval {row['eval_s']:.2f} s, "
                     f"peak RSS {row['peak_rss_mb']:.0f} MiB ({time.perf_counter() - start:.0f} s)",
                     flush=True,
                 )
             else:
-                log(f"{dataset} {model}: FAILED ({row['error']}); see {log_file}", flush=True)
+                log(f"{label} {model}: FAILED ({row['error']}); see {log_file}", flush=True)
     add_ratios(rows, baseline)
     write_tables(rows, output_dir, baseline, settings)
     return rows
@@ -332,8 +375,12 @@ def main(argv=None):
         help="operators listed per model from one profiled training epoch (0: no profiling)",
     )
     parser.add_argument(
-        "--synth_interactions", type=int, default=None,
-        help="endo-synth's observed interactions, train + validation (default: its YAML's; 90%% train)",
+        "--profile_batches", type=int, default=500, help="training batches profiled (0: the whole epoch)",
+    )
+    parser.add_argument(
+        "--synth_interactions", default=None,
+        help="comma-separated sizes of endo-synth, observed interactions, train + validation, each measured "
+        "(default: its YAML's; 90%% train)",
     )
     args, config_args = parser.parse_known_args(argv)
     # RecBole's Config reads --key=value from sys.argv: the options go in config_dict instead.
@@ -345,8 +392,10 @@ def main(argv=None):
         config_dict = parse_config_args(config_args)
     except ValueError as error:
         parser.error(str(error))
-    if args.synth_interactions is not None:
-        config_dict["synth_interactions"] = args.synth_interactions
+    try:
+        synth_interactions = [int(size) for size in (args.synth_interactions or "").split(",") if size.strip()]
+    except ValueError:
+        parser.error(f"--synth_interactions must be comma-separated integers, got {args.synth_interactions!r}")
     rows = benchmark(
         datasets=[name.strip() for name in args.datasets.split(",") if name.strip()],
         output_dir=args.output_dir,
@@ -358,6 +407,8 @@ def main(argv=None):
         config_dict=config_dict,
         timeout=args.timeout,
         profile_top=args.profile_top,
+        profile_batches=args.profile_batches or None,
+        synth_interactions=synth_interactions,
     )
     with open(os.path.join(args.output_dir, "speed.md")) as file:
         print(file.read())

@@ -24,7 +24,7 @@ def test_one_fresh_process_per_model_gives_a_row_each_with_ratios_to_bpr(tmp_pat
     rows = benchmark(
         ["tiny"], str(output_dir), models=MODELS, epochs_measured=1, threads=1,
         config_file_list=[TINY_YAML], config_dict={"data_path": DATA_DIR, "checkpoint_dir": str(tmp_path / "saved")},
-        profile_top=3,
+        profile_top=3, profile_batches=500,
     )
     assert [row["model"] for row in rows] == MODELS
     assert all(row["status"] == "ok" for row in rows), [row.get("error") for row in rows]
@@ -42,12 +42,13 @@ def test_one_fresh_process_per_model_gives_a_row_each_with_ratios_to_bpr(tmp_pat
     for model in MODELS:
         assert f"| tiny | `{model}` |" in markdown
     assert "| tiny | `BPR` |" in markdown and "| 1.00 |" in markdown
-    for row in rows:  # the profiled epoch's three costliest operators, costliest first
-        costs = row["profile"]
+    for row in rows:  # the profiled batches' three costliest operators, costliest first
+        assert row["profile"]["batches"] == int(row["batches_per_epoch"])  # tiny: fewer than profile_batches
+        costs = row["profile"]["costs"]
         assert len(costs) == 3 and all(cost["op"] and cost["calls"] >= 1 for cost in costs)
         assert costs[0]["self_cpu_ms"] >= costs[1]["self_cpu_ms"] >= costs[2]["self_cpu_ms"] > 0
         assert 0 < sum(cost["share"] for cost in costs) <= 1
-        assert f"- tiny `{row['model']}`: `{costs[0]['op']}` {costs[0]['share']:.0%}" in markdown
+        assert f"- tiny `{row['model']}`, {row['batches_per_epoch']} batches: `{costs[0]['op']}` {costs[0]['share']:.0%}" in markdown
     # Rows were written through temporary files renamed into place: none is left behind.
     assert sorted(os.listdir(output_dir)) == ["logs", "speed.csv", "speed.md"]
     assert sorted(os.listdir(output_dir / "logs")) == sorted(f"tiny-{model}.log" for model in MODELS)
@@ -70,7 +71,8 @@ def test_endo_synth_is_generated_before_the_timed_processes_with_its_own_options
     assert [row["model"] for row in table] == ["BPR", "TwoTowerSplit"]
     assert float(table[0]["train_ratio"]) == 1.0
     assert int(table[0]["users"]) == 60 and int(table[0]["items"]) == 40
-    assert os.path.isfile(tmp_path / "data" / "endo-synth" / "endo-synth.train.inter")
+    assert [row["dataset"] for row in table] == ["endo-synth 600"] * 2
+    assert os.path.isfile(tmp_path / "data" / "600" / "endo-synth" / "endo-synth.train.inter")
 
 
 def test_a_failing_model_is_a_failed_row_and_the_others_still_run(tmp_path):
@@ -105,6 +107,22 @@ def test_config_arguments_are_yaml_values_and_malformed_ones_are_refused():
 
 def test_synth_options_go_to_endo_synth_only():
     options = {"synth_interactions": 1000, "learning_rate": 0.01}
-    assert benchmark_module.dataset_options("ml-100k", options) == {"learning_rate": 0.01}
-    assert benchmark_module.dataset_options("endo-synth", options) == {"data_path": "dataset/benchmark", **options}
-    assert benchmark_module.dataset_options("endo-synth", {"data_path": "elsewhere"}) == {"data_path": "elsewhere"}
+    cases = benchmark_module.dataset_cases(["ml-100k", "endo-synth"], options)
+    assert cases == [
+        ("ml-100k", "ml-100k", {"learning_rate": 0.01}),
+        ("endo-synth", "endo-synth", {"data_path": "dataset/benchmark", **options}),
+    ]
+    assert benchmark_module.dataset_cases(["endo-synth"], {"data_path": "elsewhere"})[0][2] == {"data_path": "elsewhere"}
+
+
+def test_each_synth_size_is_a_dataset_of_its_own_at_the_default_interactions_per_user():
+    cases = benchmark_module.dataset_cases(["ml-100k", "endo-synth"], {"learning_rate": 0.01}, [1111111, 11111111])
+    assert [label for label, _, _ in cases] == ["ml-100k", "endo-synth 1,111,111", "endo-synth 11,111,111"]
+    assert all(dataset == "endo-synth" for _, dataset, _ in cases[1:])
+    # endo-synth's defaults: 100,000 interactions over 2,000 users, 50 each
+    assert [options["synth_users"] for _, _, options in cases[1:]] == [22223, 222223]
+    assert [options["data_path"] for _, _, options in cases[1:]] == [
+        os.path.join("dataset/benchmark", "1111111"), os.path.join("dataset/benchmark", "11111111"),
+    ]
+    given = benchmark_module.dataset_cases(["endo-synth"], {"synth_users": 500}, [20000])
+    assert given[0][2]["synth_users"] == 500 and given[0][2]["synth_interactions"] == 20000
