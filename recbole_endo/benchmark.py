@@ -10,7 +10,8 @@ normal run does (``quick_start._build``: the same config layering, seed and fast
 times ``--epochs_measured`` training epochs after one warm-up epoch (``Trainer._train_epoch``,
 as the quick start times epochs; the table gives their median) and one full-sort evaluation of
 the test split (``Trainer.evaluate``, the item and user towers computed inside it). Peak memory is the
-process's peak resident set (``ru_maxrss``: dataset, model, training and evaluation together),
+process's peak resident set (``ru_maxrss``: dataset, model, training and evaluation together,
+before any profiling),
 plus the peak CUDA memory allocated on a GPU. ``endo-synth`` is generated before any timed
 process starts, so no process counts the generator. Ratios divide each model's number by the
 baseline's on the same dataset (blank without a baseline row).
@@ -20,7 +21,7 @@ seconds beside wall seconds: on a loaded machine they say what the work cost) an
 ``speed.md`` (the table and the settings), each rewritten, through a temporary file renamed into
 place, after every model, so an interrupted run keeps what it measured; ``logs/`` holds each
 process's output. With ``--profile_top`` N (default 10; 0: off) each process profiles the first
-``--profile_batches`` batches (default 500: all of a 1M-interaction epoch) of one more training
+``--profile_batches`` batches (default 100) of one more training
 epoch after the timed ones (``torch.profiler``, CPU), and the table lists, per model, the N
 operators with the most self CPU time, with their share of the profiled self CPU time and their
 number of calls: where the epoch's time goes. Any other ``--key=value`` is a RecBole config option for every run (e.g.
@@ -45,8 +46,7 @@ import sys
 import tempfile
 import time
 
-import yaml
-
+from recbole_endo.config import options_from_args
 from recbole_endo.files import open_replacing
 
 DEFAULT_MODELS = ("BPR", "TwoTowerConcat", "TwoTowerSplit", "EndoDecouple")
@@ -122,6 +122,7 @@ def measure(
     ]
     eval_s, eval_cpu_s = timed(lambda: trainer.evaluate(test_data, load_best_model=False))
     measured = [wall for wall, _ in epochs[1:]]
+    peak_rss = peak_rss_mb()  # before profiling: the profiler's event records are not the model's memory
     profile = None
     if profile_top:
         # After the timed epochs: the profiler's own overhead must not reach the timings. A
@@ -154,7 +155,7 @@ def measure(
         # CPU seconds: what the work cost, less sensitive than wall seconds to other processes' load.
         "train_cpu_s_per_epoch": sum(cpu for _, cpu in epochs[1:]) / epochs_measured,
         "eval_cpu_s": eval_cpu_s,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "build_s": build_s,
         "threads": torch.get_num_threads(),
@@ -347,17 +348,6 @@ def benchmark(
     return rows
 
 
-def parse_config_args(args):
-    """``--key=value`` arguments as a config dict, values read as YAML (as ``--compare`` entries)."""
-    config_dict = {}
-    for arg in args:
-        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if not sep or not key:
-            raise ValueError(f"argument '{arg}' is not --key=value")
-        config_dict[key] = yaml.safe_load(value)
-    return config_dict
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -375,7 +365,7 @@ def main(argv=None):
         help="operators listed per model from one profiled training epoch (0: no profiling)",
     )
     parser.add_argument(
-        "--profile_batches", type=int, default=500, help="training batches profiled (0: the whole epoch)",
+        "--profile_batches", type=int, default=100, help="training batches profiled (0: the whole epoch)",
     )
     parser.add_argument(
         "--synth_interactions", default=None,
@@ -389,7 +379,7 @@ def main(argv=None):
         run_worker(args.worker)
         return 0
     try:
-        config_dict = parse_config_args(config_args)
+        config_dict = options_from_args(config_args)
     except ValueError as error:
         parser.error(str(error))
     try:

@@ -1,8 +1,10 @@
 """Configuration: RecBole's Config with the plugin's YAML defaults layered over RecBole's own.
 
 Layering, lowest to highest precedence: RecBole's properties, the plugin's ``overall.yaml``, the
-plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, then (as in RecBole) the
-user's ``config_file_list``, ``config_dict`` and ``--key=value`` on the command line.
+plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, the tuned
+``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.tune`` writes (unless the option
+``tuned`` is False), then (as in RecBole) the user's ``config_file_list``, ``config_dict`` and
+``--key=value`` on the command line.
 
 The plugin's Config pickles as plain data (see :func:`restore_config`), so checkpoints load with
 torch's safe loader (``weights_only=True``); RecBole's own Config is left as it is.
@@ -15,29 +17,57 @@ from importlib import resources
 
 import numpy as np
 import torch
+import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import EvaluatorType, InputType, ModelType
 
 
-def plugin_property_files(model, dataset):
-    """The plugin's YAML files that exist for ``model`` on ``dataset``, lowest precedence first."""
-    root = resources.files("recbole_endo.properties")
-    candidates = [
-        root / "overall.yaml",
-        root / "model" / f"{model}.yaml",
-        root / "dataset" / f"{dataset}.yaml",
-    ]
+def properties_folder():
+    """The plugin's ``properties`` folder (in a source checkout, the repository's own)."""
+    return resources.files("recbole_endo.properties")
+
+
+def tuned_file(model, dataset):
+    """Where ``python -m recbole_endo.tune`` writes the best options of ``model`` on ``dataset``."""
+    return properties_folder() / "tuned" / dataset / f"{model}.yaml"
+
+
+def plugin_property_files(model, dataset, tuned=True):
+    """The plugin's YAML files that exist for ``model`` on ``dataset``, lowest precedence first;
+    with ``tuned``, the tuned file last."""
+    root = properties_folder()
+    candidates = [root / "overall.yaml", root / "model" / f"{model}.yaml", root / "dataset" / f"{dataset}.yaml"]
+    if tuned:
+        candidates.append(tuned_file(model, dataset))
     return [str(file) for file in candidates if file.is_file()]
 
 
 def layer_plugin_properties(config, model, dataset):
-    for file in plugin_property_files(model, dataset):
+    """Layer the plugin's files over RecBole's; ``config.tuned_file`` is the tuned file layered, or None."""
+    tuned = config.external_config_dict.get("tuned", True)
+    if not isinstance(tuned, bool):
+        raise ValueError(f"config option 'tuned' must be true or false, got {tuned!r}")
+    config.tuned_file = None
+    for file in plugin_property_files(model, dataset, tuned):
         config_dict = config._update_internal_config_dict(file) or {}
-        if file.endswith(f"{dataset}.yaml"):
+        if file == str(tuned_file(model, dataset)):
+            config.tuned_file = file
+        elif file.endswith(f"{dataset}.yaml"):
             # RecBole lists a dataset file's keys as dataset parameters; keep them listed the same way.
             config.parameters["Dataset"] += [
                 key for key in config_dict if key not in config.parameters["Dataset"]
             ]
+
+
+def options_from_args(args):
+    """``--key=value`` arguments as a config dict, values read as YAML (as ``--compare`` entries)."""
+    config_dict = {}
+    for arg in args:
+        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not sep or not key:
+            raise ValueError(f"argument '{arg}' is not --key=value")
+        config_dict[key] = yaml.safe_load(value)
+    return config_dict
 
 
 class Config(RecBoleConfig):

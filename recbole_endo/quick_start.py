@@ -27,6 +27,8 @@ def _build(config):
     """Dataset, splits, model and trainer for ``config``, seeded as RecBole seeds them."""
     number_option(config, "epochs", 1, integer=True)  # RecBole would test a checkpoint never saved
     init_seed(config["seed"], config["reproducibility"])
+    if getattr(config, "tuned_file", None):
+        getLogger().info(f"tuned options layered after the dataset file: {config.tuned_file} (tuned: False to run without)")
     prepare_dataset(config)  # endo-synth is generated on first use; other datasets are left alone
     dataset = create_dataset(config)
     check_evaluation_options(config, dataset)  # before training: a typo must not cost a run

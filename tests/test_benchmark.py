@@ -7,7 +7,8 @@ import os
 import pytest
 
 from recbole_endo import benchmark as benchmark_module
-from recbole_endo.benchmark import add_ratios, benchmark, main, parse_config_args
+from recbole_endo.benchmark import add_ratios, benchmark, main
+from recbole_endo.config import options_from_args
 
 from conftest import DATA_DIR, TINY_YAML
 
@@ -24,7 +25,7 @@ def test_one_fresh_process_per_model_gives_a_row_each_with_ratios_to_bpr(tmp_pat
     rows = benchmark(
         ["tiny"], str(output_dir), models=MODELS, epochs_measured=1, threads=1,
         config_file_list=[TINY_YAML], config_dict={"data_path": DATA_DIR, "checkpoint_dir": str(tmp_path / "saved")},
-        profile_top=3, profile_batches=500,
+        profile_top=3, profile_batches=100,
     )
     assert [row["model"] for row in rows] == MODELS
     assert all(row["status"] == "ok" for row in rows), [row.get("error") for row in rows]
@@ -98,11 +99,11 @@ def test_ratios_divide_by_the_baseline_on_the_same_dataset_and_are_blank_without
 
 
 def test_config_arguments_are_yaml_values_and_malformed_ones_are_refused():
-    assert parse_config_args(["--synth_interactions=1000000", "--mlp_hidden_size=[64, 32]"]) == {
+    assert options_from_args(["--synth_interactions=1000000", "--mlp_hidden_size=[64, 32]"]) == {
         "synth_interactions": 1000000, "mlp_hidden_size": [64, 32]
     }
     with pytest.raises(ValueError, match="'learning_rate' is not --key=value"):
-        parse_config_args(["learning_rate"])
+        options_from_args(["learning_rate"])
 
 
 def test_synth_options_go_to_endo_synth_only():

@@ -1,0 +1,138 @@
+"""The tuner on the tiny data: resumable studies, tuned files the runner layers, the test split
+never read during a search, search spaces checked. No timing is asserted."""
+
+import logging
+
+import optuna
+import pytest
+import yaml
+
+from recbole_endo import Config, config as config_module, quick_start
+from recbole_endo.tune import main, read_search_space, tune
+
+
+def write_space(path, text="learning_rate: {low: 0.001, high: 0.05, log: true}\nembedding_size: {choices: [4, 8]}\n"):
+    path.write_text(text)
+    return str(path)
+
+
+def tiny_search(tiny, tmp_path, trials, **kwargs):
+    return tune(
+        "TwoTowerSplit", tiny["dataset"], trials, str(tmp_path / "tune"), search_space=write_space(tmp_path / "space.yaml"),
+        config_file_list=tiny["config_file_list"], config_dict={**tiny["config_dict"], "epochs": 2},
+        tuned_path=str(tmp_path / "tuned" / "TwoTowerSplit.yaml"), log=lambda *args, **kwargs: None, **kwargs,
+    )
+
+
+def test_an_interrupted_search_resumes_and_writes_the_best_trial_as_the_tuned_file(tiny, tmp_path):
+    first = tiny_search(tiny, tmp_path, trials=2)
+    assert len(first.trials) == 2
+    assert (tmp_path / "tune" / "tune.db").is_file()
+    study = tiny_search(tiny, tmp_path, trials=3)  # a new process would open the same database
+    assert [trial.number for trial in study.trials] == [0, 1, 2]
+    assert first.trials[0].params == study.trials[0].params  # the stored trials, not new ones
+    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials)
+    assert all(0 <= trial.value <= 1 and trial.user_attrs["epochs"] == 2 for trial in study.trials)
+    best = max(study.trials, key=lambda trial: trial.value)
+    tuned_text = (tmp_path / "tuned" / "TwoTowerSplit.yaml").read_text()
+    assert f"trial {best.number}" in tuned_text and "best of 3 trials" in tuned_text
+    assert yaml.safe_load(tuned_text) == best.params
+    summary = (tmp_path / "tune" / "TwoTowerSplit-tiny.md").read_text()
+    assert "3 complete or pruned trial(s) of 3 asked" in summary
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 3 and rows[0].startswith(f"| {best.number} | complete | {best.value:.4f} |")
+    assert len(tiny_search(tiny, tmp_path, trials=3).trials) == 3  # nothing left to run
+
+
+def test_the_test_split_is_never_evaluated_during_a_search(tiny, tmp_path, monkeypatch):
+    build, built, evaluated = quick_start._build, {}, []
+
+    def watched_build(config):
+        dataset, model, trainer, splits = build(config)
+        built["splits"], evaluate = splits, trainer.evaluate
+
+        def recorded(data, *args, **kwargs):
+            evaluated.append(data)
+            return evaluate(data, *args, **kwargs)
+
+        trainer.evaluate = recorded
+        return dataset, model, trainer, splits
+
+    monkeypatch.setattr(quick_start, "_build", watched_build)
+    tiny_search(tiny, tmp_path, trials=1)
+    _, valid_data, _ = built["splits"]
+    assert len(evaluated) == 2 and all(data is valid_data for data in evaluated)  # one validation per epoch
+
+
+def test_tuned_files_are_layered_after_the_dataset_file_unless_tuned_is_false(tiny, tmp_path, monkeypatch, caplog):
+    tuned = tmp_path / "tuned" / "tiny" / "TwoTowerSplit.yaml"
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text("learning_rate: 0.0123\nembedding_size: 4\n")
+    monkeypatch.setattr(config_module, "tuned_file", lambda model, dataset: tmp_path / "tuned" / dataset / f"{model}.yaml")
+    config = Config(model="TwoTowerSplit", **tiny)
+    assert config["learning_rate"] == 0.0123 and config.tuned_file == str(tuned)
+    assert config["embedding_size"] == 8  # tests/data/tiny.yaml's: the user's files come after the tuned one
+    untuned = Config(model="TwoTowerSplit", **{**tiny, "config_dict": {**tiny["config_dict"], "tuned": False}})
+    assert untuned["learning_rate"] == 0.001 and untuned.tuned_file is None
+    mine = Config(model="TwoTowerSplit", **{**tiny, "config_dict": {**tiny["config_dict"], "learning_rate": 0.05}})
+    assert mine["learning_rate"] == 0.05  # an option given by the user wins over the tuned one
+    assert Config(model="TwoTowerConcat", **tiny).tuned_file is None  # another model's file is not read
+    caplog.set_level(logging.INFO)
+    quick_start._build(config)
+    assert f"tuned options layered after the dataset file: {tuned}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("learning_rat: {low: 0.001, high: 0.1}\n", r"option 'learning_rat'.*no such config option"),
+        ("learning_rate: {low: 0.1, high: 0.001}\n", r"option 'learning_rate'.*low < high"),
+        ("learning_rate: {low: 0.0, high: 0.1, log: true}\n", r"low > 0 on a log scale"),
+        ("learning_rate: {choices: []}\n", r"choices must be a non-empty list"),
+        ("learning_rate: 0.01\n", r"expected \{low, high\[, log\]\} or \{choices"),
+    ],
+)
+def test_malformed_search_spaces_are_refused_naming_the_file_and_option(tiny, tmp_path, text, message):
+    path = write_space(tmp_path / "space.yaml", text)
+    with pytest.raises(ValueError, match=message) as error:
+        read_search_space(path, Config(model="TwoTowerSplit", **tiny))
+    assert path in str(error.value)
+
+
+def test_every_shipped_search_space_names_only_options_its_model_has(tiny):
+    from recbole_endo.tune import search_space_file
+
+    for model in ("BPR", "LightGCN", "EASE", "MultiVAE", "TwoTowerConcat", "TwoTowerSplit", "EndoDecouple"):
+        space = read_search_space(str(search_space_file(model)), Config(model=model, **tiny))
+        assert space, model
+
+
+def test_command_line_refuses_a_searched_option_also_fixed(tiny, tmp_path, capsys):
+    space = write_space(tmp_path / "space.yaml")
+    with pytest.raises(SystemExit):
+        main([
+            "--model=TwoTowerSplit", "--dataset=tiny", "--trials=1", f"--search_space={space}",
+            f"--config_files={tiny['config_file_list'][0]}", f"--data_path={tiny['config_dict']['data_path']}",
+            "--learning_rate=0.01",
+        ])
+    assert "both searched and fixed" in capsys.readouterr().err
+
+
+def test_recbole_hyper_tuning_runs_the_objective_function(tiny, tmp_path):
+    """RecBole's own HyperTuning (hyperopt) over the plugin's objective_function."""
+    pytest.importorskip("hyperopt")
+    from recbole.trainer import HyperTuning
+
+    from recbole_endo.quick_start import objective_function
+
+    params = tmp_path / "hyper.test"
+    params.write_text("learning_rate choice [0.01,0.001]\n")
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump({"model": "TwoTowerSplit", **tiny["config_dict"], "epochs": 1}))
+    hyper = HyperTuning(
+        objective_function, algo="exhaustive", params_file=str(params),
+        fixed_config_file_list=[*tiny["config_file_list"], str(fixed)], max_evals=2,
+    )
+    hyper.run()
+    assert len(hyper.params2result) == 2
+    assert hyper.best_params["learning_rate"] in (0.01, 0.001)
