@@ -3,11 +3,12 @@
     python run_recbole_endo.py --model=TwoTowerSplit --dataset=ml-100k
     python run_recbole_endo.py --config_files=my.yaml --learning_rate=0.002
     python run_recbole_endo.py --model=TwoTowerSplit --dataset=ml-100k --resume=saved/TwoTowerSplit-....pth
-    python run_recbole_endo.py --compare=EndoDecouple,TwoTowerSplit,BPR --dataset=ml-100k --seeds=2020,2021,2022
+    python run_recbole_endo.py --compare=EndoDecouple,TwoTowerSplit,BPR --dataset=ml-100k --seeds=2020,2021,2022 --reference=EndoDecouple
     python run_recbole_endo.py --model=TwoTowerSplit --dataset=ml-100k --nproc=2
 
 Any other ``--key=value`` is read by RecBole's Config. With --compare, each listed model (or
-``Model[key=value;...]`` entry) runs once per seed and the summary goes to --output_dir. With
+``Model[key=value;...]`` entry) runs once per seed and the summary goes to --output_dir, with
+--reference=ENTRY also each entry's paired per-user difference to that entry. With
 --nproc > 1 or --world_size, the run is distributed (DDP) as with RecBole's run_recbole.py.
 """
 
@@ -25,6 +26,9 @@ if __name__ == "__main__":
     parser.add_argument("--config_files", type=str, default=None, help="space-separated YAML files")
     parser.add_argument("--compare", type=str, default=None, help="comma-separated models to compare")
     parser.add_argument("--seeds", type=str, default="2020", help="comma-separated seeds for --compare")
+    parser.add_argument(
+        "--reference", type=str, default=None, help="--compare entry the others get paired differences to"
+    )
     parser.add_argument("--output_dir", type=str, default="results", help="where --compare writes its tables")
     parser.add_argument("--jobs", type=int, default=1, help="--compare runs in this many parallel processes")
     parser.add_argument(
@@ -48,7 +52,12 @@ if __name__ == "__main__":
     if args.compare:
         seeds = [int(seed) for seed in args.seeds.split(",")]
         try:
-            compare(split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list, jobs=args.jobs)
+            compare(
+                split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list, jobs=args.jobs,
+                reference=args.reference,
+            )
+        except ValueError as error:  # a --reference that is no entry, before any run
+            parser.error(str(error))
         except RuntimeError as error:  # failed runs, named; the tables hold the others
             sys.exit(f"error: {error}")
         with open(f"{args.output_dir}/summary.md") as summary:

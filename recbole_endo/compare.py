@@ -1,5 +1,7 @@
 """Comparison runner: several models (plugin or built-in) × several seeds on one dataset and
-protocol, summarised as mean ± std per metric in a Markdown table and a CSV.
+protocol, summarised as mean ± std per metric in a Markdown table and a CSV; every run's
+per-user test values kept, and with a reference entry each entry's paired difference to it
+(``recbole_endo.paired``).
 
 A model entry is a name, optionally with options for that entry only, e.g.
 ``EndoDecouple[stage1_weight=0]`` or ``BPR[learning_rate=0.002]``; options are YAML values,
@@ -7,6 +9,8 @@ separated by ``;``. Every entry runs with the same seeds, hence the same splits.
 """
 
 import csv
+import gzip
+import io
 import multiprocessing
 import os
 import re
@@ -17,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import yaml
 
 from recbole_endo.files import open_replacing
+from recbole_endo.paired import format_difference, paired_table
 from recbole_endo.quick_start import run_recbole_endo
 
 ENTRY = re.compile(r"^\s*(?P<model>[A-Za-z_][A-Za-z0-9_]*)\s*(?:\[(?P<options>.*)\])?\s*$")
@@ -88,6 +93,7 @@ def run_entry(entry, model, options, seed, dataset, config_file_list, config_dic
     run.update(result["test_result"])
     run.update({column: result[column] for column in RUN_COLUMNS})
     run["wall_s"] = time.perf_counter() - start
+    run["per_user"] = result["per_user"]
     return run
 
 
@@ -115,14 +121,95 @@ def _completed(tasks, jobs):
             yield futures[future], future.exception() or future.result()
 
 
-def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_dict=None, jobs=1, log=print):
-    """Run every entry with every seed; write ``runs.csv``, ``summary.csv`` and ``summary.md``
-    under ``output_dir``, each to a temporary file renamed into place. Returns the summary.
+def per_user_table(runs):
+    """``{(entry, metric): {(seed, user): value}}`` of the runs' per-user test values."""
+    table = {}
+    for run in runs:
+        for metric, (users, values) in run["per_user"].items():
+            rows = table.setdefault((run["entry"], metric), {})
+            rows.update({(run["seed"], str(user)): float(value) for user, value in zip(users, values)})
+    return table
+
+
+def write_per_user(path, per_user):
+    """``per_user.csv.gz``: one row per entry, seed, metric and user."""
+    # mtime 0: the same values give the same bytes, so a regenerated table shows no change.
+    with open_replacing(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
+        file = io.TextIOWrapper(packed, newline="")
+        writer = csv.writer(file)
+        writer.writerow(["entry", "seed", "metric", "user", "value"])
+        for (entry, metric), rows in per_user.items():
+            writer.writerows([entry, seed, metric, user, value] for (seed, user), value in rows.items())
+        file.flush()
+        file.detach()  # the GzipFile closes itself, and the temporary file is open_replacing's
+
+
+def paired_markdown(table, reference):
+    """The paired differences to ``reference`` of the NDCG metrics (every metric: paired.csv)."""
+    metrics = [metric for metric in next(iter(table.values()), {}) if "ndcg" in metric]
+    header = ["model", *(f"Δ {metric}" for metric in metrics)]
+    lines = [
+        f"Paired difference to `{reference}`: mean over test users and seeds [95 % bootstrap interval], "
+        "Wilcoxon signed-rank p; * the interval excludes 0.",
+        "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+    ]
+    for entry, cells in table.items():
+        lines.append("| " + " | ".join([entry, *(format_difference(cells[metric]) for metric in metrics)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_figure(summary, metrics, table=None, reference=None):
+    """``summary.png``: per NDCG metric, each entry's mean ± std over seeds and, with a
+    ``reference``, each other entry's paired difference to it with its 95 % interval, the
+    reference marked (a Figure built without pyplot, as the goal-2 plots)."""
+    from matplotlib.figure import Figure
+
+    metrics = [metric for metric in metrics if "ndcg" in metric] or metrics[:1]
+    entries = list(summary)
+    columns = 2 if table else 1
+    figure = Figure(figsize=(6 * columns, 0.45 * len(entries) * len(metrics) + 1.2 * len(metrics)))
+    axes = figure.subplots(len(metrics), columns, squeeze=False)
+    positions = range(len(entries))
+    for row, metric in enumerate(metrics):
+        cells = [summary[entry][metric] or (float("nan"), 0.0) for entry in entries]
+        colours = ["tab:red" if entry == reference else "tab:blue" for entry in entries]
+        left = axes[row][0]
+        for position, ((mean, std), colour) in enumerate(zip(cells, colours)):
+            left.errorbar([mean], [position], xerr=[std], fmt="o", color=colour, capsize=3)
+        left.set_yticks(list(positions), entries)
+        left.invert_yaxis()
+        left.set_xlabel(f"test {metric}: mean ± std over seeds")
+        if table:
+            right = axes[row][1]
+            for position, entry in enumerate(entries):
+                cell = table.get(entry, {}).get(metric)
+                if entry == reference or not cell or cell["ci_low"] is None:
+                    continue
+                error = [[cell["mean"] - cell["ci_low"]], [cell["ci_high"] - cell["mean"]]]
+                right.errorbar([cell["mean"]], [position], xerr=error, fmt="o", color="tab:blue", capsize=3)
+            right.axvline(0.0, color="tab:red", linewidth=1)
+            right.set_yticks(list(positions), entries)
+            right.set_ylim(left.get_ylim())
+            right.set_xlabel(f"paired Δ {metric} to {reference} (red), 95 % interval")
+    figure.tight_layout()
+    return figure
+
+
+def compare(
+    entries, dataset, seeds, output_dir, config_file_list=None, config_dict=None, jobs=1, reference=None, log=print
+):
+    """Run every entry with every seed; write ``runs.csv``, ``summary.csv``, ``summary.md``, its plot
+    ``summary.png`` and ``per_user.csv.gz`` (every run's per-user test values) under
+    ``output_dir``, each to a temporary file renamed into place; with ``reference`` (one of
+    ``entries``), also each other entry's paired differences to it, in ``paired.csv``, below the
+    summary and in the plot. Returns the summary.
 
     ``jobs > 1`` runs that many in parallel processes, each with its share of the CPU threads;
     every run is then timed under the same load, but slower than alone. A run that fails does not
     stop the others: the tables hold the runs that finished, then a RuntimeError names the failed ones.
     """
+    if reference is not None and reference not in entries:
+        raise ValueError(f"--reference '{reference}' is none of the --compare entries {entries}: name one of them")
     tasks = [
         (entry, *parse_entry(entry), seed, dataset, config_file_list, config_dict) for entry in entries for seed in seeds
     ]
@@ -144,6 +231,8 @@ def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_d
     runs = [run for run in runs if run is not None]
     if not runs:
         raise RuntimeError(f"--compare: every run failed: {'; '.join(failed)}")
+    per_user = per_user_table(runs)
+    runs = [{key: value for key, value in run.items() if key != "per_user"} for run in runs]
     # Entries may report different metrics (a protocol switched on for one entry): every column
     # any run has, in order of first appearance; a run without one leaves its cell empty.
     columns = list(dict.fromkeys(key for run in runs for key in run))
@@ -152,6 +241,7 @@ def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_d
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(runs)
+    write_per_user(os.path.join(output_dir, "per_user.csv.gz"), per_user)
     summary = summarise(runs, metrics)
     with open_replacing(os.path.join(output_dir, "summary.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -159,8 +249,21 @@ def compare(entries, dataset, seeds, output_dir, config_file_list=None, config_d
         writer.writerow(["model", "seeds"] + [f"{c} {stat}" for c in summary_columns for stat in ("mean", "std")])
         for entry, row in summary.items():
             writer.writerow([entry, row["seeds"]] + [v for c in summary_columns for v in row[c] or ("", "")])
+    markdown, table = markdown_table(summary, metrics), None
+    if reference is not None:
+        per_user_metrics = list(dict.fromkeys(metric for _, metric in per_user))
+        table = paired_table(per_user, reference, list(summary), per_user_metrics)
+        with open_replacing(os.path.join(output_dir, "paired.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["model", "reference", "metric", "pairs", "mean difference", "ci low", "ci high", "wilcoxon p"])
+            for entry, cells in table.items():
+                for metric, cell in cells.items():
+                    writer.writerow([entry, reference, metric, *(cell[key] for key in ("pairs", "mean", "ci_low", "ci_high", "p"))])
+        markdown += "\n" + paired_markdown(table, reference)
+    with open_replacing(os.path.join(output_dir, "summary.png"), "wb") as f:
+        summary_figure(summary, metrics, table, reference).savefig(f, format="png", dpi=110)
     with open_replacing(os.path.join(output_dir, "summary.md")) as f:
-        f.write(markdown_table(summary, metrics))
+        f.write(markdown)
     if failed:
         raise RuntimeError(f"--compare: {len(failed)} of {len(tasks)} runs failed (the tables hold the others): {'; '.join(failed)}")
     return summary

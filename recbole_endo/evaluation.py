@@ -30,6 +30,7 @@ users without test items.
 """
 
 import copy
+import inspect
 from collections import OrderedDict
 
 import numpy as np
@@ -37,7 +38,7 @@ import torch
 from recbole.config import Config as RecBoleConfig
 from recbole.data.interaction import Interaction
 from recbole.evaluator import register
-from recbole.evaluator.base_metric import AbstractMetric
+from recbole.evaluator.base_metric import AbstractMetric, TopkMetric
 from recbole.evaluator.collector import Collector, DataStruct
 from recbole.evaluator.evaluator import Evaluator
 from recbole.utils import EvaluatorType
@@ -66,7 +67,8 @@ class GradedNDCG(AbstractMetric):
         super().__init__(config)
         self.topk = config["topk"]
 
-    def calculate_metric(self, dataobject):
+    def per_user(self, dataobject):
+        """Each user's graded NDCG at each cutoff and over the whole list, ``{key: [users]}``."""
         if "rec.graded" not in dataobject:
             raise ValueError(
                 "metric 'GradedNDCG' ranks graded candidate lists: use it through the plugin's "
@@ -77,9 +79,12 @@ class GradedNDCG(AbstractMetric):
         ideal = torch.pow(2.0, ranked.sort(dim=1, descending=True).values) - 1
         discount = 1.0 / torch.log2(torch.arange(2, ranked.shape[1] + 2, dtype=torch.double))
         dcg, idcg = (gains * discount).cumsum(1), (ideal * discount).cumsum(1)
-        result = {f"gndcg@{k}": (dcg[:, k - 1] / idcg[:, k - 1]).mean().item() for k in self.topk}
-        result["gndcg"] = (dcg[:, -1] / idcg[:, -1]).mean().item()
-        return {key: round(value, self.decimal_place) for key, value in result.items()}
+        result = {f"gndcg@{k}": (dcg[:, k - 1] / idcg[:, k - 1]).numpy() for k in self.topk}
+        result["gndcg"] = (dcg[:, -1] / idcg[:, -1]).numpy()
+        return result
+
+    def calculate_metric(self, dataobject):
+        return {key: round(float(values.mean()), self.decimal_place) for key, values in self.per_user(dataobject).items()}
 
 
 def register_metric(metric_class):
@@ -115,6 +120,32 @@ class PlainEntriesCollector(Collector):
         return returned
 
 
+class StructKeepingEvaluator(Evaluator):
+    """RecBole's Evaluator, keeping the DataStruct it last evaluated (``last_struct``), so a run can
+    read each user's metric values of its test evaluation (:func:`full_sort_per_user`)."""
+
+    def evaluate(self, dataobject):
+        self.last_struct = dataobject
+        return super().evaluate(dataobject)
+
+
+def full_sort_per_user(config, evaluator, eval_data):
+    """Each user's value of RecBole's per-user metrics (:func:`per_user_values`) in the evaluation
+    ``evaluator`` last ran, over ``eval_data``, as ``{key: (internal user ids, values)}``. Empty
+    where the rows cannot be named: a data loader that lists no users in order (``uid_list``;
+    RecBole's sequential full sort), one whose rows are not one per listed user, or an
+    evaluation spread over DDP processes."""
+    struct = getattr(evaluator, "last_struct", None)
+    users = getattr(eval_data, "uid_list", None)
+    if struct is None or users is None or "rec.topk" not in struct or not config["single_spec"]:
+        return {}
+    users = np.asarray(users)
+    values = per_user_values(config, struct)
+    if any(len(rows) != len(users) for rows in values.values()):
+        return {}
+    return {key: (users, rows) for key, rows in values.items()}
+
+
 def _history(splits, users, n_items):
     """``[len(users), n_items]`` bool: what each user has in the given splits."""
     seen = np.zeros((len(users), n_items), dtype=bool)
@@ -146,15 +177,37 @@ def score_all_items(model, dataset, users, batch_size=256):
     return torch.cat(rows)
 
 
-def _evaluate(metrics, topk, rec):
-    """RecBole's Evaluator over a DataStruct holding ``rec`` (name → tensor)."""
-    # RecBole's metric classes use numpy aliases (np.float) that only its Config restores.
+def per_user_values(config, struct):
+    """Each row's (user's) value of every per-user metric of ``config['metrics']`` (RecBole's top-k
+    metrics and GradedNDCG) at each ``config['topk']`` cutoff, ``{key: ndarray}``, keyed as RecBole
+    keys the means (``ndcg@10``), which average these. Other metrics (item coverage, ...) have no
+    per-user value and are left out."""
+    RecBoleConfig.compatibility_settings(None)  # RecBole's metric classes use numpy's old aliases
+    values = {}
+    for name in config["metrics"]:
+        metric = register.metrics_dict[name.lower()](config)
+        if isinstance(metric, GradedNDCG):
+            values.update(metric.per_user(struct))
+        elif isinstance(metric, TopkMetric):
+            # RecBole's top-k metrics take (pos_index) or (pos_index, pos_len), as they need.
+            arguments = metric.used_info(struct)[: len(inspect.signature(metric.metric_info).parameters)]
+            rows = metric.metric_info(*arguments)
+            values.update({f"{name.lower()}@{k}": rows[:, k - 1] for k in config["topk"]})
+    return values
+
+
+def _evaluate(metrics, topk, rec, users=None, per_user=None):
+    """RecBole's Evaluator over a DataStruct holding ``rec`` (name → tensor). With a ``per_user``
+    dict, each row's value of each metric goes in it too, as ``per_user[key] = (users, values)``:
+    ``users`` names the rows."""
     RecBoleConfig.compatibility_settings(None)
     struct = DataStruct()
     for name, tensor in rec.items():
         struct.set(name, tensor)
-    evaluator = Evaluator({"metrics": metrics, "topk": topk, "metric_decimal_place": 4})
-    return evaluator.evaluate(struct)
+    options = {"metrics": metrics, "topk": topk, "metric_decimal_place": 4}
+    if per_user is not None:
+        per_user.update({key: (np.asarray(users), values) for key, values in per_user_values(options, struct).items()})
+    return Evaluator(options).evaluate(struct)
 
 
 def _ranked(scores):
@@ -173,10 +226,11 @@ def _topk_struct(order, relevant, topk):
     return torch.cat([relevant.gather(1, top).int(), relevant.sum(1, keepdim=True).int()], dim=1)
 
 
-def rank_lists(scores, grades, topk):
+def rank_lists(scores, grades, topk, users=None, per_user=None):
     """Metrics of ranked candidate lists: ``scores`` and ``grades`` are ``[users, list length]``
     (padding: score −inf, grade 0). Returns NDCG@k and Recall@k (relevant: grade > 0, RecBole's
-    classes) and GradedNDCG, over users with a relevant item."""
+    classes) and GradedNDCG, over users with a relevant item; with ``per_user``, their values
+    per user (named by ``users``, one per row) as :func:`_evaluate` gives them."""
     keep = (grades > 0).any(1)
     scores, grades = scores[keep], grades[keep]
     short = max(topk) - scores.shape[1]
@@ -185,7 +239,17 @@ def rank_lists(scores, grades, topk):
         grades = torch.nn.functional.pad(grades, (0, short))
     order = _ranked(scores)
     rec = {"rec.topk": _topk_struct(order, grades > 0, topk), "rec.graded": grades.gather(1, order)}
-    return _evaluate(["NDCG", "Recall", "GradedNDCG"], topk, rec)
+    return _evaluate(["NDCG", "Recall", "GradedNDCG"], topk, rec, _kept(users, keep), per_user)
+
+
+def _kept(users, keep):
+    return None if users is None else np.asarray(users)[keep.numpy()]
+
+
+def _prefixed(prefix, per_user, rows):
+    """``rows`` (a per-user dict) into ``per_user`` with each key prefixed, as the means are."""
+    if per_user is not None:
+        per_user.update({f"{prefix}:{key}": value for key, value in rows.items()})
 
 
 def _test_users_and_items(test_split):
@@ -235,12 +299,15 @@ def candidate_lists(config, splits):
     return torch.from_numpy(list_users), _padded(item_rows, 0), _padded(grade_rows, 0)
 
 
-def list_evaluation(config, model, splits):
-    """Metrics of the ``list_eval`` protocol, keys prefixed by it (``exposed:ndcg@5``)."""
+def list_evaluation(config, model, splits, per_user=None):
+    """Metrics of the ``list_eval`` protocol, keys prefixed by it (``exposed:ndcg@5``); with a
+    ``per_user`` dict, their per-user values go in it under the same keys."""
     users, items, grades = candidate_lists(config, splits)
     scores = score_all_items(model, splits[0], users.numpy()).gather(1, items)
     scores[(items == 0)] = -torch.inf
-    result = rank_lists(scores, grades, config["list_topk"])
+    rows = {}
+    result = rank_lists(scores, grades, config["list_topk"], users.numpy(), rows)
+    _prefixed(config["list_eval"], per_user, rows)
     return OrderedDict((f"{config['list_eval']}:{key}", value) for key, value in result.items())
 
 
@@ -255,14 +322,15 @@ def head_items(item_counts, head_share):
     return head
 
 
-def stratum_metrics(scores, removed, relevant, topk):
+def stratum_metrics(scores, removed, relevant, topk, users=None, per_user=None):
     """NDCG@k and Recall@k of a full ranking without the ``removed`` items, where the
     ``relevant`` items count; all arguments are ``[users, n_items]`` (masks may broadcast).
-    Users without a relevant item are left out."""
+    Users without a relevant item are left out. ``users`` and ``per_user`` as for :func:`rank_lists`."""
     relevant = relevant.expand_as(scores)
     keep = relevant.any(1)
     scores = scores.masked_fill(removed, -torch.inf)[keep]
-    return _evaluate(["NDCG", "Recall"], topk, {"rec.topk": _topk_struct(_ranked(scores), relevant[keep], topk)})
+    rec = {"rec.topk": _topk_struct(_ranked(scores), relevant[keep], topk)}
+    return _evaluate(["NDCG", "Recall"], topk, rec, _kept(users, keep), per_user)
 
 
 def full_ranking(model, splits):
@@ -277,21 +345,24 @@ def full_ranking(model, splits):
     return users, scores, history, positives
 
 
-def popularity_strata_evaluation(config, train_split, ranking):
+def popularity_strata_evaluation(config, train_split, ranking, per_user=None):
     """Head and tail full-ranking metrics at ``topk``, keys ``head:ndcg@10``, ``tail:...``, plus
-    the head's number of items (``head:items``); ``ranking`` is :func:`full_ranking`'s."""
+    the head's number of items (``head:items``); ``ranking`` is :func:`full_ranking`'s. With a
+    ``per_user`` dict, the metrics' per-user values go in it under the same keys."""
     head_share = config["head_share"]
     counts = np.zeros(train_split.item_num)
     for item, count in train_split.item_counter.items():
         counts[item] = count
     head = torch.from_numpy(head_items(counts, head_share))
-    _, scores, history, positives = ranking
+    users, scores, history, positives = ranking
     result = OrderedDict({"head:items": int(head.sum())})
     for name, stratum in (("head", head), ("tail", ~head)):
         # The other stratum's positives leave the ranking: neither stratum is penalised for them.
         removed = history | (positives & ~stratum)
-        for key, value in stratum_metrics(scores, removed, positives & stratum, config["topk"]).items():
+        rows = {}
+        for key, value in stratum_metrics(scores, removed, positives & stratum, config["topk"], users, rows).items():
             result[f"{name}:{key}"] = value
+        _prefixed(name, per_user, rows)
     return result
 
 
@@ -307,10 +378,10 @@ def cold_strata(entity, cold, history, positives):
     return {"cold": (history, positives & rows), "warm": (history, positives & ~rows)}
 
 
-def cold_start_evaluation(config, train_split, ranking):
+def cold_start_evaluation(config, train_split, ranking, per_user=None):
     """Cold and warm full-ranking metrics at ``topk``, keys ``cold:ndcg@10``, ``warm:...``, plus
     the number of cold test items (``cold:items``) or cold test users (``cold:users``);
-    ``ranking`` is :func:`full_ranking`'s."""
+    ``ranking`` is :func:`full_ranking`'s. ``per_user`` as for :func:`popularity_strata_evaluation`."""
     entity = config["cold_eval"]
     users, scores, history, positives = ranking
     if entity == "item":
@@ -322,8 +393,10 @@ def cold_start_evaluation(config, train_split, ranking):
         count = int(cold.sum())
     result = OrderedDict({f"cold:{entity}s": count})
     for name, (removed, relevant) in cold_strata(entity, cold, history, positives).items():
-        for key, value in stratum_metrics(scores, removed, relevant, config["topk"]).items():
+        rows = {}
+        for key, value in stratum_metrics(scores, removed, relevant, config["topk"], users, rows).items():
             result[f"{name}:{key}"] = value
+        _prefixed(name, per_user, rows)
     return result
 
 
@@ -354,16 +427,17 @@ def check_evaluation_options(config, dataset):
         number_option(config, "relevance_threshold")
 
 
-def extra_evaluation(config, model, splits):
+def extra_evaluation(config, model, splits, per_user=None):
     """The plugin's protocols that ``config`` switches on (``list_eval``, ``head_share``,
-    ``cold_eval``; their options checked by :func:`check_evaluation_options`)."""
+    ``cold_eval``; their options checked by :func:`check_evaluation_options`). With a
+    ``per_user`` dict, each metric's per-user values go in it as ``key: (internal user ids, values)``."""
     result = OrderedDict()
     if config["list_eval"] != "none":
-        result.update(list_evaluation(config, model, splits))
+        result.update(list_evaluation(config, model, splits, per_user))
     if config["head_share"] is not None or config["cold_eval"] != "none":
         ranking = full_ranking(model, splits)
         if config["head_share"] is not None:
-            result.update(popularity_strata_evaluation(config, splits[0], ranking))
+            result.update(popularity_strata_evaluation(config, splits[0], ranking, per_user))
         if config["cold_eval"] != "none":
-            result.update(cold_start_evaluation(config, splits[0], ranking))
+            result.update(cold_start_evaluation(config, splits[0], ranking, per_user))
     return result

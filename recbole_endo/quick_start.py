@@ -15,7 +15,7 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_endo.checkpoint import load_weights, read_checkpoint
 from recbole_endo.config import Config
-from recbole_endo.evaluation import check_evaluation_options, extra_evaluation
+from recbole_endo.evaluation import check_evaluation_options, extra_evaluation, full_sort_per_user
 from recbole_endo.fast_path import skip_feature_join
 from recbole_endo.model.options import number_option
 from recbole_endo.run_scope import plugin_run
@@ -73,7 +73,10 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
     start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_eval_seconds = time.perf_counter() - start
-    test_result.update(extra_evaluation(config, trainer.model, [data._dataset for data in splits]))
+    per_user = full_sort_per_user(config, trainer.evaluator, test_data)
+    datasets = [data._dataset for data in splits]
+    test_result.update(extra_evaluation(config, trainer.model, datasets, per_user))
+    uid_field = datasets[0].uid_field
     epochs = len(trainer.train_loss_dict)
     # No validation (eval_step <= 0): fit keeps the last epoch.
     best_epoch = trainer.best_epoch if trainer.best_epoch is not None else max(trainer.train_loss_dict)
@@ -91,6 +94,8 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
         "valid_s_per_eval": sum(valid_seconds) / max(len(valid_seconds), 1),
         "test_eval_s": test_eval_seconds,
         "checkpoint": trainer.saved_model_file if saved else None,
+        # Each test user's value of each metric that has one, users named by their raw ids.
+        "per_user": {key: (datasets[0].id2token(uid_field, users), values) for key, (users, values) in per_user.items()},
     }
 
 

@@ -12,7 +12,7 @@ from recbole.trainer import PretrainTrainer, Trainer
 from recbole.utils import set_color
 
 from recbole_endo.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
-from recbole_endo.evaluation import PlainEntriesCollector
+from recbole_endo.evaluation import PlainEntriesCollector, StructKeepingEvaluator
 from recbole_endo.model import MODELS
 
 
@@ -26,12 +26,15 @@ class PluginTrainerMixin:
     - resuming restores everything an uninterrupted run holds after the checkpoint's epoch, the
       random state included, so the resumed run ends as the uninterrupted one;
     - ``best_epoch``: the epoch of the best validation, whatever ``eval_step``;
-    - RecBole's collector, fixed for its non-accuracy metrics (:class:`PlainEntriesCollector`).
+    - RecBole's collector, fixed for its non-accuracy metrics (:class:`PlainEntriesCollector`);
+    - RecBole's evaluator, keeping what it last evaluated, so a run can report each test user's
+      metric values (:class:`StructKeepingEvaluator`).
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.eval_collector = PlainEntriesCollector(config)
+        self.evaluator = StructKeepingEvaluator(config)
         self.current_epoch = None
         self.best_epoch = None
 

@@ -39,10 +39,14 @@ import sys
 import time
 import warnings
 
+import optuna
 import yaml
+from recbole.utils import init_logger
 
 from recbole_endo.config import Config, options_from_args, properties_folder, tuned_file
 from recbole_endo.files import open_replacing
+from recbole_endo.quick_start import _build
+from recbole_endo.run_scope import plugin_run
 
 # The pruner waits for this many finished trials, and each trial for this many validations.
 PRUNER_STARTUP_TRIALS = 5
@@ -107,12 +111,6 @@ def suggest(trial, space):
 
 def train_on_validation(trial, model, dataset, config_file_list, config_dict, params):
     """Train one trial's configuration; its best validation score (the test split is not read)."""
-    import optuna
-    from recbole.utils import init_logger
-
-    from recbole_endo.quick_start import _build
-    from recbole_endo.run_scope import plugin_run
-
     options = {**config_dict, **params, "tuned": False}
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=options)
     with plugin_run():
@@ -143,8 +141,6 @@ def train_on_validation(trial, model, dataset, config_file_list, config_dict, pa
 
 
 def open_study(study_name, storage, direction, seed):
-    import optuna
-
     if "://" not in storage:
         raise ValueError(f"--storage must be an SQLAlchemy URL (sqlite:///path/tune.db, postgresql://...), got {storage!r}")
     with warnings.catch_warnings():  # Optuna marks the heartbeat experimental; it is what resumes killed trials
@@ -166,8 +162,6 @@ def open_study(study_name, storage, direction, seed):
 
 def counted_trials(study):
     """The study's trials that count towards ``--trials``: complete and pruned."""
-    import optuna
-
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return study.get_trials(deepcopy=False, states=states)
 
@@ -197,8 +191,6 @@ def git_commit():
 
 def summary_markdown(study, settings):
     """Every trial of the study: the complete ones best first, then the others by number."""
-    import optuna
-
     trials = study.get_trials(deepcopy=False)
     complete = [trial for trial in trials if trial.state == optuna.trial.TrialState.COMPLETE]
     complete.sort(key=lambda trial: trial.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
@@ -218,8 +210,6 @@ def summary_markdown(study, settings):
 
 def write_tuned(path, study, model, dataset, space, metric):
     """The best trial's parameters as the tuned file of ``model`` on ``dataset``."""
-    import optuna
-
     best = study.best_trial
     params = suggest(optuna.trial.FixedTrial(best.params), space)  # choices decoded as suggest does
     header = (
@@ -236,8 +226,6 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
          config_file_list=None, config_dict=None, seed=0, tuned_path=None, log=print):
     """Run (or continue) the study until it holds ``trials`` complete or pruned trials; write the
     summary and the tuned file. Returns the study."""
-    import optuna
-
     config_dict = dict(config_dict or {})
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict={**config_dict, "tuned": False})
     space = read_search_space(search_space or str(search_space_file(model)), config)

@@ -72,12 +72,12 @@ def test_a_failed_run_is_named_and_the_others_are_kept(tiny, tmp_path, jobs):
 def test_tables_of_a_compare_that_fails_while_writing_keep_the_previous_ones(tmp_path, monkeypatch):
     def run_entry(entry, model, options, seed, *_):  # no training: only the writing is under test
         return {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1 * seed, "best_epoch": 1, "epochs": 2,
-                "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0}
+                "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0, "per_user": {}}
 
     monkeypatch.setattr(compare_module, "run_entry", run_entry)
     output_dir = tmp_path / "out"
     compare(["BPR"], "tiny", [1, 2], str(output_dir), log=lambda *a, **k: None)
-    before = {name: (output_dir / name).read_text() for name in os.listdir(output_dir)}
+    before = {name: (output_dir / name).read_bytes() for name in os.listdir(output_dir)}
 
     def disk_full(writer, rows):
         writer.writerow(rows[0])
@@ -86,13 +86,13 @@ def test_tables_of_a_compare_that_fails_while_writing_keep_the_previous_ones(tmp
     monkeypatch.setattr(csv.DictWriter, "writerows", disk_full)
     with pytest.raises(OSError, match="disk full"):
         compare(["BPR"], "tiny", [3, 4], str(output_dir), log=lambda *a, **k: None)
-    assert {name: (output_dir / name).read_text() for name in os.listdir(output_dir)} == before
+    assert {name: (output_dir / name).read_bytes() for name in os.listdir(output_dir)} == before
 
 
 def test_entries_reporting_different_metrics_share_one_table(tmp_path, monkeypatch):
     def run_entry(entry, model, options, seed, *_):  # BPR[head_share=0.5] adds the strata's metrics
         run = {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1 * seed, "best_epoch": 1, "epochs": 2,
-               "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0}
+               "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0, "per_user": {}}
         if options:
             run["tail:ndcg@10"] = 0.01 * seed
         return run
@@ -115,7 +115,7 @@ def test_compare_runs_show_no_progress_bars(monkeypatch):
     def run_recbole_endo(**arguments):
         seen.append(arguments["config_dict"])
         return {"valid_metric": "ndcg@10", "best_valid_score": 0.1, "test_result": {"ndcg@10": 0.1},
-                **dict.fromkeys(compare_module.RUN_COLUMNS, 1)}
+                "per_user": {}, **dict.fromkeys(compare_module.RUN_COLUMNS, 1)}
 
     monkeypatch.setattr(compare_module, "run_recbole_endo", run_recbole_endo)
     compare_module.run_entry("BPR", "BPR", {}, 1, "tiny", None, {"state": "INFO"})

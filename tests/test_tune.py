@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from recbole_endo import Config, config as config_module, quick_start
+from recbole_endo import tune as tune_module
 from recbole_endo.tune import main, read_search_space, tune
 
 
@@ -45,7 +46,7 @@ def test_an_interrupted_search_resumes_and_writes_the_best_trial_as_the_tuned_fi
 
 
 def test_the_test_split_is_never_evaluated_during_a_search(tiny, tmp_path, monkeypatch):
-    build, built, evaluated = quick_start._build, {}, []
+    build, built, evaluated = tune_module._build, {}, []
 
     def watched_build(config):
         dataset, model, trainer, splits = build(config)
@@ -58,7 +59,7 @@ def test_the_test_split_is_never_evaluated_during_a_search(tiny, tmp_path, monke
         trainer.evaluate = recorded
         return dataset, model, trainer, splits
 
-    monkeypatch.setattr(quick_start, "_build", watched_build)
+    monkeypatch.setattr(tune_module, "_build", watched_build)
     tiny_search(tiny, tmp_path, trials=1)
     _, valid_data, _ = built["splits"]
     assert len(evaluated) == 2 and all(data is valid_data for data in evaluated)  # one validation per epoch
