@@ -15,7 +15,7 @@ Search space: ``properties/search/<Model>.yaml``, one entry per option, e.g.::
 knows. Any other ``--key=value`` is a RecBole config option fixed for every trial.
 
 A trial trains the model as a run does (the plugin's config layering, without a tuned file;
-RecBole's early stopping on ``valid_metric``) and scores it by its best validation score; no
+RecBole's early stopping on ``valid_metric``; RecBole's log at ``state: WARNING`` unless given) and scores it by its best validation score; no
 checkpoint is written and the test split is never evaluated. Each validation score is reported
 to the pruner, which stops a trial whose curve is below the median of earlier trials at the same
 epoch (after 5 finished trials and 5 validations). A trial whose loss turns non-finite fails
@@ -111,7 +111,8 @@ def suggest(trial, space):
 
 def train_on_validation(trial, model, dataset, config_file_list, config_dict, params):
     """Train one trial's configuration; its best validation score (the test split is not read)."""
-    options = {**config_dict, **params, "tuned": False}
+    # RecBole's INFO log of every trial (its config, dataset, model) would bury the progress lines.
+    options = {"state": "WARNING", **config_dict, **params, "tuned": False}
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=options)
     with plugin_run():
         init_logger(config)
@@ -180,10 +181,16 @@ def progress_line(study, trial):
 
 
 def git_commit():
-    """The repository's commit (with ``-dirty`` for uncommitted changes), or None outside git."""
+    """The commit of the plugin's source checkout that runs (with ``-dirty`` for uncommitted
+    changes), or None when it is not a git checkout."""
+    source = os.path.dirname(os.path.abspath(__file__))
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=source, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
@@ -208,10 +215,9 @@ def summary_markdown(study, settings):
     return "\n".join(lines) + "\n"
 
 
-def write_tuned(path, study, model, dataset, space, metric):
-    """The best trial's parameters as the tuned file of ``model`` on ``dataset``."""
+def write_tuned(path, study, model, dataset, params, metric):
+    """The best trial's ``params`` as the tuned file of ``model`` on ``dataset``."""
     best = study.best_trial
-    params = suggest(optuna.trial.FixedTrial(best.params), space)  # choices decoded as suggest does
     header = (
         f"# Written by python -m recbole_endo.tune at commit {git_commit() or 'unknown'}: study '{study.study_name}', "
         f"best of {len(counted_trials(study))} trials, trial {best.number}, validation {metric} {best.value:.4f}.\n"
@@ -267,8 +273,9 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
         log("no trial completed: no tuned file written", flush=True)
         return study
     path = tuned_path or str(tuned_file(model, dataset))
-    write_tuned(path, study, model, dataset, space, metric)
-    log(f"best: trial {best.number}, validation {metric} {best.value:.4f}, {best.params}; written to {path}", flush=True)
+    params = suggest(optuna.trial.FixedTrial(best.params), space)  # choices decoded as in the trial
+    write_tuned(path, study, model, dataset, params, metric)
+    log(f"best: trial {best.number}, validation {metric} {best.value:.4f}, {params}; written to {path}", flush=True)
     return study
 
 
