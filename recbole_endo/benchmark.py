@@ -9,10 +9,9 @@ own and no run inherits another's caches. The process builds the dataset, splits
 normal run does (``quick_start._build``: the same config layering, seed and fast paths), then
 times ``--epochs_measured`` training epochs after one warm-up epoch (``Trainer._train_epoch``,
 as the quick start times epochs; the table gives their median) and one full-sort evaluation of
-the test split (``Trainer.evaluate``, the item and user towers computed inside it). Peak memory is the
-process's peak resident set (``ru_maxrss``: dataset, model, training and evaluation together,
-before any profiling),
-plus the peak CUDA memory allocated on a GPU. ``endo-synth`` is generated before any timed
+the test split (``Trainer.evaluate``, the item and user towers computed inside it). Peak memory
+is the process's peak resident set (``ru_maxrss``: dataset, model, training and evaluation
+together, before any profiling), plus the peak CUDA memory allocated on a GPU. ``endo-synth`` is generated before any timed
 process starts, so no process counts the generator. Ratios divide each model's number by the
 baseline's on the same dataset (blank without a baseline row).
 
@@ -21,10 +20,10 @@ seconds beside wall seconds: on a loaded machine they say what the work cost) an
 ``speed.md`` (the table and the settings), each rewritten, through a temporary file renamed into
 place, after every model, so an interrupted run keeps what it measured; ``logs/`` holds each
 process's output. With ``--profile_top`` N (default 10; 0: off) each process profiles the first
-``--profile_batches`` batches (default 100) of one more training
-epoch after the timed ones (``torch.profiler``, CPU), and the table lists, per model, the N
-operators with the most self CPU time, with their share of the profiled self CPU time and their
-number of calls: where the epoch's time goes. Any other ``--key=value`` is a RecBole config option for every run (e.g.
+``--profile_batches`` batches (default 100) of one more training epoch after the timed ones
+(``torch.profiler``, CPU), and the table lists, per model, the N operators with the most self
+CPU time, with their share of the profiled self CPU time and their number of calls: where the
+epoch's time goes. Any other ``--key=value`` is a RecBole config option for every run (e.g.
 ``--train_batch_size=4096``); any ``--synth_*`` goes to ``endo-synth`` only, which is generated
 into ``dataset/benchmark/endo-synth/`` (not the ``dataset/endo-synth/`` of other runs) unless
 ``--data_path`` says otherwise. ``--synth_interactions`` may list sizes (``1111111,11111111``):

@@ -144,9 +144,14 @@ def write_per_user(path, per_user):
         file.detach()  # the GzipFile closes itself, and the temporary file is open_replacing's
 
 
+def ndcg_metrics(metrics):
+    """The NDCG metrics (of every protocol) among ``metrics``: what the paired table and the plot show."""
+    return [metric for metric in metrics if "ndcg" in metric]
+
+
 def paired_markdown(table, reference):
     """The paired differences to ``reference`` of the NDCG metrics (every metric: paired.csv)."""
-    metrics = [metric for metric in next(iter(table.values()), {}) if "ndcg" in metric]
+    metrics = ndcg_metrics(next(iter(table.values()), {}))
     header = ["model", *(f"Δ {metric}" for metric in metrics)]
     lines = [
         f"Paired difference to `{reference}`: mean over test users and seeds [95 % bootstrap interval], "
@@ -164,7 +169,7 @@ def summary_figure(summary, metrics, table=None, reference=None):
     reference marked (a Figure built without pyplot, as the goal-2 plots)."""
     from matplotlib.figure import Figure
 
-    metrics = [metric for metric in metrics if "ndcg" in metric] or metrics[:1]
+    metrics = ndcg_metrics(metrics) or metrics[:1]
     entries = list(summary)
     columns = 2 if table else 1
     figure = Figure(figsize=(6 * columns, 0.45 * len(entries) * len(metrics) + 1.2 * len(metrics)))

@@ -52,6 +52,8 @@ from recbole_endo.run_scope import plugin_run
 PRUNER_STARTUP_TRIALS = 5
 PRUNER_WARMUP_STEPS = 5
 HEARTBEAT_SECONDS = 60
+# The trials that count towards --trials.
+COUNTED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def search_space_file(model):
@@ -132,6 +134,7 @@ def train_on_validation(trial, model, dataset, config_file_list, config_dict, pa
         try:
             best_score, _ = trainer.fit(train_data, valid_data, verbose=False, saved=False, show_progress=False)
         except ValueError as error:
+            # The plugin trainers' "loss component ... is nan/inf" and RecBole's "Training loss is nan".
             if "is nan" not in str(error) and "is inf" not in str(error):
                 raise
             trial.set_user_attr("error", str(error))
@@ -163,8 +166,7 @@ def open_study(study_name, storage, direction, seed):
 
 def counted_trials(study):
     """The study's trials that count towards ``--trials``: complete and pruned."""
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return study.get_trials(deepcopy=False, states=states)
+    return study.get_trials(deepcopy=False, states=COUNTED_STATES)
 
 
 def progress_line(study, trial):
@@ -257,7 +259,7 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
         def report(study, trial):
             log(progress_line(study, trial), flush=True)
 
-        stop = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+        stop = optuna.study.MaxTrialsCallback(trials, states=COUNTED_STATES)
         study.optimize(objective, n_trials=remaining, callbacks=[stop, report])
         log(f"{time.perf_counter() - started:.0f} s for this process's trials", flush=True)
     settings = (
