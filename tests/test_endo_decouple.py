@@ -25,13 +25,14 @@ def test_trains_with_every_component_finite_and_total_loss_falling(tiny, caplog)
     expected = {"rank"} | {
         f"{entity}_{name}"
         for entity in ("user", "item")
-        for name in ("stage1", "side_ssl", "atom_ssl", "cos_mean", "cos_min")
+        for name in ("stage1", "side_ssl", "atom_ssl", "cos_mean", "cos_min", "inside_margin")
     }
     for epoch in (0, 1):
         components = trainer.loss_component_history[epoch]
         assert set(components) == expected
         assert all(math.isfinite(value) for value in components.values())
     assert "item_atom_ssl=" in caplog.text and "user_cos_min=" in caplog.text
+
     trainer.tensorboard.flush()
     events = EventAccumulator(trainer.tensorboard.log_dir)
     events.Reload()
@@ -67,6 +68,34 @@ def test_orthogonalization_switch_changes_the_atom_ssl_input(tiny):
     assert losses[True] != pytest.approx(losses[False])
 
 
+def test_field_views_train_and_views_of_one_row_know_complementary_fields(tiny):
+    model, trainer = fit(tiny, epochs=1, ssl_views="fields")
+    assert math.isfinite(trainer.train_loss_dict[0])
+    tower = model.towers["user"]  # three side fields: age, gender, favourite
+    embedded = torch.ones(1, 3, 8)
+    seen = []
+    for _ in range(20):
+        views = tower.views("side", embedded)
+        seen.append(not torch.allclose(views[0], views[1]))
+    assert all(seen)  # the two views never see the same fields
+
+
+def test_unknown_ssl_views_are_refused_naming_the_option(tiny):
+    tiny["config_dict"]["ssl_views"] = "masks"
+    with pytest.raises(ValueError, match="'ssl_views' must be dropout or fields"):
+        _build(Config(model="EndoDecouple", **tiny))
+
+
+@pytest.mark.parametrize("margin, inside", [(2.0, 1.0), (-1.0, 0.0)])
+def test_inside_margin_is_the_share_of_rows_the_stage1_loss_acts_on(tiny, margin, inside):
+    # cos(a, s) lies in [-1, 1]: every row is inside a margin of 2, none inside -1 (loss 0 there)
+    _, trainer = fit(tiny, epochs=1, stage1_margin=margin)
+    components = trainer.loss_component_history[0]
+    for entity in ("user", "item"):
+        assert components[f"{entity}_inside_margin"] == pytest.approx(inside)
+        assert (components[f"{entity}_stage1"] == 0.0) == (inside == 0.0)
+
+
 @pytest.mark.parametrize("sample_weight", ["ipw", "endo"])
 def test_sample_weights_train(tiny, sample_weight):
     _, trainer = fit(tiny, epochs=1, sample_weight=sample_weight)
@@ -79,9 +108,9 @@ def test_endo_weight_averages_one_carries_no_gradient_and_falls_with_atom_side_s
     captured = {}
     ranking_loss = model.ranking_loss
 
-    def capture(interaction, user_repr, pos_repr, neg_repr, sample_weight=None):
+    def capture(user_repr, pos_repr, neg_repr, grades, sample_weight=None, lower=None):
         captured["weight"] = sample_weight
-        return ranking_loss(interaction, user_repr, pos_repr, neg_repr, sample_weight)
+        return ranking_loss(user_repr, pos_repr, neg_repr, grades, sample_weight, lower)
 
     monkeypatch.setattr(model, "ranking_loss", capture)
     batch = next(iter(train_data))

@@ -5,8 +5,10 @@ import torch.nn.functional as F
 
 from recbole_endo.model.losses import (
     batch_normalised,
+    complementary_field_masks,
     fake_negative_mask,
     grade_labels,
+    LowerGradeSampler,
     graded_bpr_loss,
     info_nce,
     orthogonal_component,
@@ -104,6 +106,37 @@ def test_graded_bpr_with_equal_grades_is_plain_bpr():
     assert math.isclose(graded_bpr_loss(pos, neg, torch.ones(3)).item(), plain.item(), rel_tol=1e-6)
 
 
+def test_within_user_pairs_add_the_higher_over_lower_pair_weighted_by_gain_difference():
+    # row 0: grade 2 over a negative (score 1 vs 0) and over the user's grade-1 item (1 vs 0.5);
+    # row 1: grade 1, no lower-graded item (lower grade = its own): only its negative pair counts.
+    pos, neg = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0])
+    lower_score, lower_grade = torch.tensor([0.5, 9.0]), torch.tensor([1, 1])
+    loss = graded_bpr_loss(pos, neg, torch.tensor([2, 1]), None, lower_score, lower_grade, within_user_weight=0.5)
+    ls = lambda x: math.log(1 / (1 + math.exp(-x)))  # noqa: E731
+    scale = (3 + 1) / 2  # mean gain of the negative pairs
+    negatives = -(3 * ls(1.0) + 1 * ls(2.0)) / 2
+    within = -(0.5 * (3 - 1) * ls(0.5) + 0) / 2
+    assert math.isclose(loss.item(), (negatives + within) / scale, rel_tol=1e-6)
+    # weight 0 is the positive-vs-negative objective alone
+    alone = graded_bpr_loss(pos, neg, torch.tensor([2, 1]))
+    assert graded_bpr_loss(pos, neg, torch.tensor([2, 1]), None, lower_score, lower_grade, 0.0) == alone
+
+
+def test_lower_grade_sampler_draws_only_the_same_users_lower_graded_items_uniformly():
+    # user 1: items 10 (grade 1), 11 (grade 1), 12 (grade 2); user 2: item 20 (grade 2) only
+    users = torch.tensor([1, 2, 1, 1])
+    items = torch.tensor([12, 20, 10, 11])
+    grades = torch.tensor([2, 2, 1, 1])
+    sampler = LowerGradeSampler(users, items, grades, n_users=3)
+    torch.manual_seed(0)
+    drawn, drawn_grade = sampler(torch.tensor([1] * 4000), torch.tensor([2] * 4000))
+    assert set(drawn.tolist()) == {10, 11} and drawn_grade.eq(1).all()
+    assert abs((drawn == 10).float().mean().item() - 0.5) < 0.03
+    # a grade-1 row of user 1 and a grade-2 row of user 2 have no lower-graded item: item 0, own grade
+    none, none_grade = sampler(torch.tensor([1, 2, 0]), torch.tensor([1, 2, 1]))
+    assert none.tolist() == [0, 0, 0] and none_grade.tolist() == [1, 2, 1]
+
+
 def test_info_nce_and_fake_masks_of_stacked_problems_equal_each_problem_solved_alone():
     torch.manual_seed(0)
     anchors, positives = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
@@ -117,3 +150,14 @@ def test_info_nce_and_fake_masks_of_stacked_problems_equal_each_problem_solved_a
     alone = torch.stack([info_nce(anchors[i], positives[i], 0.2, masks[i]) for i in range(3)])
     assert stacked.shape == (3,)
     assert torch.allclose(stacked, alone, atol=1e-6)
+
+
+def test_complementary_field_masks_split_every_row_into_two_non_empty_disjoint_halves():
+    torch.manual_seed(0)
+    masks = complementary_field_masks(rows=500, fields=3)
+    assert masks.shape == (2, 500, 3)
+    assert torch.equal(masks[0], ~masks[1])  # each field is known to exactly one view
+    assert masks.any(-1).all()  # neither view of any row is empty
+    # every field lands in the first view about half the time, and splits vary between rows
+    assert torch.allclose(masks[0].float().mean(0), torch.full((3,), 0.5), atol=0.08)
+    assert len({tuple(row) for row in masks[0].tolist()}) == 6  # all 2^3 - 2 non-trivial splits

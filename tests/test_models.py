@@ -130,3 +130,48 @@ def test_graded_labels_without_a_rating_field_are_refused_and_empty_thresholds_m
     tiny["config_dict"]["grade_thresholds"] = []
     model = build_model("TwoTowerSplit", tiny)
     assert torch.equal(model.grades(Interaction({"item_id": torch.tensor([1, 2, 3])})), torch.ones(3, dtype=torch.long))
+
+
+def test_within_user_pairs_need_grades_and_train_every_plugin_model(tiny):
+    tiny["config_dict"].update({"within_user_weight": 1.0, "grade_thresholds": []})
+    with pytest.raises(ValueError, match="'within_user_weight' is 1.0.*grade_thresholds"):
+        build_model("TwoTowerSplit", tiny)
+    tiny["config_dict"]["grade_thresholds"] = [3]
+    for name in PLUGIN_MODELS + ["EndoDecouple"]:
+        result = run_recbole_endo(model=name, saved=False, **tiny)
+        assert all(math.isfinite(value) for value in result["test_result"].values())
+
+
+def test_within_user_sampler_holds_the_training_split_only(tiny):
+    tiny["config_dict"]["within_user_weight"] = 1.0
+    config = Config(model="TwoTowerSplit", **tiny)
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    model = config.model_class(config, train_data._dataset)
+    sampler = model.lower_grade_sampler
+    train = train_data._dataset.inter_feat
+    assert sorted(sampler.items.tolist()) == sorted(train["item_id"].tolist())
+    # every drawn item is one of the user's training items rated below 3 (grade 1)
+    users = train["user_id"][train["rating"] >= 3]
+    items, grades = sampler(users, torch.full_like(users, 2))
+    low = {(int(u), int(i)) for u, i, r in zip(train["user_id"], train["item_id"], train["rating"]) if r < 3}
+    assert all((int(u), int(i)) in low for u, i, g in zip(users, items, grades) if g == 1)
+    assert all(i == 0 for i, g in zip(items.tolist(), grades.tolist()) if g == 2)
+
+
+@pytest.mark.parametrize("name", PLUGIN_MODELS + ["EndoDecouple"])
+def test_id_path_adds_the_ids_own_embedding_row_to_the_tower_output(name, tiny):
+    tiny["config_dict"]["id_path"] = True
+    model = build_model(name, tiny).eval()
+    tower = model.towers["item"]
+    items = torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        tower.id_embedding.encoders["item_id"].weight.zero_()
+        without = model.forward(torch.tensor([4, 4, 4]), items)
+        user = model.towers["user"](torch.tensor([4]))[0]
+        model.train()  # weights change: the cached representations are dropped
+        shift = torch.tensor([1.0] * 8)
+        tower.id_embedding.encoders["item_id"].weight[2] = shift
+        model.eval()
+        with_row = model.forward(torch.tensor([4, 4, 4]), items)
+    # only item 2's score moves, by exactly user · shift
+    assert torch.allclose(with_row - without, torch.tensor([0.0, float(user @ shift), 0.0]), atol=1e-5)

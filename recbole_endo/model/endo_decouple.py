@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 from recbole_endo.model.losses import (
     batch_normalised,
+    complementary_field_masks,
     fake_negative_mask,
     info_nce,
     orthogonal_component,
@@ -18,8 +19,13 @@ from recbole_endo.model.two_tower_split import SplitTower
 
 
 class EndoTower(SplitTower):
-    """A split tower with the seed's self-supervised parts: a dropout that makes stochastic views
-    of the field embeddings, and one projection head per SSL task (side, atom), not shared.
+    """A split tower with the seed's self-supervised parts: two stochastic views of a group's field
+    embeddings, and one projection head per SSL task (side, atom), not shared.
+
+    Views (``ssl_views``): ``dropout``, each view an independent dropout of the embeddings;
+    ``fields``, each row's fields split at random into two complementary non-empty sets, one per
+    view (:func:`complementary_field_masks`), so the views must agree from different facts. A
+    group of one field cannot be split: its views are dropout views.
 
     A tower with no side field (an entity without a feature file) or no atom field has nothing
     to decouple: it is a plain split tower, ``decoupled`` is False and it has no heads."""
@@ -35,13 +41,19 @@ class EndoTower(SplitTower):
             )
             return
         self.view_dropout = nn.Dropout(config["ssl_dropout"])
+        self.field_views = config["ssl_views"] == "fields"
         size = config["mlp_hidden_size"][-1]
         self.heads = nn.ModuleDict({group: mlp([size, size, config["projection_size"]]) for group in FIELD_GROUPS})
 
     def views(self, group, embedded):
         """Two stochastic views of each row of a group's field embeddings, through its branch in
         one pass and normalised: ``[2, rows, size]``."""
-        return F.normalize(self.branch(group, self.view_dropout(embedded.expand(2, *embedded.shape))), dim=-1)
+        rows, fields = embedded.shape[:2]
+        if self.field_views and fields > 1:
+            views = embedded * complementary_field_masks(rows, fields, embedded.device).unsqueeze(-1)
+        else:
+            views = self.view_dropout(embedded.expand(2, *embedded.shape))
+        return F.normalize(self.branch(group, views), dim=-1)
 
 
 class EndoDecouple(FeatureTowerRecommender):
@@ -51,7 +63,8 @@ class EndoDecouple(FeatureTowerRecommender):
     ``a = norm(MLP_atom(atom embs))``:
 
     - **stage-1 loss** (atoms sit around their side): ``mean(max(0, margin − cos(a, s))²)``;
-    - **side SSL**: InfoNCE between two dropout views of ``s`` through the side projection head,
+    - **side SSL**: InfoNCE between two views of ``s`` (``ssl_views``: dropout, or complementary
+      field masks; :class:`EndoTower`) through the side projection head,
       in-batch negatives, negatives with cosine > ``fake_negative_threshold`` to the anchor's
       ``s`` masked out as fake (same side value);
     - **atom-orthogonal SSL**: the same on ``a⊥ = norm(a − (a·s)s)`` through the atom's own head,
@@ -64,8 +77,8 @@ class EndoDecouple(FeatureTowerRecommender):
       2048 / 2 ≥ 512, the same 511 as in one process, and the SSL terms cover ``world_size``
       times more rows per step);
     - **ranking representation**: ``output(concat(MLP_side, MLP_atom))``, the output a linear map
-      or, with ``rank_hidden_size``, an MLP; score = dot product; graded BPR as in
-      :class:`FeatureTowerRecommender`.
+      or, with ``rank_hidden_size``, an MLP, plus the id embedding with ``id_path``; score = dot product; graded BPR as in
+      :class:`FeatureTowerRecommender` (with ``within_user_weight``, its within-user pairs too).
 
     A tower without a side (or an atom) field, such as the item tower of a dataset without an
     ``.item`` file, has nothing to decouple: its decoupling terms are off, and the log says so.
@@ -102,6 +115,8 @@ class EndoDecouple(FeatureTowerRecommender):
         self.endo_eta = number_option(config, "endo_eta", 0)
         self.ssl_batch_size = number_option(config, "ssl_batch_size", 2, integer=True)
         number_option(config, "ssl_dropout", 0, 1)
+        if config["ssl_views"] not in ("dropout", "fields"):
+            raise ValueError(f"config option 'ssl_views' must be dropout or fields, got {config['ssl_views']!r}")
         number_option(config, "projection_size", 1, integer=True)
         sizes_option(config, "rank_hidden_size", allow_empty=True)
         super().__init__(config, dataset)
@@ -155,7 +170,7 @@ class EndoDecouple(FeatureTowerRecommender):
             if self.orthogonalize:
                 views = orthogonal_component(views, s)
             problems["atom_ssl"] = tower.heads["atom"](views), a
-        representation = rows(tower.combine(branches))
+        representation = rows(tower.combine(distinct, branches))
         if other_ids is not None and index is None:
             representation = torch.cat([representation, tower(other_ids)])
         return representation, losses, problems, cos
@@ -171,14 +186,18 @@ class EndoDecouple(FeatureTowerRecommender):
 
     def calculate_loss(self, interaction):
         user_repr, user_losses, user_problems, user_cos = self.auxiliary("user", interaction[self.USER_ID])
-        items = interaction[self.ITEM_ID]
-        item_repr, item_losses, item_problems, item_cos = self.auxiliary("item", items, interaction[self.NEG_ITEM_ID])
-        pos_repr, neg_repr = item_repr[: len(items)], item_repr[len(items) :]
+        items, grades = interaction[self.ITEM_ID], self.grades(interaction)
+        lower = self.lower_items(interaction[self.USER_ID], grades)
+        others = [interaction[self.NEG_ITEM_ID]] + ([] if lower is None else [lower[0]])
+        item_repr, item_losses, item_problems, item_cos = self.auxiliary("item", items, torch.cat(others))
+        pos_repr, neg_repr, *lower_repr = item_repr.split(len(items))
+        if lower is not None:
+            lower = (lower_repr[0], lower[1])
         if self.sample_weight == "endo":
             weight = batch_normalised(torch.exp(-self.endo_eta * item_cos))
         else:
             weight = self.pair_weight(interaction)
-        rank = self.ranking_loss(interaction, user_repr, pos_repr, neg_repr, weight)
+        rank = self.ranking_loss(user_repr, pos_repr, neg_repr, grades, weight, lower)
         losses = {f"user_{name}": loss for name, loss in user_losses.items()}
         losses |= {f"item_{name}": loss for name, loss in item_losses.items()}
         problems = {f"user_{name}": problem for name, problem in user_problems.items()}
@@ -194,4 +213,6 @@ class EndoDecouple(FeatureTowerRecommender):
             if cos is not None:
                 self.loss_components[f"{entity}_cos_mean"] = cos.detach().mean()
                 self.loss_components[f"{entity}_cos_min"] = cos.detach().min()
+                # The share of rows the stage-1 loss acts on: 0 means the margin binds nothing.
+                self.loss_components[f"{entity}_inside_margin"] = (cos.detach() < self.margin).float().mean()
         return total

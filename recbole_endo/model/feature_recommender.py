@@ -7,7 +7,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 
-from recbole_endo.model.losses import batch_normalised, grade_labels, graded_bpr_loss
+from recbole_endo.model.losses import LowerGradeSampler, batch_normalised, grade_labels, graded_bpr_loss
 from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
 from recbole_endo.model.towers import ENTITIES, parse_endo_fields
 
@@ -21,12 +21,15 @@ class FeatureTowerRecommender(GeneralRecommender):
     each entity. Each tower maps internal ids to vectors,
     reading the fields named in ``endo_fields`` from RecBole's user/item feature tables.
 
-    Ranking loss (shared by the plugin's models, so they compare on one objective): graded BPR
-    over (positive, RecBole-sampled negative) pairs. A positive's grade is 1 + the number of
-    ``grade_thresholds`` its rating reaches (ml-100k: rating >= 3 → 2, else 1); a negative's is 0;
-    a pair weighs its gain difference 2^grade − 1. ``grade_thresholds: []`` gives every positive
-    grade 1 (plain BPR); non-empty thresholds need the rating field (``RATING_FIELD``) loaded from
-    the .inter file, or the model refuses to build. ``sample_weight: ipw`` multiplies each pair by
+    Ranking loss (shared by the plugin's models, so they compare on one objective): the design's
+    graded BPR. A positive's grade is 1 + the number of ``grade_thresholds`` its rating reaches
+    (ml-100k: rating >= 3 → 2, else 1); a negative's is 0. Each positive is paired with its
+    RecBole-sampled negative and, when ``within_user_weight`` > 0, with one observed training item
+    of the same user and a lower grade, drawn uniformly (:class:`LowerGradeSampler`); a pair
+    weighs its gain difference (2^grade − 1), a within-user pair ``within_user_weight`` times it
+    (:func:`graded_bpr_loss`). ``grade_thresholds: []`` gives every positive grade 1 (plain BPR);
+    non-empty thresholds need the rating field (``RATING_FIELD``) loaded from the .inter file, or
+    the model refuses to build. ``sample_weight: ipw`` multiplies each pair by
     the classic inverse propensity ``popularity(item)^-ipw_eta``, normalised to mean 1 in the batch.
     """
 
@@ -54,6 +57,19 @@ class FeatureTowerRecommender(GeneralRecommender):
             )
         if self.grade_thresholds:
             check_raw_ratings(config, "grade_thresholds")
+        self.within_user_weight = number_option(config, "within_user_weight", 0)
+        if self.within_user_weight and not self.grade_thresholds:
+            raise ValueError(
+                f"config option 'within_user_weight' is {self.within_user_weight}, but with grade_thresholds: [] "
+                "every observed item has the same grade, so no within-user pair exists: set grade_thresholds "
+                "(e.g. [3]) or within_user_weight: 0"
+            )
+        if self.within_user_weight:
+            interactions = dataset.inter_feat
+            self.lower_grade_sampler = LowerGradeSampler(
+                interactions[self.USER_ID], interactions[self.ITEM_ID],
+                grade_labels(interactions[self.RATING], self.grade_thresholds), self.n_users,
+            )
         if config["sample_weight"] not in self.SAMPLE_WEIGHTS:
             raise ValueError(
                 f"config option 'sample_weight' is {config['sample_weight']!r}; "
@@ -102,10 +118,24 @@ class FeatureTowerRecommender(GeneralRecommender):
             return None
         return batch_normalised(self.item_popularity[interaction[self.ITEM_ID]] ** -self.ipw_eta)
 
-    def ranking_loss(self, interaction, user_repr, pos_repr, neg_repr, sample_weight=None):
+    def lower_items(self, users, grades):
+        """``(items, grades)``: for each row, an observed training item of the same user with a
+        lower grade (:class:`LowerGradeSampler`), or None when ``within_user_weight`` is 0."""
+        if not self.within_user_weight:
+            return None
+        return self.lower_grade_sampler(users, grades)
+
+    def ranking_loss(self, user_repr, pos_repr, neg_repr, grades, sample_weight=None, lower=None):
+        """Graded BPR of the batch; ``lower``: ``(representations, grades)`` of the rows' lower-graded
+        items, or None."""
         pos_score = (user_repr * pos_repr).sum(-1)
         neg_score = (user_repr * neg_repr).sum(-1)
-        return graded_bpr_loss(pos_score, neg_score, self.grades(interaction), sample_weight)
+        if lower is None:
+            return graded_bpr_loss(pos_score, neg_score, grades, sample_weight)
+        lower_repr, lower_grade = lower
+        lower_score = (user_repr * lower_repr).sum(-1)
+        return graded_bpr_loss(pos_score, neg_score, grades, sample_weight, lower_score, lower_grade,
+                               self.within_user_weight)
 
     def distinct(self, ids):
         """``(distinct ids, where each of ids is among them)``, or ``(ids, None)`` when the model
@@ -123,8 +153,13 @@ class FeatureTowerRecommender(GeneralRecommender):
 
     def calculate_loss(self, interaction):
         (user_repr,) = self.tower_rows("user", interaction[self.USER_ID])
-        pos_repr, neg_repr = self.tower_rows("item", interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID])
-        loss = self.ranking_loss(interaction, user_repr, pos_repr, neg_repr, self.pair_weight(interaction))
+        grades = self.grades(interaction)
+        lower = self.lower_items(interaction[self.USER_ID], grades)
+        items = [interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]] + ([] if lower is None else [lower[0]])
+        pos_repr, neg_repr, *lower_repr = self.tower_rows("item", *items)
+        if lower is not None:
+            lower = (lower_repr[0], lower[1])
+        loss = self.ranking_loss(user_repr, pos_repr, neg_repr, grades, self.pair_weight(interaction), lower)
         # Detached tensors, not floats: .item() would wait for the device once per component.
         self.loss_components = {"rank": loss.detach()}
         return loss

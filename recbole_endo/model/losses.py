@@ -1,9 +1,11 @@
 """The seed's losses, each written once and unit-tested in ``tests/test_losses.py``.
 
+The graded objective (:func:`graded_bpr_loss`, :class:`LowerGradeSampler`) is here too.
 Representations passed here as ``a`` (atom) and ``s`` (side) are L2-normalised, ``[batch, dim]``.
 """
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -45,6 +47,16 @@ def info_nce(anchor, positive, temperature, mask=None):
     return losses.view(logits.shape[:-1]).mean(-1)
 
 
+def complementary_field_masks(rows, fields, device=None):
+    """``[2, rows, fields]`` bool: for each row, a random split of its ``fields`` (at least 2) into
+    two non-empty complementary sets, the fields each of two SSL views keeps. The views then
+    differ in what they know, as in the feature-masking views of two-tower SSL (Yao et al. 2021,
+    "Self-supervised Learning for Large-scale Item Recommendations"), here with random groups."""
+    rank = torch.rand(rows, fields, device=device).argsort(-1).argsort(-1)  # a random order of each row's fields
+    first = rank < torch.randint(1, fields, (rows, 1), device=device)
+    return torch.stack([first, ~first])
+
+
 def grade_labels(ratings, thresholds):
     """Graded relevance of observed interactions: 1 + the number of thresholds ``rating`` reaches
     (the seed: rating >= 3 → 2, else 1). Sampled negatives have grade 0."""
@@ -52,15 +64,65 @@ def grade_labels(ratings, thresholds):
     return 1 + (ratings.unsqueeze(-1) >= thresholds).sum(-1)
 
 
-def graded_bpr_loss(pos_score, neg_score, pos_grade, sample_weight=None):
-    r"""BPR over (positive, sampled negative) pairs, each pair weighted by its gain difference
-    :math:`(2^{g^+} - 1) - (2^{0} - 1)` times its sample weight, the weights normalised to mean 1
-    in the batch (so the loss stays on BPR's scale). All grades equal → plain BPR."""
-    weight = torch.pow(2.0, pos_grade.float()) - 1
-    if sample_weight is not None:
-        weight = weight * sample_weight
-    weight = weight / weight.mean()
-    return -(weight * F.logsigmoid(pos_score - neg_score)).mean()
+def gain(grade):
+    """The gain of a grade, :math:`2^g - 1` (a sampled negative, grade 0, gains 0)."""
+    return torch.pow(2.0, grade.float()) - 1
+
+
+def graded_bpr_loss(pos_score, neg_score, pos_grade, sample_weight=None, lower_score=None, lower_grade=None,
+                    within_user_weight=0.0):
+    r"""BPR over every ordered pair of different grades that a batch row offers, each pair weighted
+    by its gain difference (:func:`gain`) times its sample weight.
+
+    Row ``i`` is a positive of grade ``pos_grade[i]``: its pair with a sampled negative weighs
+    :math:`(2^{g^+} - 1) - 0`; with ``lower_score`` and ``lower_grade`` it has a second pair, with
+    an observed item of the same user and a lower grade, weighing
+    ``within_user_weight`` :math:`\cdot ((2^{g^+} - 1) - (2^{g^-} - 1))` (a row without such an item
+    gives ``lower_grade == pos_grade``: weight 0). Every weight is divided by the mean weight of
+    the row's negative pairs, so the loss stays on BPR's scale and ``within_user_weight: 0`` is the
+    positive-vs-negative objective alone. All grades equal and no within-user pair → plain BPR."""
+    sample_weight = torch.ones_like(pos_score) if sample_weight is None else sample_weight
+    weight = gain(pos_grade) * sample_weight
+    scale = weight.mean()
+    loss = -(weight * F.logsigmoid(pos_score - neg_score)).mean()
+    if within_user_weight:
+        within = within_user_weight * (gain(pos_grade) - gain(lower_grade)) * sample_weight
+        loss = loss - (within * F.logsigmoid(pos_score - lower_score)).mean()
+    return loss / scale
+
+
+class LowerGradeSampler(nn.Module):
+    """Draws, for a (user, grade) row, one of the user's observed training items of a lower grade
+    (not 0: those are sampled negatives), uniformly, vectorised over the batch.
+
+    Built from the training interactions (``users``, ``items``, ``grades``, one entry each): they
+    are sorted by user, then grade, so the items of user ``u`` with a grade below ``g`` are the
+    first ``lower_counts[u, g]`` of its block. The tables are non-persistent buffers: they follow
+    the model's device and stay out of checkpoints (the training split rebuilds them)."""
+
+    def __init__(self, users, items, grades, n_users):
+        super().__init__()
+        order = torch.argsort(users * (int(grades.max()) + 1) + grades, stable=True)
+        users, items, grades = users[order], items[order], grades[order]
+        top = int(grades.max()) + 1
+        counts = torch.zeros(n_users, top + 1, dtype=torch.long)
+        counts.index_put_((users, grades.long() + 1), torch.ones_like(users), accumulate=True)
+        self.register_buffer("lower_counts", counts.cumsum(1), persistent=False)  # [u, g]: items of u with grade < g
+        per_user = torch.bincount(users, minlength=n_users)
+        self.register_buffer("starts", per_user.cumsum(0) - per_user, persistent=False)
+        self.register_buffer("items", items, persistent=False)
+        self.register_buffer("grades", grades, persistent=False)
+
+    def forward(self, users, grades):
+        """``(items, their grades)`` for each row; a row whose user has no lower-graded item gets
+        item 0 (RecBole's padding item) and its own grade, so its pair weighs 0."""
+        grades = grades.clamp(max=self.lower_counts.shape[1] - 1)
+        lower = self.lower_counts[users, grades]
+        found = lower > 0
+        offset = (torch.rand(len(users), device=users.device) * lower).long().clamp(max=lower - 1).clamp(min=0)
+        position = torch.where(found, self.starts[users] + offset, 0)
+        items = torch.where(found, self.items[position], 0)
+        return items, torch.where(found, self.grades[position], grades)
 
 
 def batch_normalised(weight):

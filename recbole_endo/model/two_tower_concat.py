@@ -1,19 +1,17 @@
-import torch.nn as nn
-
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
-from recbole_endo.model.towers import FeatureEmbedding, mlp
+from recbole_endo.model.towers import FeatureEmbedding, FeatureTower, mlp
 
 
-class ConcatTower(nn.Module):
-    """concat(atom embeddings, side embeddings) → MLP."""
+class ConcatTower(FeatureTower):
+    """concat(atom embeddings, side embeddings) → MLP (plus the id path)."""
 
     def __init__(self, dataset, entity, fields, config):
-        super().__init__()
+        super().__init__(dataset, entity, config)
         self.embedding = FeatureEmbedding(dataset, entity, fields["atom"] + fields["side"], config["embedding_size"])
         self.mlp = mlp([self.embedding.output_size, *config["mlp_hidden_size"]], config["dropout_prob"])
 
     def forward(self, ids):
-        return self.mlp(self.embedding(ids).flatten(-2))
+        return self.add_id_path(ids, self.mlp(self.embedding(ids).flatten(-2)))
 
 
 class TwoTowerConcat(FeatureTowerRecommender):
@@ -21,7 +19,7 @@ class TwoTowerConcat(FeatureTowerRecommender):
 
     Score: dot product of the user and item towers. Loss: graded BPR on RecBole's sampled
     negatives (see :class:`FeatureTowerRecommender`).
-    Hyper-parameters: ``embedding_size``, ``mlp_hidden_size``, ``dropout_prob``, ``endo_fields``.
+    Hyper-parameters: ``embedding_size``, ``mlp_hidden_size``, ``dropout_prob``, ``id_path``, ``endo_fields``.
 
     Unseen atoms (a cold item's id, its title words never seen in training): replaced at the
     MLP's input by their field's mean trained embedding (:class:`FeatureEmbedding`). The MLP

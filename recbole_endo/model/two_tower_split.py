@@ -2,10 +2,10 @@ import torch
 import torch.nn as nn
 
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
-from recbole_endo.model.towers import FIELD_GROUPS, FeatureEmbedding, mlp
+from recbole_endo.model.towers import FIELD_GROUPS, FeatureEmbedding, FeatureTower, mlp
 
 
-class SplitTower(nn.Module):
+class SplitTower(FeatureTower):
     """concat(MLP_side(side embeddings), MLP_atom(atom embeddings)) → output layer.
 
     The output layer is linear, or an MLP when ``output_hidden_sizes`` is given. A group with no
@@ -13,7 +13,7 @@ class SplitTower(nn.Module):
     """
 
     def __init__(self, dataset, entity, fields, config, output_hidden_sizes=()):
-        super().__init__()
+        super().__init__(dataset, entity, config)
         embedding_size, hidden_sizes, dropout = config["embedding_size"], config["mlp_hidden_size"], config["dropout_prob"]
         groups = [group for group in FIELD_GROUPS if fields[group]]
         self.embeddings = nn.ModuleDict(
@@ -32,11 +32,12 @@ class SplitTower(nn.Module):
     def branch(self, group, embedded):
         return self.mlps[group](embedded.flatten(-2))
 
-    def combine(self, branches):
-        return self.output(torch.cat([branches[group] for group in self.embeddings], dim=-1))
+    def combine(self, ids, branches):
+        """The representation of ``ids`` from their branches' outputs (and the id path)."""
+        return self.add_id_path(ids, self.output(torch.cat([branches[group] for group in self.embeddings], dim=-1)))
 
     def forward(self, ids):
-        return self.combine({group: self.branch(group, embedded) for group, embedded in self.embed(ids).items()})
+        return self.combine(ids, {group: self.branch(group, embedded) for group, embedded in self.embed(ids).items()})
 
 
 class TwoTowerSplit(FeatureTowerRecommender):
@@ -44,7 +45,7 @@ class TwoTowerSplit(FeatureTowerRecommender):
 
     Score: dot product of the user and item towers. Loss: graded BPR on RecBole's sampled
     negatives (see :class:`FeatureTowerRecommender`).
-    Hyper-parameters: ``embedding_size``, ``mlp_hidden_size``, ``dropout_prob``, ``endo_fields``.
+    Hyper-parameters: ``embedding_size``, ``mlp_hidden_size``, ``dropout_prob``, ``id_path``, ``endo_fields``.
 
     Unseen atoms: a cold item is ranked by its side branch plus the atom branch of its known
     title words and the mean trained embedding in place of its id and unseen words
