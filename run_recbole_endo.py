@@ -13,6 +13,7 @@ Any other ``--key=value`` is read by RecBole's Config. With --compare, each list
 """
 
 import argparse
+import shlex
 import sys
 
 from recbole_endo.compare import compare, split_entries
@@ -39,6 +40,7 @@ if __name__ == "__main__":
     parser.add_argument("--ip", type=str, default="localhost", help="address of the machine of DDP rank 0")
     parser.add_argument("--port", type=str, default="5678", help="port of DDP rank 0")
     parser.add_argument("--group_offset", type=int, default=0, help="DDP rank of this machine's first process")
+    command = shlex.join(["python", *sys.argv])
     args, config_args = parser.parse_known_args()
     # RecBole's Config reads --key=value from sys.argv: leave it only the options meant for it.
     sys.argv = sys.argv[:1] + config_args
@@ -54,7 +56,7 @@ if __name__ == "__main__":
         try:
             compare(
                 split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list, jobs=args.jobs,
-                reference=args.reference,
+                reference=args.reference, command=command,
             )
         except ValueError as error:  # a --reference that is no entry, before any run
             parser.error(str(error))

@@ -22,6 +22,7 @@ import yaml
 
 from recbole_endo.files import open_replacing
 from recbole_endo.paired import format_difference, paired_table
+from recbole_endo.provenance import git_commit, machine, tuned_origin
 from recbole_endo.quick_start import run_recbole_endo
 
 ENTRY = re.compile(r"^\s*(?P<model>[A-Za-z_][A-Za-z0-9_]*)\s*(?:\[(?P<options>.*)\])?\s*$")
@@ -94,6 +95,7 @@ def run_entry(entry, model, options, seed, dataset, config_file_list, config_dic
     run.update({column: result[column] for column in RUN_COLUMNS})
     run["wall_s"] = time.perf_counter() - start
     run["per_user"] = result["per_user"]
+    run["tuned_file"] = result["tuned_file"]
     return run
 
 
@@ -200,12 +202,28 @@ def summary_figure(summary, metrics, table=None, reference=None):
     return figure
 
 
+def provenance_markdown(command, runs, jobs):
+    """What a table needs to be reproduced: the command, the commit, the machine and, per entry,
+    the tuned file its runs layered (with the search budget it records) or the defaults."""
+    origins = {run["entry"]: tuned_origin(run["tuned_file"]) for run in runs}
+    lines = [
+        f"Command: `{command}`" if command else "Command: not recorded (compare() called from Python).",
+        f"Commit: {git_commit() or 'unknown'}; machine: {machine()}; {jobs} run(s) at a time.",
+        "Configuration of each entry (its options in brackets override it):",
+        *(f"- {entry}: {origin}" for entry, origin in origins.items()),
+    ]
+    return "\n".join(lines) + "\n\n"
+
+
 def compare(
-    entries, dataset, seeds, output_dir, config_file_list=None, config_dict=None, jobs=1, reference=None, log=print
+    entries, dataset, seeds, output_dir, config_file_list=None, config_dict=None, jobs=1, reference=None, log=print,
+    command=None,
 ):
     """Run every entry with every seed; write ``runs.csv``, ``summary.csv``, ``summary.md``, its plot
     ``summary.png`` and ``per_user.csv.gz`` (every run's per-user test values) under
-    ``output_dir``, each to a temporary file renamed into place; with ``reference`` (one of
+    ``output_dir``, each to a temporary file renamed into place; ``summary.md`` opens with the
+    ``command`` that ran, the commit, the machine and each entry's tuned file or defaults
+    (:func:`provenance_markdown`); with ``reference`` (one of
     ``entries``), also each other entry's paired differences to it, in ``paired.csv``, below the
     summary and in the plot. Returns the summary.
 
@@ -237,7 +255,8 @@ def compare(
     if not runs:
         raise RuntimeError(f"--compare: every run failed: {'; '.join(failed)}")
     per_user = per_user_table(runs)
-    runs = [{key: value for key, value in run.items() if key != "per_user"} for run in runs]
+    provenance = provenance_markdown(command, runs, jobs)
+    runs = [{key: value for key, value in run.items() if key not in ("per_user", "tuned_file")} for run in runs]
     # Entries may report different metrics (a protocol switched on for one entry): every column
     # any run has, in order of first appearance; a run without one leaves its cell empty.
     columns = list(dict.fromkeys(key for run in runs for key in run))
@@ -254,7 +273,7 @@ def compare(
         writer.writerow(["model", "seeds"] + [f"{c} {stat}" for c in summary_columns for stat in ("mean", "std")])
         for entry, row in summary.items():
             writer.writerow([entry, row["seeds"]] + [v for c in summary_columns for v in row[c] or ("", "")])
-    markdown, table = markdown_table(summary, metrics), None
+    markdown, table = provenance + markdown_table(summary, metrics), None
     if reference is not None:
         per_user_metrics = list(dict.fromkeys(metric for _, metric in per_user))
         table = paired_table(per_user, reference, list(summary), per_user_metrics)

@@ -94,6 +94,7 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
         "valid_s_per_eval": sum(valid_seconds) / max(len(valid_seconds), 1),
         "test_eval_s": test_eval_seconds,
         "checkpoint": trainer.saved_model_file if saved else None,
+        "tuned_file": getattr(config, "tuned_file", None),
         # Each test user's value of each metric that has one, users named by their raw ids.
         "per_user": {key: (datasets[0].id2token(uid_field, users), values) for key, (users, values) in per_user.items()},
     }

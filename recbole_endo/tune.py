@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -45,6 +44,7 @@ from recbole.utils import init_logger
 
 from recbole_endo.config import Config, options_from_args, properties_folder, tuned_file
 from recbole_endo.files import open_replacing
+from recbole_endo.provenance import git_commit
 from recbole_endo.quick_start import _build
 from recbole_endo.run_scope import plugin_run
 
@@ -180,22 +180,6 @@ def progress_line(study, trial):
         best = "—"
     reason = trial.user_attrs.get("error", "")
     return f"trial {trial.number} {trial.state.name.lower()}: {params}; valid {value}; best {best}; {seconds:.0f} s {reason}".rstrip()
-
-
-def git_commit():
-    """The commit of the plugin's source checkout that runs (with ``-dirty`` for uncommitted
-    changes), or None when it is not a git checkout."""
-    source = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=source, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
 
 
 def summary_markdown(study, settings):

@@ -52,7 +52,9 @@ def test_compare_runs_every_entry_with_every_seed(tiny, tmp_path, jobs):
         ("TwoTowerSplit", "1"), ("TwoTowerSplit", "2"), ("BPR[learning_rate=0.01]", "1"), ("BPR[learning_rate=0.01]", "2")
     ]
     assert all(0 <= int(run["best_epoch"]) < int(run["epochs"]) <= 2 for run in runs)
-    assert (tmp_path / "out" / "summary.md").read_text().count("\n") == 4
+    table = (tmp_path / "out" / "summary.md").read_text()
+    assert sum(line.startswith("|") for line in table.splitlines()) == 4  # header, rule, two entries
+    assert "- TwoTowerSplit: defaults (no tuned file)" in table and f"{jobs} run(s) at a time" in table
     # every run tested its own checkpoint, even runs started in the same second
     assert len(os.listdir(tiny["config_dict"]["checkpoint_dir"])) == len(runs)
 
@@ -72,7 +74,8 @@ def test_a_failed_run_is_named_and_the_others_are_kept(tiny, tmp_path, jobs):
 def test_tables_of_a_compare_that_fails_while_writing_keep_the_previous_ones(tmp_path, monkeypatch):
     def run_entry(entry, model, options, seed, *_):  # no training: only the writing is under test
         return {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1 * seed, "best_epoch": 1, "epochs": 2,
-                "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0, "per_user": {}}
+                "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0, "per_user": {},
+                "tuned_file": None}
 
     monkeypatch.setattr(compare_module, "run_entry", run_entry)
     output_dir = tmp_path / "out"
@@ -92,7 +95,8 @@ def test_tables_of_a_compare_that_fails_while_writing_keep_the_previous_ones(tmp
 def test_entries_reporting_different_metrics_share_one_table(tmp_path, monkeypatch):
     def run_entry(entry, model, options, seed, *_):  # BPR[head_share=0.5] adds the strata's metrics
         run = {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1 * seed, "best_epoch": 1, "epochs": 2,
-               "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0, "per_user": {}}
+               "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0, "per_user": {},
+                "tuned_file": None}
         if options:
             run["tail:ndcg@10"] = 0.01 * seed
         return run
@@ -115,8 +119,29 @@ def test_compare_runs_show_no_progress_bars(monkeypatch):
     def run_recbole_endo(**arguments):
         seen.append(arguments["config_dict"])
         return {"valid_metric": "ndcg@10", "best_valid_score": 0.1, "test_result": {"ndcg@10": 0.1},
-                "per_user": {}, **dict.fromkeys(compare_module.RUN_COLUMNS, 1)}
+                "per_user": {}, "tuned_file": None, **dict.fromkeys(compare_module.RUN_COLUMNS, 1)}
 
     monkeypatch.setattr(compare_module, "run_recbole_endo", run_recbole_endo)
     compare_module.run_entry("BPR", "BPR", {}, 1, "tiny", None, {"state": "INFO"})
     assert seen == [{"show_progress": False, "state": "INFO", "seed": 1}]
+
+
+def test_summary_opens_with_the_command_commit_and_each_entrys_tuned_file(tmp_path, monkeypatch):
+    tuned = tmp_path / "BPR.yaml"
+    tuned.write_text("# Written by python -m recbole_endo.tune at commit abc: best of 24 trials.\nlearning_rate: 0.01\n")
+
+    def run_entry(entry, model, options, seed, *_):
+        return {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1, "best_epoch": 1, "epochs": 2,
+                "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0, "per_user": {},
+                "tuned_file": str(tuned) if model == "BPR" else None}
+
+    monkeypatch.setattr(compare_module, "run_entry", run_entry)
+    monkeypatch.setattr(compare_module, "git_commit", lambda: "1234567")
+    compare(["BPR", "Pop"], "tiny", [1], str(tmp_path / "out"), log=lambda *a, **k: None, command="python x.py --compare=BPR,Pop")
+    lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert lines[0] == "Command: `python x.py --compare=BPR,Pop`"
+    assert lines[1].startswith("Commit: 1234567; machine: ")
+    assert lines[3].endswith("BPR.yaml: Written by python -m recbole_endo.tune at commit abc: best of 24 trials.")
+    assert lines[4] == "- Pop: defaults (no tuned file)"
+    with open(tmp_path / "out" / "runs.csv") as f:
+        assert "tuned_file" not in next(csv.reader(f))
