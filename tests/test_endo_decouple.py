@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from recbole_endo import Config, EndoDecouple
@@ -78,6 +79,29 @@ def test_field_views_train_and_views_of_one_row_know_complementary_fields(tiny):
         views = tower.views("side", embedded)
         seen.append(not torch.allclose(views[0], views[1]))
     assert all(seen)  # the two views never see the same fields
+
+
+def test_side_orthogonal_ranking_scores_scale_times_side_plus_weighted_orthogonal_atom(tiny):
+    model, trainer = fit(tiny, epochs=1, rank_representation="side_orthogonal")
+    assert math.isfinite(trainer.train_loss_dict[0])
+    tower = model.towers["item"].eval()
+    with torch.no_grad():
+        tower.rank_log_scale.fill_(math.log(3.0))
+        tower.atom_log_weight.fill_(math.log(0.5))
+        ids = torch.tensor([1, 2, 3])
+        embedded = tower.embed(ids)
+        s = F.normalize(tower.branch("side", embedded["side"]), dim=-1)
+        a = F.normalize(tower.branch("atom", embedded["atom"]), dim=-1)
+        perp = a - (a * s).sum(-1, keepdim=True) * s
+        expected = 3.0 * (s + 0.5 * perp / perp.norm(dim=-1, keepdim=True))
+        assert torch.allclose(tower(ids), expected, atol=1e-5)
+    assert not hasattr(tower, "output")
+
+
+def test_unknown_rank_representation_is_refused_naming_the_option(tiny):
+    tiny["config_dict"]["rank_representation"] = "atom"
+    with pytest.raises(ValueError, match="'rank_representation' must be output or side_orthogonal"):
+        _build(Config(model="EndoDecouple", **tiny))
 
 
 def test_unknown_ssl_views_are_refused_naming_the_option(tiny):

@@ -1,3 +1,4 @@
+import math
 from logging import getLogger
 
 import torch
@@ -17,6 +18,10 @@ from recbole_endo.model.options import number_option, sizes_option
 from recbole_endo.model.towers import FIELD_GROUPS, mlp
 from recbole_endo.model.two_tower_split import SplitTower
 
+# rank_representation side_orthogonal: |s + a-perp| = sqrt(2), so a scale of 2 lets scores start
+# within ±8, a range in which BPR's sigmoid is neither flat nor saturated.
+RANK_SCALE_INIT = 2.0
+
 
 class EndoTower(SplitTower):
     """A split tower with the seed's self-supervised parts: two stochastic views of a group's field
@@ -27,6 +32,12 @@ class EndoTower(SplitTower):
     view (:func:`complementary_field_masks`), so the views must agree from different facts. A
     group of one field cannot be split: its views are dropout views.
 
+    Ranking representation (``rank_representation``): ``output``, the split tower's output layer
+    over both branches; ``side_orthogonal``, ``α (s + γ a⊥)`` with ``s``, ``a⊥`` as the SSL terms
+    shape them and ``α``, ``γ`` learned positive scalars (``α`` starts at ``RANK_SCALE_INIT``,
+    ``γ`` at 1), so the geometry the decoupling terms give the representations is the geometry
+    the scores use: the side fixes where an entity sits, its own atom moves it only orthogonally.
+
     A tower with no side field (an entity without a feature file) or no atom field has nothing
     to decouple: it is a plain split tower, ``decoupled`` is False and it has no heads."""
 
@@ -34,6 +45,11 @@ class EndoTower(SplitTower):
         super().__init__(dataset, entity, fields, config, config["rank_hidden_size"])
         missing = [group for group in FIELD_GROUPS if not fields[group]]
         self.decoupled = not missing
+        self.side_orthogonal_ranking = self.decoupled and config["rank_representation"] == "side_orthogonal"
+        if self.side_orthogonal_ranking:
+            del self.output  # not used: the representation is built from s and a-perp
+            self.rank_log_scale = nn.Parameter(torch.tensor(math.log(RANK_SCALE_INIT)))
+            self.atom_log_weight = nn.Parameter(torch.zeros(()))
         if missing:
             getLogger().warning(
                 f"EndoDecouple: endo_fields.{entity}.{missing[0]} names no field, so the {entity} tower's "
@@ -44,6 +60,13 @@ class EndoTower(SplitTower):
         self.field_views = config["ssl_views"] == "fields"
         size = config["mlp_hidden_size"][-1]
         self.heads = nn.ModuleDict({group: mlp([size, size, config["projection_size"]]) for group in FIELD_GROUPS})
+
+    def combine(self, ids, branches):
+        if not self.side_orthogonal_ranking:
+            return super().combine(ids, branches)
+        side, atom = (F.normalize(branches[group], dim=-1) for group in ("side", "atom"))
+        representation = self.rank_log_scale.exp() * (side + self.atom_log_weight.exp() * orthogonal_component(atom, side))
+        return self.add_id_path(ids, representation)
 
     def views(self, group, embedded):
         """Two stochastic views of each row of a group's field embeddings, through its branch in
@@ -76,8 +99,10 @@ class EndoDecouple(FeatureTowerRecommender):
       ``min(ssl_batch_size, train_batch_size / world_size) − 1`` negatives (with the defaults,
       2048 / 2 ≥ 512, the same 511 as in one process, and the SSL terms cover ``world_size``
       times more rows per step);
-    - **ranking representation**: ``output(concat(MLP_side, MLP_atom))``, the output a linear map
-      or, with ``rank_hidden_size``, an MLP, plus the id embedding with ``id_path``; score = dot product; graded BPR as in
+    - **ranking representation** (``rank_representation``): ``output(concat(MLP_side, MLP_atom))``,
+      the output a linear map or, with ``rank_hidden_size``, an MLP; or ``α (s + γ a⊥)`` with
+      learned ``α``, ``γ`` (``side_orthogonal``, :class:`EndoTower`); plus the id embedding with
+      ``id_path``; score = dot product; graded BPR as in
       :class:`FeatureTowerRecommender` (with ``within_user_weight``, its within-user pairs too).
 
     A tower without a side (or an atom) field, such as the item tower of a dataset without an
@@ -115,6 +140,10 @@ class EndoDecouple(FeatureTowerRecommender):
         self.endo_eta = number_option(config, "endo_eta", 0)
         self.ssl_batch_size = number_option(config, "ssl_batch_size", 2, integer=True)
         number_option(config, "ssl_dropout", 0, 1)
+        if config["rank_representation"] not in ("output", "side_orthogonal"):
+            raise ValueError(
+                f"config option 'rank_representation' must be output or side_orthogonal, got {config['rank_representation']!r}"
+            )
         if config["ssl_views"] not in ("dropout", "fields"):
             raise ValueError(f"config option 'ssl_views' must be dropout or fields, got {config['ssl_views']!r}")
         number_option(config, "projection_size", 1, integer=True)
