@@ -14,6 +14,7 @@ from recbole.utils import set_color
 from recbole_endo.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
 from recbole_endo.evaluation import PlainEntriesCollector, StructKeepingEvaluator
 from recbole_endo.model import MODELS
+from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 
 
 class PluginTrainerMixin:
@@ -192,4 +193,6 @@ def check_finite(components, where):
             raise ValueError(f"loss component '{name}' is {value} {where}")
 
 
-TRAINERS = dict.fromkeys(MODELS, FeatureTowerTrainer)
+# The feature-tower models log their loss components; the others (ItemMeanRating) take RecBole's
+# trainer for their type, with the plugin's checkpoints (plugin_trainer).
+TRAINERS = {name: FeatureTowerTrainer for name, model in MODELS.items() if issubclass(model, FeatureTowerRecommender)}

@@ -175,3 +175,27 @@ def test_id_path_adds_the_ids_own_embedding_row_to_the_tower_output(name, tiny):
         with_row = model.forward(torch.tensor([4, 4, 4]), items)
     # only item 2's score moves, by exactly user · shift
     assert torch.allclose(with_row - without, torch.tensor([0.0, float(user @ shift), 0.0]), atol=1e-5)
+
+
+def test_item_mean_rating_scores_the_shrunk_mean_training_rating_of_each_item(tiny):
+    tiny["config_dict"]["mean_rating_prior"] = 2.0
+    config = Config(model="ItemMeanRating", **tiny)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = config.model_class(config, train_data._dataset)
+    train = train_data._dataset.inter_feat
+    mean = float(train["rating"].double().mean())
+    for item in (1, 2, 3):
+        ratings = [float(r) for i, r in zip(train["item_id"], train["rating"]) if int(i) == item]
+        expected = (sum(ratings) + 2.0 * mean) / (len(ratings) + 2.0)
+        assert model.predict(Interaction({"item_id": torch.tensor([item])}))[0].item() == pytest.approx(expected, rel=1e-5)
+    full = model.full_sort_predict(Interaction({"user_id": torch.tensor([1, 2])})).view(2, -1)
+    assert torch.equal(full[0], full[1]) and torch.equal(full[0], model.item_score)
+
+
+def test_item_mean_rating_runs_through_the_runner_and_needs_a_rating(tiny):
+    result = run_recbole_endo(model="ItemMeanRating", **tiny)
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    tiny["config_dict"]["load_col"] = {"inter": ["user_id", "item_id", "timestamp"]}
+    tiny["config_dict"]["grade_thresholds"] = []
+    with pytest.raises(ValueError, match="ItemMeanRating needs the rating field 'rating'"):
+        run_recbole_endo(model="ItemMeanRating", **tiny)
