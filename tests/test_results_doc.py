@@ -1,0 +1,45 @@
+import pytest
+
+from recbole_endo.results_doc import write_results
+
+
+@pytest.fixture
+def results_tree(tmp_path):
+    folder = tmp_path / "results" / "coat-x"
+    folder.mkdir(parents=True)
+    (folder / "summary.csv").write_text(
+        "model,seeds,valid ndcg@10 mean,valid ndcg@10 std,exposed:ndcg@5 mean,exposed:ndcg@5 std\n"
+        "Endo,3,0.15,0.01,0.5,0.02\n"
+        "BPR,3,0.12,0.02,0.4,0.03\n"
+    )
+    (folder / "paired.csv").write_text(
+        "model,reference,metric,pairs,mean difference,ci low,ci high,wilcoxon p\n"
+        "BPR,Endo,exposed:ndcg@5,711,-0.1,-0.12,-0.08,0.0001\n"
+    )
+    (folder / "summary.md").write_text("Command: `python run.py`\nCommit: abc; machine: here.\n\n| model | seeds |\n|---|---|\n")
+    (tmp_path / "docs").mkdir()
+    spec = tmp_path / "docs" / "results.yaml"
+    spec.write_text(
+        "intro: Every table below.\n"
+        "tables:\n"
+        "  - {title: Coat, folder: results/coat-x, text: What it measures., columns: [valid ndcg@10, exposed:ndcg@5]}\n"
+    )
+    return tmp_path
+
+
+def test_results_document_holds_each_tables_means_paired_cells_provenance_and_plot(results_tree):
+    output = results_tree / "docs" / "results.md"
+    write_results(str(results_tree / "docs" / "results.yaml"), str(output))
+    text = output.read_text()
+    assert "## Coat\n\nWhat it measures.\n\nCommand: `python run.py`  \nCommit: abc; machine: here.  \n" in text
+    assert "| model | seeds | valid ndcg@10 | exposed:ndcg@5 | Δ exposed:ndcg@5 vs Endo |" in text
+    assert "| Endo | 3 | 0.1500 ± 0.0100 | 0.5000 ± 0.0200 | reference |" in text
+    assert "| BPR | 3 | 0.1200 ± 0.0200 | 0.4000 ± 0.0300 | -0.1000 [-0.1200, -0.0800]* p 0.0001 |" in text
+    assert "![Coat](../results/coat-x/summary.png)" in text
+
+
+def test_a_column_the_comparison_lacks_is_named(results_tree):
+    spec = results_tree / "docs" / "results.yaml"
+    spec.write_text(spec.read_text().replace("exposed:ndcg@5]", "tail:ndcg@10]"))
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['tail:ndcg@10'\]"):
+        write_results(str(spec), str(results_tree / "docs" / "results.md"))
