@@ -132,9 +132,9 @@ def test_endo_weight_averages_one_carries_no_gradient_and_falls_with_atom_side_s
     captured = {}
     ranking_loss = model.ranking_loss
 
-    def capture(user_repr, pos_repr, neg_repr, grades, sample_weight=None, lower=None):
+    def capture(user_repr, item_repr, grades, lower_grades=None, sample_weight=None):
         captured["weight"] = sample_weight
-        return ranking_loss(user_repr, pos_repr, neg_repr, grades, sample_weight, lower)
+        return ranking_loss(user_repr, item_repr, grades, lower_grades, sample_weight)
 
     monkeypatch.setattr(model, "ranking_loss", capture)
     batch = next(iter(train_data))

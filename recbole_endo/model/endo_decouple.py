@@ -215,18 +215,15 @@ class EndoDecouple(FeatureTowerRecommender):
 
     def calculate_loss(self, interaction):
         user_repr, user_losses, user_problems, user_cos = self.auxiliary("user", interaction[self.USER_ID])
-        items, grades = interaction[self.ITEM_ID], self.grades(interaction)
-        lower = self.lower_items(interaction[self.USER_ID], grades)
-        others = [interaction[self.NEG_ITEM_ID]] + ([] if lower is None else [lower[0]])
-        item_repr, item_losses, item_problems, item_cos = self.auxiliary("item", items, torch.cat(others))
-        pos_repr, neg_repr, *lower_repr = item_repr.split(len(items))
-        if lower is not None:
-            lower = (lower_repr[0], lower[1])
+        grades = self.grades(interaction)
+        items, lower_grades = self.ranked_items(interaction, grades)
+        count = len(grades)  # the positives come first; the auxiliary terms cover them only
+        item_repr, item_losses, item_problems, item_cos = self.auxiliary("item", items[:count], items[count:])
         if self.sample_weight == "endo":
             weight = batch_normalised(torch.exp(-self.endo_eta * item_cos))
         else:
             weight = self.pair_weight(interaction)
-        rank = self.ranking_loss(user_repr, pos_repr, neg_repr, grades, weight, lower)
+        rank = self.ranking_loss(user_repr, item_repr, grades, lower_grades, weight)
         losses = {f"user_{name}": loss for name, loss in user_losses.items()}
         losses |= {f"item_{name}": loss for name, loss in item_losses.items()}
         problems = {f"user_{name}": problem for name, problem in user_problems.items()}

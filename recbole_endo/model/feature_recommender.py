@@ -118,24 +118,23 @@ class FeatureTowerRecommender(GeneralRecommender):
             return None
         return batch_normalised(self.item_popularity[interaction[self.ITEM_ID]] ** -self.ipw_eta)
 
-    def lower_items(self, users, grades):
-        """``(items, grades)``: for each row, an observed training item of the same user with a
-        lower grade (:class:`LowerGradeSampler`), or None when ``within_user_weight`` is 0."""
+    def ranked_items(self, interaction, grades):
+        """``(item ids, lower grades)``: the batch's positives, their sampled negatives and, with
+        ``within_user_weight``, one training item of the same user and a lower grade per row
+        (:class:`LowerGradeSampler`), concatenated in that order; the lower items' grades, or None."""
+        items = [interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]]
         if not self.within_user_weight:
-            return None
-        return self.lower_grade_sampler(users, grades)
+            return torch.cat(items), None
+        lower, lower_grades = self.lower_grade_sampler(interaction[self.USER_ID], grades)
+        return torch.cat(items + [lower]), lower_grades
 
-    def ranking_loss(self, user_repr, pos_repr, neg_repr, grades, sample_weight=None, lower=None):
-        """Graded BPR of the batch; ``lower``: ``(representations, grades)`` of the rows' lower-graded
-        items, or None."""
-        pos_score = (user_repr * pos_repr).sum(-1)
-        neg_score = (user_repr * neg_repr).sum(-1)
-        if lower is None:
-            return graded_bpr_loss(pos_score, neg_score, grades, sample_weight)
-        lower_repr, lower_grade = lower
-        lower_score = (user_repr * lower_repr).sum(-1)
-        return graded_bpr_loss(pos_score, neg_score, grades, sample_weight, lower_score, lower_grade,
-                               self.within_user_weight)
+    def ranking_loss(self, user_repr, item_repr, grades, lower_grades=None, sample_weight=None):
+        """Graded BPR of the batch; ``item_repr``: the representations of :meth:`ranked_items`."""
+        pos_score, neg_score, *lower_score = ((user_repr * part).sum(-1) for part in item_repr.split(len(user_repr)))
+        lower_score = lower_score[0] if lower_score else None
+        return graded_bpr_loss(
+            pos_score, neg_score, grades, sample_weight, lower_score, lower_grades, self.within_user_weight
+        )
 
     def distinct(self, ids):
         """``(distinct ids, where each of ids is among them)``, or ``(ids, None)`` when the model
@@ -154,12 +153,9 @@ class FeatureTowerRecommender(GeneralRecommender):
     def calculate_loss(self, interaction):
         (user_repr,) = self.tower_rows("user", interaction[self.USER_ID])
         grades = self.grades(interaction)
-        lower = self.lower_items(interaction[self.USER_ID], grades)
-        items = [interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]] + ([] if lower is None else [lower[0]])
-        pos_repr, neg_repr, *lower_repr = self.tower_rows("item", *items)
-        if lower is not None:
-            lower = (lower_repr[0], lower[1])
-        loss = self.ranking_loss(user_repr, pos_repr, neg_repr, grades, self.pair_weight(interaction), lower)
+        items, lower_grades = self.ranked_items(interaction, grades)
+        (item_repr,) = self.tower_rows("item", items)
+        loss = self.ranking_loss(user_repr, item_repr, grades, lower_grades, self.pair_weight(interaction))
         # Detached tensors, not floats: .item() would wait for the device once per component.
         self.loss_components = {"rank": loss.detach()}
         return loss
