@@ -202,13 +202,14 @@ def summary_figure(summary, metrics, table=None, reference=None):
     return figure
 
 
-def provenance_markdown(command, runs, jobs):
-    """What a table needs to be reproduced: the command, the commit, the machine and, per entry,
-    the tuned file its runs layered (with the search budget it records) or the defaults."""
+def provenance_markdown(command, commit, runs, jobs):
+    """What a table needs to be reproduced: the command, the commit its runs started at, the
+    machine and, per entry, the tuned file its runs layered (with the search budget it records)
+    or the defaults."""
     origins = {run["entry"]: tuned_origin(run["tuned_file"]) for run in runs}
     lines = [
         f"Command: `{command}`" if command else "Command: not recorded (compare() called from Python).",
-        f"Commit: {git_commit() or 'unknown'}; machine: {machine()}; {jobs} run(s) at a time.",
+        f"Commit: {commit or 'unknown'}; machine: {machine()}; {jobs} run(s) at a time.",
         "Configuration of each entry (its options in brackets override it):",
         *(f"- {entry}: {origin}" for entry, origin in origins.items()),
     ]
@@ -237,6 +238,7 @@ def compare(
         (entry, *parse_entry(entry), seed, dataset, config_file_list, config_dict) for entry in entries for seed in seeds
     ]
     os.makedirs(output_dir, exist_ok=True)
+    commit = git_commit()  # now: the source may be committed again while the runs go on
     runs, failed = [None] * len(tasks), []
     for done, (index, run) in enumerate(_completed(tasks, jobs), 1):
         if isinstance(run, Exception):
@@ -255,7 +257,7 @@ def compare(
     if not runs:
         raise RuntimeError(f"--compare: every run failed: {'; '.join(failed)}")
     per_user = per_user_table(runs)
-    provenance = provenance_markdown(command, runs, jobs)
+    provenance = provenance_markdown(command, commit, runs, jobs)
     runs = [{key: value for key, value in run.items() if key not in ("per_user", "tuned_file")} for run in runs]
     # Entries may report different metrics (a protocol switched on for one entry): every column
     # any run has, in order of first appearance; a run without one leaves its cell empty.
