@@ -205,7 +205,7 @@ def write_tuned(path, study, model, dataset, params, metric):
     """The best trial's ``params`` as the tuned file of ``model`` on ``dataset``."""
     best = study.best_trial
     header = (
-        f"# Written by python -m recbole_endo.tune at commit {git_commit() or 'unknown'}: study '{study.study_name}', "
+        f"# Written by python -m recbole_endo.tune; best trial run at commit {best.user_attrs.get('commit', 'unknown')}: study '{study.study_name}', "
         f"best of {len(counted_trials(study))} trials, trial {best.number}, validation {metric} {best.value:.4f}.\n"
         f"# Layered after properties/dataset/{dataset}.yaml for {model} on {dataset}; --tuned=false runs without it.\n"
     )
@@ -237,7 +237,10 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
     if remaining > 0:
         started = time.perf_counter()
 
+        commit = git_commit() or "unknown"  # a study may be resumed at another commit: each trial records its own
+
         def objective(trial):
+            trial.set_user_attr("commit", commit)
             return train_on_validation(trial, model, dataset, config_file_list, config_dict, suggest(trial, space))
 
         def report(study, trial):

@@ -9,6 +9,7 @@ import yaml
 
 from recbole_endo import Config, config as config_module, quick_start
 from recbole_endo import tune as tune_module
+from recbole_endo.provenance import git_commit
 from recbole_endo.tune import main, read_search_space, tune
 
 
@@ -37,6 +38,9 @@ def test_an_interrupted_search_resumes_and_writes_the_best_trial_as_the_tuned_fi
     best = max(study.trials, key=lambda trial: trial.value)
     tuned_text = (tmp_path / "tuned" / "TwoTowerSplit.yaml").read_text()
     assert f"trial {best.number}" in tuned_text and "best of 3 trials" in tuned_text
+    # each trial records the commit it ran at, and the tuned file names the best trial's
+    assert all(trial.user_attrs["commit"] == (git_commit() or "unknown") for trial in study.trials)
+    assert f"best trial run at commit {best.user_attrs['commit']}:" in tuned_text
     assert yaml.safe_load(tuned_text) == best.params
     summary = (tmp_path / "tune" / "TwoTowerSplit-tiny.md").read_text()
     assert "3 complete or pruned trial(s) of 3 asked" in summary
