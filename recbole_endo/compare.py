@@ -197,7 +197,7 @@ def summary_figure(summary, metrics, table=None, reference=None):
             right.axvline(0.0, color="tab:red", linewidth=1)
             right.set_yticks(list(positions), entries)
             right.set_ylim(left.get_ylim())
-            right.set_xlabel(f"paired Δ {metric} to {reference} (red), 95 % interval")
+            right.set_xlabel(f"paired Δ {metric} to {reference}, 95 % interval")
     figure.tight_layout()
     return figure
 

@@ -7,7 +7,8 @@ and the ``columns`` to show (of ``summary.csv``: ``valid ndcg@10``, ``exposed:nd
 A table shows each entry's mean ± std over seeds for those columns, then, when the comparison
 had a reference, the paired difference to it for the NDCG columns among them (``paired.csv``),
 under the provenance lines that open the folder's ``summary.md`` (command, commit, machine,
-tuned files) and above its plot ``summary.png``.
+tuned files) and above its plot, ``docs/figures/<folder>.png``, of the first shown NDCG column
+(the folder's ``summary.png`` plots every NDCG metric of the comparison).
 """
 
 import argparse
@@ -17,6 +18,7 @@ import sys
 
 import yaml
 
+from recbole_endo.compare import summary_figure
 from recbole_endo.files import open_replacing
 from recbole_endo.paired import format_difference
 
@@ -60,13 +62,18 @@ def provenance(folder):
     return [line for line in lines if not line.startswith("|")]
 
 
+def tested_ndcg(columns):
+    """The test NDCG columns among ``columns``: the ones with paired differences, and plotted."""
+    return [column for column in columns if "ndcg" in column and not column.startswith("valid")]
+
+
 def table_markdown(folder, columns):
     entries, summary = read_summary(folder)
     reference, paired = read_paired(folder)
     missing = [column for column in columns if column not in summary[entries[0]]]
     if missing:
         raise ValueError(f"{folder}/summary.csv has no column(s) {missing}; it has {sorted(summary[entries[0]])}")
-    ndcg = [column for column in columns if "ndcg" in column and not column.startswith("valid")]
+    ndcg = tested_ndcg(columns)
     header = ["model", "seeds", *columns]
     if reference:
         header += [f"Δ {column} vs {reference}" for column in ndcg]
@@ -80,17 +87,34 @@ def table_markdown(folder, columns):
     return "\n".join(lines)
 
 
+def write_figure(folder, columns, path):
+    """The table's plot, of its first test NDCG column (the table holds the others): each entry's
+    mean ± std and its paired difference to the reference with its interval
+    (:func:`recbole_endo.compare.summary_figure`)."""
+    _, summary = read_summary(folder)
+    reference, paired = read_paired(folder)
+    table = {}
+    for (entry, metric), cell in paired.items():
+        table.setdefault(entry, {})[metric] = cell
+    with open_replacing(path, "wb") as file:
+        summary_figure(summary, tested_ndcg(columns)[:1], table or None, reference).savefig(file, format="png", dpi=90)
+
+
 def write_results(spec_path, output_path):
     with open(spec_path) as file:
         spec = yaml.safe_load(file)
     root = os.path.dirname(os.path.abspath(spec_path))
+    documents = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(os.path.join(documents, "figures"), exist_ok=True)
     parts = [spec["intro"].rstrip(), ""]
     for table in spec["tables"]:
         folder = os.path.join(os.path.dirname(root), table["folder"])
-        plot = os.path.relpath(os.path.join(folder, "summary.png"), os.path.dirname(os.path.abspath(output_path)))
+        markdown = table_markdown(folder, table["columns"])  # first: it names a missing column
+        plot = os.path.join("figures", os.path.basename(os.path.normpath(folder)) + ".png")
+        write_figure(folder, table["columns"], os.path.join(documents, plot))
         parts += [f"## {table['title']}", "", table["text"].rstrip(), ""]
         parts += [line + "  " for line in provenance(folder)] + [""]
-        parts += [table_markdown(folder, table["columns"]), "", f"![{table['title']}]({plot})", ""]
+        parts += [markdown, "", f"![{table['title']}]({plot})", ""]
     with open_replacing(output_path) as file:
         file.write("<!-- Written by python -m recbole_endo.results_doc from docs/results.yaml and results/: edit those. -->\n\n")
         file.write("\n".join(parts))

@@ -35,7 +35,8 @@ def test_results_document_holds_each_tables_means_paired_cells_provenance_and_pl
     assert "| model | seeds | valid ndcg@10 | exposed:ndcg@5 | Δ exposed:ndcg@5 vs Endo |" in text
     assert "| Endo | 3 | 0.1500 ± 0.0100 | 0.5000 ± 0.0200 | reference |" in text
     assert "| BPR | 3 | 0.1200 ± 0.0200 | 0.4000 ± 0.0300 | -0.1000 [-0.1200, -0.0800]* p 0.0001 |" in text
-    assert "![Coat](../results/coat-x/summary.png)" in text
+    assert "![Coat](figures/coat-x.png)" in text
+    assert (results_tree / "docs" / "figures" / "coat-x.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_column_the_comparison_lacks_is_named(results_tree):
