@@ -265,8 +265,10 @@ def _padded(lists, fill):
 
 def candidate_lists(config, splits):
     """Per test user, ``(users, items, grades)`` of the ``list_eval`` protocol, padded with item
-    0 (RecBole's padding id) and grade 0."""
-    train_split, valid_split, test_split = splits
+    0 (RecBole's padding id) and grade 0: the lists of the test split (``splits[-1]``), with the
+    earlier splits as the users' history. Validation passes ``(train, valid)``: the lists of the
+    validation split, with the training split as history."""
+    *history_splits, test_split = splits
     protocol = config["list_eval"]
     users, items = _test_users_and_items(test_split)
     ratings = test_split.inter_feat[config["RATING_FIELD"]].float()
@@ -276,7 +278,7 @@ def candidate_lists(config, splits):
         grades = (ratings - config["relevance_threshold"] + 1).clamp(min=0).round().long().numpy()
     list_users = np.unique(users)
     n_items = test_split.item_num
-    history = _history([train_split, valid_split], list_users, n_items)
+    history = _history(history_splits, list_users, n_items)
     row_of = {user: row for row, user in enumerate(list_users)}
     item_rows = [[] for _ in list_users]
     grade_rows = [[] for _ in list_users]
@@ -300,8 +302,9 @@ def candidate_lists(config, splits):
 
 
 def list_evaluation(config, model, splits, per_user=None):
-    """Metrics of the ``list_eval`` protocol, keys prefixed by it (``exposed:ndcg@5``); with a
-    ``per_user`` dict, their per-user values go in it under the same keys."""
+    """Metrics of the ``list_eval`` protocol on the lists of :func:`candidate_lists`, keys prefixed
+    by it (``exposed:ndcg@5``); with a ``per_user`` dict, their per-user values go in it under
+    the same keys."""
     users, items, grades = candidate_lists(config, splits)
     scores = score_all_items(model, splits[0], users.numpy()).gather(1, items)
     scores[(items == 0)] = -torch.inf
@@ -400,10 +403,26 @@ def cold_start_evaluation(config, train_split, ranking, per_user=None):
     return result
 
 
+def validates_on_lists(config):
+    """Whether ``valid_metric`` is a metric of the ``list_eval`` protocol (``exposed:ndcg@5``): the
+    validation score is then that protocol on the validation split (:func:`candidate_lists`)."""
+    return ":" in config["valid_metric"]
+
+
 def check_evaluation_options(config, dataset):
     """Fail, naming the option, unless the extra protocols' options (``list_eval``, ``cold_eval``,
-    ``head_share`` and what they read) are valid for ``dataset``: checked before training, so a
-    typo does not cost a run."""
+    ``head_share`` and what they read, a list protocol's ``valid_metric``) are valid for
+    ``dataset``: checked before training, so a typo does not cost a run."""
+    if validates_on_lists(config):
+        protocol, _, metric = config["valid_metric"].lower().partition(":")
+        topk = config["list_topk"] or []
+        known = [f"{name}@{k}" for name in ("ndcg", "recall", "gndcg") for k in topk] + ["gndcg"]
+        if protocol != config["list_eval"] or metric not in known:
+            raise ValueError(
+                f"config option 'valid_metric' is {config['valid_metric']!r}: a list protocol's metric must be "
+                f"'<list_eval>:<metric>' with list_eval {config['list_eval']!r} and a metric among {known} "
+                "(list_topk sets the cutoffs); or a metric of RecBole's 'metrics', such as NDCG@10"
+            )
     if config["list_eval"] not in LIST_PROTOCOLS:
         raise ValueError(f"config option 'list_eval' is {config['list_eval']!r}; use one of {', '.join(LIST_PROTOCOLS)}")
     if config["cold_eval"] not in COLD_EVAL_ENTITIES:

@@ -12,7 +12,7 @@ from recbole.trainer import PretrainTrainer, Trainer
 from recbole.utils import set_color
 
 from recbole_endo.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
-from recbole_endo.evaluation import PlainEntriesCollector, StructKeepingEvaluator
+from recbole_endo.evaluation import PlainEntriesCollector, StructKeepingEvaluator, list_evaluation, validates_on_lists
 from recbole_endo.model import MODELS
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 
@@ -29,7 +29,10 @@ class PluginTrainerMixin:
     - ``best_epoch``: the epoch of the best validation, whatever ``eval_step``;
     - RecBole's collector, fixed for its non-accuracy metrics (:class:`PlainEntriesCollector`);
     - RecBole's evaluator, keeping what it last evaluated, so a run can report each test user's
-      metric values (:class:`StructKeepingEvaluator`).
+      metric values (:class:`StructKeepingEvaluator`);
+    - a ``valid_metric`` of the list protocol (``exposed:ndcg@5``) scores validation by that
+      protocol on the validation split, the training split as history: on Coat, each user's
+      held-out ratings ranked and graded as the test's random ones are.
     """
 
     def __init__(self, config, model):
@@ -46,7 +49,13 @@ class PluginTrainerMixin:
     def _valid_epoch(self, valid_data, show_progress=False):
         """RecBole's, keeping the result on the trainer for the checkpoint that ``fit`` writes
         when it improved, and the epoch it improved at."""
-        valid_score, self.valid_result = super()._valid_epoch(valid_data, show_progress)
+        if validates_on_lists(self.config):
+            self.model.eval()
+            with torch.no_grad():
+                self.valid_result = list_evaluation(self.config, self.model, [self.train_data._dataset, valid_data._dataset])
+            valid_score = self.valid_result[self.valid_metric]
+        else:
+            valid_score, self.valid_result = super()._valid_epoch(valid_data, show_progress)
         # RecBole's early_stopping takes a score at least as good as the best as the new best.
         if self.valid_metric_bigger:
             improved = valid_score >= self.best_valid_score

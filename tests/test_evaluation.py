@@ -13,10 +13,11 @@ from recbole_endo.evaluation import (
     GradedNDCG,
     candidate_lists,
     head_items,
+    list_evaluation,
     rank_lists,
     stratum_metrics,
 )
-from recbole_endo.quick_start import run_recbole_endo
+from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
 
 INF = float("inf")
 
@@ -116,6 +117,41 @@ def test_exposed_lists_hold_unseen_test_items_graded_by_relevance_threshold(tiny
         }
         got = {item: grade for item, grade in zip(items[row].tolist(), grades[row].tolist()) if item != 0}
         assert got == expected
+
+
+def test_validation_lists_hold_the_validation_items_with_training_as_history(tiny):
+    config, splits = tiny_splits(tiny, list_eval="exposed", relevance_threshold=4)
+    users, items, grades = candidate_lists(config, splits[:2])
+    train, valid = splits[0].inter_feat, splits[1].inter_feat
+    assert sorted(users.tolist()) == sorted(set(valid["user_id"].tolist()))
+    for row, user in enumerate(users.tolist()):
+        seen = set(train["item_id"][train["user_id"] == user].tolist())
+        mine = valid["user_id"] == user
+        expected = {item: max(0, int(rating) - 3)
+                    for item, rating in zip(valid["item_id"][mine].tolist(), valid["rating"][mine].tolist())
+                    if item not in seen}
+        assert {item: grade for item, grade in zip(items[row].tolist(), grades[row].tolist()) if item != 0} == expected
+
+
+@pytest.mark.parametrize("name", ["TwoTowerSplit", "BPR"])
+def test_a_list_valid_metric_scores_validation_by_the_list_protocol_on_the_validation_split(tiny, name):
+    tiny["config_dict"].update({"list_eval": "exposed", "relevance_threshold": 4, "valid_metric": "exposed:ndcg@5",
+                                "epochs": 3})
+    result = run_recbole_endo(model=name, **tiny)
+    assert set(result["best_valid_result"]) >= {"exposed:ndcg@5", "exposed:gndcg"}
+    assert result["best_valid_score"] == result["best_valid_result"]["exposed:ndcg@5"]
+    # the best checkpoint, scored again by the protocol on (train, valid), gives the same score
+    config, model, _, train_data, valid_data, _ = load_data_and_model(result["checkpoint"])
+    again = list_evaluation(config, model.eval(), [train_data._dataset, valid_data._dataset])
+    assert again["exposed:ndcg@5"] == pytest.approx(result["best_valid_score"], abs=1e-4)
+
+
+@pytest.mark.parametrize("valid_metric, list_eval", [("exposed:ndcg@5", "none"), ("sampled:ndcg@5", "exposed"),
+                                                     ("exposed:ndcg@7", "exposed")])
+def test_a_list_valid_metric_of_another_protocol_or_cutoff_is_refused(tiny, valid_metric, list_eval):
+    tiny["config_dict"].update({"list_eval": list_eval, "valid_metric": valid_metric})
+    with pytest.raises(ValueError, match=f"'valid_metric' is '{valid_metric}'"):
+        run_recbole_endo(model="BPR", **tiny)
 
 
 def test_sampled_lists_add_seeded_never_interacted_negatives(tiny):
