@@ -14,7 +14,7 @@ from recbole_endo.model.losses import (
     orthogonal_component,
     truncated_cosine_loss,
 )
-from recbole_endo.model.options import number_option, sizes_option
+from recbole_endo.model.options import choice_option, number_option, sizes_option
 from recbole_endo.model.towers import FIELD_GROUPS, mlp
 from recbole_endo.model.two_tower_split import SplitTower
 
@@ -140,12 +140,8 @@ class EndoDecouple(FeatureTowerRecommender):
         self.endo_eta = number_option(config, "endo_eta", 0)
         self.ssl_batch_size = number_option(config, "ssl_batch_size", 2, integer=True)
         number_option(config, "ssl_dropout", 0, 1)
-        if config["rank_representation"] not in ("output", "side_orthogonal"):
-            raise ValueError(
-                f"config option 'rank_representation' must be output or side_orthogonal, got {config['rank_representation']!r}"
-            )
-        if config["ssl_views"] not in ("dropout", "fields"):
-            raise ValueError(f"config option 'ssl_views' must be dropout or fields, got {config['ssl_views']!r}")
+        choice_option(config, "rank_representation", ("output", "side_orthogonal"))
+        choice_option(config, "ssl_views", ("dropout", "fields"))
         number_option(config, "projection_size", 1, integer=True)
         sizes_option(config, "rank_hidden_size", allow_empty=True)
         super().__init__(config, dataset)

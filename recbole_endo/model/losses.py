@@ -102,9 +102,9 @@ class LowerGradeSampler(nn.Module):
 
     def __init__(self, users, items, grades, n_users):
         super().__init__()
-        order = torch.argsort(users * (int(grades.max()) + 1) + grades, stable=True)
-        users, items, grades = users[order], items[order], grades[order]
         top = int(grades.max()) + 1
+        order = torch.argsort(users * top + grades, stable=True)
+        users, items, grades = users[order], items[order], grades[order]
         counts = torch.zeros(n_users, top + 1, dtype=torch.long)
         counts.index_put_((users, grades.long() + 1), torch.ones_like(users), accumulate=True)
         self.register_buffer("lower_counts", counts.cumsum(1), persistent=False)  # [u, g]: items of u with grade < g

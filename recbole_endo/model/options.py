@@ -56,3 +56,11 @@ def numbers_option(config, name):
     ):
         raise ValueError(f"config option '{name}' must be a list of numbers, got {value!r}")
     return value
+
+
+def choice_option(config, name, choices):
+    """``config[name]``, one of ``choices``, or a ValueError naming the option and the choices."""
+    value = config[name]
+    if value not in choices:
+        raise ValueError(f"config option '{name}' must be {' or '.join(choices)}, got {value!r}")
+    return value
