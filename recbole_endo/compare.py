@@ -99,6 +99,13 @@ def run_entry(entry, model, options, seed, dataset, config_file_list, config_dic
     return run
 
 
+def run_threads(jobs):
+    """torch's threads in each run: its default alone, a share of the CPUs in ``jobs`` processes."""
+    import torch
+
+    return torch.get_num_threads() if jobs <= 1 else max(1, os.cpu_count() // jobs)
+
+
 def _limit_threads(threads):
     import torch
 
@@ -115,9 +122,8 @@ def _completed(tasks, jobs):
             except Exception as error:  # the other entries still run; compare reports it at the end
                 yield index, error
         return
-    threads = max(1, os.cpu_count() // jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_limit_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_limit_threads, initargs=(run_threads(jobs),)) as pool:
         futures = {pool.submit(run_entry, *task): index for index, task in enumerate(tasks)}
         for future in as_completed(futures):
             yield futures[future], future.exception() or future.result()
@@ -209,7 +215,8 @@ def provenance_markdown(command, commit, runs, jobs):
     origins = {run["entry"]: tuned_origin(run["tuned_file"]) for run in runs}
     lines = [
         f"Command: `{command}`" if command else "Command: not recorded (compare() called from Python).",
-        f"Commit: {commit or 'unknown'}; machine: {machine()}; {jobs} run(s) at a time.",
+        f"Commit: {commit or 'unknown'}; machine: {machine()}; {jobs} run(s) at a time, "
+        f"{run_threads(jobs)} torch thread(s) each.",
         "Configuration of each entry (its options in brackets override it):",
         *(f"- {entry}: {origin}" for entry, origin in origins.items()),
     ]

@@ -26,10 +26,10 @@ def git_commit():
 
 
 def machine():
-    """One line: operating system, processor, CPU count and torch's threads, torch and RecBole versions."""
+    """One line: operating system, processor, CPU count, torch, RecBole and Python versions."""
     return (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), recbole {recbole.__version__}, Python {platform.python_version()}"
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"recbole {recbole.__version__}, Python {platform.python_version()}"
     )
 
 
