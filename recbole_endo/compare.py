@@ -171,6 +171,31 @@ def paired_markdown(table, reference):
     return "\n".join(lines) + "\n"
 
 
+PLOT_LABEL_CHARACTERS = 48
+
+
+def plot_labels(entries):
+    """The entries as a plot's axis labels: options that every entry of a model shares are left
+    out (they are in the table), and a label still longer than ``PLOT_LABEL_CHARACTERS`` keeps
+    its start and end, joined by "…"."""
+    options = {}
+    for entry in entries:
+        model, _, rest = entry.partition("[")
+        options[entry] = (model, [option for option in rest.rstrip("]").split(";") if option])
+    labels = []
+    for entry in entries:
+        model, own = options[entry]
+        siblings = [parts for name, parts in options.values() if name == model]
+        shared = set.intersection(*(set(parts) for parts in siblings)) if len(siblings) > 1 else set()
+        kept = [option for option in own if option not in shared]
+        label = f"{model}[{';'.join(kept)}]" if kept else model
+        if len(label) > PLOT_LABEL_CHARACTERS:
+            head = PLOT_LABEL_CHARACTERS // 3
+            label = label[:head] + "…" + label[-(PLOT_LABEL_CHARACTERS - head - 1):]
+        labels.append(label)
+    return labels
+
+
 def summary_figure(summary, metrics, table=None, reference=None):
     """``summary.png``: per NDCG metric, each entry's mean ± std over seeds and, with a
     ``reference``, each other entry's paired difference to it with its 95 % interval, the
@@ -179,6 +204,7 @@ def summary_figure(summary, metrics, table=None, reference=None):
 
     metrics = ndcg_metrics(metrics) or metrics[:1]
     entries = list(summary)
+    labels = plot_labels(entries)
     columns = 2 if table else 1
     figure = Figure(figsize=(6 * columns, 0.45 * len(entries) * len(metrics) + 1.2 * len(metrics)))
     axes = figure.subplots(len(metrics), columns, squeeze=False)
@@ -189,7 +215,7 @@ def summary_figure(summary, metrics, table=None, reference=None):
         left = axes[row][0]
         for position, ((mean, std), colour) in enumerate(zip(cells, colours)):
             left.errorbar([mean], [position], xerr=[std], fmt="o", color=colour, capsize=3)
-        left.set_yticks(list(positions), entries)
+        left.set_yticks(list(positions), labels)
         left.invert_yaxis()
         left.set_xlabel(f"test {metric}: mean ± std over seeds")
         if table:
@@ -201,7 +227,7 @@ def summary_figure(summary, metrics, table=None, reference=None):
                 error = [[cell["mean"] - cell["ci_low"]], [cell["ci_high"] - cell["mean"]]]
                 right.errorbar([cell["mean"]], [position], xerr=error, fmt="o", color="tab:blue", capsize=3)
             right.axvline(0.0, color="tab:red", linewidth=1)
-            right.set_yticks(list(positions), entries)
+            right.set_yticks(list(positions), labels)
             right.set_ylim(left.get_ylim())
             right.set_xlabel(f"paired Δ {metric} to {reference}, 95 % interval")
     figure.tight_layout()

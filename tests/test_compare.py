@@ -4,7 +4,7 @@ import os
 import pytest
 
 from recbole_endo import compare as compare_module
-from recbole_endo.compare import compare, markdown_table, parse_entry, split_entries, summarise
+from recbole_endo.compare import compare, markdown_table, parse_entry, plot_labels, split_entries, summarise
 
 
 def test_entries_split_on_commas_outside_brackets():
@@ -145,3 +145,13 @@ def test_summary_opens_with_the_command_commit_and_each_entrys_tuned_file(tmp_pa
     assert lines[4] == "- Pop: defaults (no tuned file)"
     with open(tmp_path / "out" / "runs.csv") as f:
         assert "tuned_file" not in next(csv.reader(f))
+
+
+def test_plot_labels_leave_out_the_options_a_models_entries_share_and_shorten_the_rest():
+    entries = ["TwoTowerSplit", "Endo[lr=0.1;dropout=0.2;stage1=0]", "Endo[lr=0.1;dropout=0.2;stage1=0.25;margin=0.5]",
+               "BPR[learning_rate=0.0017525134087825378;weight_decay=1.0e-06;embedding_size=32]", "Pop", "Pop[x=1]"]
+    assert plot_labels(entries) == [
+        "TwoTowerSplit", "Endo[stage1=0]", "Endo[stage1=0.25;margin=0.5]",
+        "BPR[learning_rat" + "…" + "ecay=1.0e-06;embedding_size=32]",  # 16 + 1 + 31 characters
+        "Pop", "Pop[x=1]",
+    ]
