@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from recbole.data.interaction import Interaction
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from recbole_endo import Config, EndoDecouple
@@ -205,3 +206,22 @@ def test_side_ssl_sees_views_of_the_normalised_side_representation(tiny):
         last.weight.mul_(3.0)
         last.bias.mul_(3.0)
     assert side_ssl() == pytest.approx(before, rel=1e-5)
+
+
+@pytest.mark.parametrize("dropout_prob", [0.0, 0.2])
+def test_with_every_decoupling_term_off_and_the_same_weights_it_computes_what_two_tower_split_does(tiny, dropout_prob):
+    tiny["config_dict"].update({"dropout_prob": dropout_prob, "within_user_weight": 1.0})
+    _, split, _, (train_data, _, _) = _build(Config(model="TwoTowerSplit", **tiny))
+    off = {"stage1_weight": 0, "side_ssl_weight": 0, "atom_ssl_weight": 0}
+    _, endo, _, _ = _build(Config(model="EndoDecouple", **{**tiny, "config_dict": {**tiny["config_dict"], **off}}))
+    missing, unexpected = endo.load_state_dict(split.state_dict(), strict=False)
+    assert not unexpected and all(".heads." in key for key in missing)  # only the unused SSL heads
+    batch = next(iter(train_data))
+    losses = []
+    for model in (split, endo):
+        torch.manual_seed(0)  # the same dropout masks and within-user draws
+        losses.append(model.calculate_loss(batch))
+    if dropout_prob == 0.0:
+        assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    query = Interaction({"user_id": torch.tensor([1, 2, 3])})
+    assert torch.allclose(split.eval().full_sort_predict(query), endo.eval().full_sort_predict(query), atol=1e-6)
