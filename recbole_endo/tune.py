@@ -14,7 +14,8 @@ Search space: ``properties/search/<Model>.yaml``, one entry per option, e.g.::
 ``--search_space=FILE`` reads another file. Each option must be one the model's configuration
 knows. Any other ``--key=value`` is a RecBole config option fixed for every trial.
 
-A trial trains the model as a run does (the plugin's config layering, without a tuned file;
+The first trial of a new study runs the model's defaults (those inside the space). A trial
+trains the model as a run does (the plugin's config layering, without a tuned file;
 RecBole's early stopping on ``valid_metric``; RecBole's log at ``state: WARNING`` unless given) and scores it by its best validation score; no
 checkpoint is written and the test split is never evaluated. Each validation score is reported
 to the pruner, which stops a trial whose curve is below the median of earlier trials at the same
@@ -95,6 +96,21 @@ def read_search_space(path, config):
 def choice_label(value):
     """A choice as Optuna stores it (None, bool, int, float or str); a list or dict as its JSON."""
     return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+
+def default_params(space, config):
+    """The configuration's own values of the searched options that the space holds, as Optuna
+    stores them: the first trial of a new study, so that a search cannot end below the model's
+    defaults on validation, whatever its sampler draws."""
+    params = {}
+    for option, spec in space.items():
+        value = config[option]
+        if "choices" in spec:
+            if value in spec["choices"]:
+                params[option] = choice_label(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and spec["low"] <= value <= spec["high"]:
+            params[option] = value
+    return params
 
 
 def suggest(trial, space):
@@ -230,6 +246,8 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
     direction = "maximize" if config["valid_metric_bigger"] else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines say it once
     study = open_study(study_name, storage, direction, seed)
+    if not study.trials:
+        study.enqueue_trial(default_params(space, config))
     metric = config["valid_metric"]
     remaining = trials - len(counted_trials(study))
     log(f"study '{study_name}' in {storage}: {len(study.trials)} trial(s) so far, {max(remaining, 0)} to run; "

@@ -49,6 +49,12 @@ def test_an_interrupted_search_resumes_and_writes_the_best_trial_as_the_tuned_fi
     assert len(tiny_search(tiny, tmp_path, trials=3).trials) == 3  # nothing left to run
 
 
+def test_a_new_study_first_runs_the_models_defaults(tiny, tmp_path):
+    study = tiny_search(tiny, tmp_path, trials=1)
+    # tiny.yaml's embedding_size 8 and the plugin's learning_rate 0.001 lie in the space
+    assert study.trials[0].params == {"learning_rate": 0.001, "embedding_size": 8}
+
+
 def test_the_test_split_is_never_evaluated_during_a_search(tiny, tmp_path, monkeypatch):
     build, built, evaluated = tune_module._build, {}, []
 
