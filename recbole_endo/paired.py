@@ -58,12 +58,13 @@ def paired_table(per_user, reference, entries, metrics):
     return table
 
 
-def format_difference(cell):
-    """``+0.0123 [+0.0050, +0.0190] p 0.002`` (a ``*`` when the interval excludes 0); "—" without pairs."""
+def format_difference(cell, p_value=True):
+    """``+0.0123 [+0.0050, +0.0190]* p 0.002`` (the ``*`` when the interval excludes 0; the p-value
+    unless ``p_value`` is false); "—" without pairs."""
     if cell["mean"] is None:
         return "—"
     if cell["ci_low"] is None:
         return f"{cell['mean']:+.4f}"
     excludes_zero = cell["ci_low"] > 0 or cell["ci_high"] < 0
-    return (f"{cell['mean']:+.4f} [{cell['ci_low']:+.4f}, {cell['ci_high']:+.4f}]{'*' if excludes_zero else ''} "
-            f"p {cell['p']:.3g}")
+    interval = f"{cell['mean']:+.4f} [{cell['ci_low']:+.4f}, {cell['ci_high']:+.4f}]{'*' if excludes_zero else ''}"
+    return f"{interval} p {cell['p']:.3g}" if p_value else interval

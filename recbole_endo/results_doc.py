@@ -8,7 +8,12 @@ A table shows each entry's mean ± std over seeds for those columns, then, when 
 had a reference, the paired difference to it for the NDCG columns among them (``paired.csv``),
 under the provenance lines that open the folder's ``summary.md`` (command, commit, machine,
 tuned files) and above its plot, ``docs/figures/<folder>.png``, of the first shown NDCG column
-(the folder's ``summary.png`` plots every NDCG metric of the comparison).
+(the folder's ``summary.png`` plots every NDCG metric of the comparison). A table that is not a
+comparison (the speed benchmark's ``speed.md``, the analysis's ``goal2.md``) names the file to
+``include`` instead, as it was written.
+
+The spec's ``headline`` lists the ``models`` and, per column, the ``folder`` and ``metric`` of the
+README's headline table; it replaces the lines between the README's two ``headline`` markers.
 """
 
 import argparse
@@ -100,15 +105,60 @@ def write_figure(folder, columns, path):
         summary_figure(summary, tested_ndcg(columns)[:1], table or None, reference).savefig(file, format="png", dpi=90)
 
 
-def write_results(spec_path, output_path):
+HEADLINE_START = "<!-- headline: written by python -m recbole_endo.results_doc from docs/results.yaml -->"
+HEADLINE_END = "<!-- headline end -->"
+
+
+def headline_markdown(headline, repository):
+    """One row per model, one column per comparison: its mean ± std and its paired difference to
+    that comparison's reference; "—" where the comparison has no such entry."""
+    header = ["model"] + [column["label"] for column in headline["columns"]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    tables = []
+    for column in headline["columns"]:
+        folder = os.path.join(repository, column["folder"])
+        tables.append((read_summary(folder)[1], *read_paired(folder)))
+    for model in headline["models"]:
+        cells = [model]
+        for column, (summary, reference, paired) in zip(headline["columns"], tables):
+            if model not in summary or summary[model].get(column["metric"]) is None:
+                cells.append("—")
+                continue
+            mean, std = summary[model][column["metric"]]
+            cell = f"{mean:.3f} ± {std:.3f}"
+            if reference and model != reference:
+                cell += f" (Δ {format_difference(paired[(model, column['metric'])], p_value=False)})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_headline(headline, repository, readme_path):
+    with open(readme_path) as file:
+        text = file.read()
+    if HEADLINE_START not in text or HEADLINE_END not in text:
+        raise ValueError(f"{readme_path} has no headline markers: put {HEADLINE_START!r} and {HEADLINE_END!r} "
+                         "on lines of their own where the table goes")
+    before, rest = text.split(HEADLINE_START, 1)
+    after = rest.split(HEADLINE_END, 1)[1]
+    with open_replacing(readme_path) as file:
+        file.write(f"{before}{HEADLINE_START}\n{headline_markdown(headline, repository)}\n{HEADLINE_END}{after}")
+
+
+def write_results(spec_path, output_path, readme_path=None):
     with open(spec_path) as file:
         spec = yaml.safe_load(file)
-    root = os.path.dirname(os.path.abspath(spec_path))
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(spec_path)))
     documents = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(os.path.join(documents, "figures"), exist_ok=True)
     parts = [spec["intro"].rstrip(), ""]
     for table in spec["tables"]:
-        folder = os.path.join(os.path.dirname(root), table["folder"])
+        if "include" in table:
+            with open(os.path.join(repository, table["include"])) as file:
+                included = file.read().rstrip()
+            parts += [f"## {table['title']}", "", table["text"].rstrip(), "", f"`{table['include']}`:", "", included, ""]
+            continue
+        folder = os.path.join(repository, table["folder"])
         markdown = table_markdown(folder, table["columns"])  # first: it names a missing column
         plot = os.path.join("figures", os.path.basename(os.path.normpath(folder)) + ".png")
         write_figure(folder, table["columns"], os.path.join(documents, plot))
@@ -118,14 +168,17 @@ def write_results(spec_path, output_path):
     with open_replacing(output_path) as file:
         file.write("<!-- Written by python -m recbole_endo.results_doc from docs/results.yaml and results/: edit those. -->\n\n")
         file.write("\n".join(parts))
+    if readme_path is not None and "headline" in spec:
+        write_headline(spec["headline"], repository, readme_path)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="docs/results.yaml", help="the tables to write, in order")
     parser.add_argument("--output", default="docs/results.md", help="the document written")
+    parser.add_argument("--readme", default="README.md", help="the README whose headline table is rewritten")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    write_results(args.spec, args.output)
+    write_results(args.spec, args.output, args.readme)
     return 0
 
 

@@ -44,3 +44,43 @@ def test_a_column_the_comparison_lacks_is_named(results_tree):
     spec.write_text(spec.read_text().replace("exposed:ndcg@5]", "tail:ndcg@10]"))
     with pytest.raises(ValueError, match=r"has no column\(s\) \['tail:ndcg@10'\]"):
         write_results(str(spec), str(results_tree / "docs" / "results.md"))
+
+
+def test_an_included_table_is_copied_as_written(results_tree):
+    (results_tree / "results" / "speed").mkdir()
+    (results_tree / "results" / "speed" / "speed.md").write_text("| model | s/epoch |\n|---|---|\n| BPR | 0.5 |\n")
+    spec = results_tree / "docs" / "results.yaml"
+    spec.write_text(spec.read_text() + "  - {title: Speed, include: results/speed/speed.md, text: Seconds.}\n")
+    output = results_tree / "docs" / "results.md"
+    write_results(str(spec), str(output))
+    assert "## Speed\n\nSeconds.\n\n`results/speed/speed.md`:\n\n| model | s/epoch |\n|---|---|\n| BPR | 0.5 |\n" in output.read_text()
+
+
+def test_the_readme_headline_is_rewritten_between_its_markers_only(results_tree):
+    spec = results_tree / "docs" / "results.yaml"
+    spec.write_text(spec.read_text() + (
+        "headline:\n"
+        "  models: [Endo, BPR, EASE]\n"
+        "  columns: [{label: Coat NDCG@5, folder: results/coat-x, metric: exposed:ndcg@5}]\n"
+    ))
+    readme = results_tree / "README.md"
+    readme.write_text("# Title\n\n<!-- headline: written by python -m recbole_endo.results_doc from docs/results.yaml -->\n"
+                      "old table\n<!-- headline end -->\n\nMore.\n")
+    write_results(str(spec), str(results_tree / "docs" / "results.md"), str(readme))
+    assert readme.read_text() == (
+        "# Title\n\n<!-- headline: written by python -m recbole_endo.results_doc from docs/results.yaml -->\n"
+        "| model | Coat NDCG@5 |\n|---|---|\n"
+        "| Endo | 0.500 ± 0.020 |\n"
+        "| BPR | 0.400 ± 0.030 (Δ -0.1000 [-0.1200, -0.0800]*) |\n"
+        "| EASE | — |\n"
+        "<!-- headline end -->\n\nMore.\n")
+
+
+def test_a_readme_without_headline_markers_is_refused_and_left_as_it_was(results_tree):
+    spec = results_tree / "docs" / "results.yaml"
+    spec.write_text(spec.read_text() + "headline: {models: [Endo], columns: []}\n")
+    readme = results_tree / "README.md"
+    readme.write_text("# Title\n")
+    with pytest.raises(ValueError, match="no headline markers"):
+        write_results(str(spec), str(results_tree / "docs" / "results.md"), str(readme))
+    assert readme.read_text() == "# Title\n"
