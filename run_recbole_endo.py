@@ -16,8 +16,8 @@ import argparse
 import shlex
 import sys
 
-from recbole_endo.compare import compare, split_entries
 from recbole_endo.distributed import run_distributed
+from recbole_endo.experiments.compare import compare, split_entries
 from recbole_endo.quick_start import run_recbole_endo
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """recbole_endo: endogenous decoupling of side and atom representations, as a RecBole plugin.
 
-Importing the package registers its models with RecBole (see :func:`recbole_endo.utils.register`).
+Importing the package registers its models with RecBole (see :func:`recbole_endo.registration.register`).
 """
 
 from recbole_endo.config import Config
 from recbole_endo.model import MODELS, EndoDecouple, TwoTowerConcat, TwoTowerSplit
-from recbole_endo.utils import get_model, get_trainer, register
+from recbole_endo.registration import register
+from recbole_endo.registry import get_model
+from recbole_endo.trainer import get_trainer
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 Layering, lowest to highest precedence: RecBole's properties, the plugin's ``overall.yaml``, the
 plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, the tuned
-``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.tune`` writes (unless the option
+``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.experiments.tune`` writes (unless the option
 ``tuned`` is False), then (as in RecBole) the user's ``config_file_list``, ``config_dict`` and
 ``--key=value`` on the command line.
 
@@ -21,6 +21,8 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import EvaluatorType, InputType, ModelType
 
+from recbole_endo.registry import get_model
+
 
 def properties_folder():
     """The plugin's ``properties`` folder (in a source checkout, the repository's own)."""
@@ -28,7 +30,7 @@ def properties_folder():
 
 
 def tuned_file(model, dataset):
-    """Where ``python -m recbole_endo.tune`` writes the best options of ``model`` on ``dataset``."""
+    """Where ``python -m recbole_endo.experiments.tune`` writes the best options of ``model`` on ``dataset``."""
     return properties_folder() / "tuned" / dataset / f"{model}.yaml"
 
 
@@ -87,7 +89,7 @@ class Config(RecBoleConfig):
         super()._set_default_parameters()
         options = self.final_config_dict
         # RecBole reads ml-100k from its wheel whatever data_path says; a data_path given by the
-        # user (a cold-start split of ml-100k, recbole_endo.cold_start) is honoured as for any dataset.
+        # user (a cold-start split of ml-100k, recbole_endo.data.cold_start) is honoured as for any dataset.
         if self.dataset == "ml-100k" and "data_path" in self.external_config_dict:
             options["data_path"] = os.path.join(self.external_config_dict["data_path"], self.dataset)
         # "{seed}" in data_path picks a split written per seed, so --compare's seeds run on
@@ -170,8 +172,6 @@ def restore_config(state):
     checkpoint's config loads with ``weights_only=True``. It sets attributes and looks the model
     class up by name; it evaluates nothing from the file.
     """
-    from recbole_endo.utils import get_model  # the registry imports this module
-
     if not isinstance(state, dict) or not isinstance(state.get("model"), str):
         raise TypeError("checkpoint config is not a recbole_endo config state")
     config = Config.__new__(Config)

@@ -15,12 +15,13 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_endo.checkpoint import load_weights, read_checkpoint
 from recbole_endo.config import Config
-from recbole_endo.evaluation import check_evaluation_options, extra_evaluation, full_sort_per_user
+from recbole_endo.data.synth import prepare_dataset
+from recbole_endo.evaluation.protocols import check_evaluation_options, extra_evaluation, full_sort_per_user
 from recbole_endo.fast_path import skip_feature_join
 from recbole_endo.model.options import number_option
+from recbole_endo.registry import get_model
 from recbole_endo.run_scope import plugin_run
-from recbole_endo.synth import prepare_dataset
-from recbole_endo.utils import get_model, get_trainer
+from recbole_endo.trainer import get_trainer
 
 
 def _build(config):

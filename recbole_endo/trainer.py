@@ -7,14 +7,23 @@ and the plugin's models train with :class:`FeatureTowerTrainer`, found by model 
 import functools
 import math
 
+import recbole.utils.utils
 import torch
 from recbole.trainer import PretrainTrainer, Trainer
 from recbole.utils import set_color
 
 from recbole_endo.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
-from recbole_endo.evaluation import PlainEntriesCollector, StructKeepingEvaluator, list_evaluation, validates_on_lists
+from recbole_endo.evaluation.protocols import (
+    PlainEntriesCollector,
+    StructKeepingEvaluator,
+    candidate_lists,
+    list_evaluation,
+    validates_on_lists,
+)
 from recbole_endo.model import MODELS
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
+
+_recbole_get_trainer = recbole.utils.utils.get_trainer
 
 
 class PluginTrainerMixin:
@@ -41,6 +50,7 @@ class PluginTrainerMixin:
         self.evaluator = StructKeepingEvaluator(config)
         self.current_epoch = None
         self.best_epoch = None
+        self.validation_lists = None
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         self.current_epoch = epoch_idx
@@ -50,9 +60,12 @@ class PluginTrainerMixin:
         """RecBole's, keeping the result on the trainer for the checkpoint that ``fit`` writes
         when it improved, and the epoch it improved at."""
         if validates_on_lists(self.config):
+            splits = [self.train_data._dataset, valid_data._dataset]
+            if self.validation_lists is None:  # they depend on the splits and the seed only
+                self.validation_lists = candidate_lists(self.config, splits)
             self.model.eval()
             with torch.no_grad():
-                self.valid_result = list_evaluation(self.config, self.model, [self.train_data._dataset, valid_data._dataset])
+                self.valid_result = list_evaluation(self.config, self.model, splits, lists=self.validation_lists)
             valid_score = self.valid_result[self.valid_metric]
         else:
             valid_score, self.valid_result = super()._valid_epoch(valid_data, show_progress)
@@ -205,3 +218,16 @@ def check_finite(components, where):
 # The feature-tower models log their loss components; the others (ItemMeanRating) take RecBole's
 # trainer for their type, with the plugin's checkpoints (plugin_trainer).
 TRAINERS = {name: FeatureTowerTrainer for name, model in MODELS.items() if issubclass(model, FeatureTowerRecommender)}
+
+def registered_trainer(model_type, model_name):
+    """The trainer RecBole uses for ``model_name`` once the plugin is registered: the plugin's
+    for its models, else RecBole's own choice, unchanged."""
+    if model_name in TRAINERS:
+        return TRAINERS[model_name]
+    return _recbole_get_trainer(model_type, model_name)
+
+
+def get_trainer(model_type, model_name):
+    """The trainer class of the plugin's runs for ``model_name``: the plugin's, else RecBole's
+    choice with the plugin's checkpoints (:func:`plugin_trainer`)."""
+    return plugin_trainer(registered_trainer(model_type, model_name))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import DATA_DIR, TINY_YAML
 
-from recbole_endo.analysis import (
+from recbole_endo.experiments.analysis import (
     ALL_ATOMS,
     analyse,
     correlation_rows,
@@ -105,7 +105,7 @@ def test_analysis_writes_table_and_plots(endo_checkpoint, tmp_path):
 def test_command_line_writes_table_and_plots(endo_checkpoint, tmp_path):
     output_dir = tmp_path / "cli"
     completed = subprocess.run(
-        [sys.executable, "-m", "recbole_endo.analysis", endo_checkpoint, f"--output_dir={output_dir}"],
+        [sys.executable, "-m", "recbole_endo.experiments.analysis", endo_checkpoint, f"--output_dir={output_dir}"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr

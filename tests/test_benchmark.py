@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from recbole_endo import benchmark as benchmark_module
-from recbole_endo.benchmark import add_ratios, benchmark, main
 from recbole_endo.config import options_from_args
+from recbole_endo.experiments import benchmark as benchmark_module
+from recbole_endo.experiments.benchmark import add_ratios, benchmark, main
 
 from conftest import DATA_DIR, TINY_YAML
 

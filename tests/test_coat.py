@@ -5,8 +5,8 @@ import pytest
 import recbole.data
 
 import recbole_endo
-from recbole_endo import coat
-from recbole_endo.coat import convert_coat
+from recbole_endo.data import coat
+from recbole_endo.data.coat import convert_coat
 
 REAL_COAT = "/work/shared/data/coat"
 
@@ -214,7 +214,7 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_exposed_protocol_on_a_coat_slice(tmp_path):
-    from recbole_endo.evaluation import candidate_lists
+    from recbole_endo.evaluation.protocols import candidate_lists
     from recbole_endo.quick_start import run_recbole_endo
 
     # User 1 leaves item 4 unrated, so RecBole has a negative to sample for every user.

@@ -9,8 +9,8 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 
 from recbole_endo import Config, get_model
-from recbole_endo.cold_start import PARTS, benchmark_names, main, write_cold_start_split
-from recbole_endo.evaluation import cold_strata, stratum_metrics
+from recbole_endo.data.cold_start import PARTS, benchmark_names, main, write_cold_start_split
+from recbole_endo.evaluation.protocols import cold_strata, stratum_metrics
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
 
 from conftest import DATA_DIR

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from recbole_endo import compare as compare_module
-from recbole_endo.compare import compare, markdown_table, parse_entry, plot_labels, split_entries, summarise
+from recbole_endo.experiments import compare as compare_module
+from recbole_endo.experiments.compare import compare, markdown_table, parse_entry, plot_labels, split_entries, summarise
 
 
 def test_entries_split_on_commas_outside_brackets():
@@ -128,7 +128,7 @@ def test_compare_runs_show_no_progress_bars(monkeypatch):
 
 def test_summary_opens_with_the_command_commit_and_each_entrys_tuned_file(tmp_path, monkeypatch):
     tuned = tmp_path / "BPR.yaml"
-    tuned.write_text("# Written by python -m recbole_endo.tune at commit abc: best of 24 trials.\nlearning_rate: 0.01\n")
+    tuned.write_text("# Written by python -m recbole_endo.experiments.tune at commit abc: best of 24 trials.\nlearning_rate: 0.01\n")
 
     def run_entry(entry, model, options, seed, *_):
         return {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1, "best_epoch": 1, "epochs": 2,
@@ -141,7 +141,7 @@ def test_summary_opens_with_the_command_commit_and_each_entrys_tuned_file(tmp_pa
     lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
     assert lines[0] == "Command: `python x.py --compare=BPR,Pop`"
     assert lines[1].startswith("Commit: 1234567; machine: ")
-    assert lines[3].endswith("BPR.yaml: Written by python -m recbole_endo.tune at commit abc: best of 24 trials.")
+    assert lines[3].endswith("BPR.yaml: Written by python -m recbole_endo.experiments.tune at commit abc: best of 24 trials.")
     assert lines[4] == "- Pop: defaults (no tuned file)"
     with open(tmp_path / "out" / "runs.csv") as f:
         assert "tuned_file" not in next(csv.reader(f))

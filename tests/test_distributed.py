@@ -27,7 +27,7 @@ import torch
 from conftest import DATA_DIR, TINY_YAML
 
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
-from recbole_endo.utils import get_trainer
+from recbole_endo.trainer import get_trainer
 
 SCRIPT = os.path.join(os.path.dirname(DATA_DIR), "..", "run_recbole_endo.py")
 TRAINING = {"epochs": 10, "learning_rate": 0.01}

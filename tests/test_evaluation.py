@@ -9,8 +9,9 @@ from recbole.evaluator.collector import DataStruct
 from recbole.evaluator.evaluator import Evaluator
 
 from recbole_endo import Config
-from recbole_endo.evaluation import (
-    GradedNDCG,
+from recbole_endo import trainer as trainer_module
+from recbole_endo.evaluation.metrics import GradedNDCG
+from recbole_endo.evaluation.protocols import (
     candidate_lists,
     head_items,
     list_evaluation,
@@ -134,10 +135,13 @@ def test_validation_lists_hold_the_validation_items_with_training_as_history(tin
 
 
 @pytest.mark.parametrize("name", ["TwoTowerSplit", "BPR"])
-def test_a_list_valid_metric_scores_validation_by_the_list_protocol_on_the_validation_split(tiny, name):
+def test_a_list_valid_metric_scores_validation_by_the_list_protocol_on_the_validation_split(tiny, name, monkeypatch):
     tiny["config_dict"].update({"list_eval": "exposed", "relevance_threshold": 4, "valid_metric": "exposed:ndcg@5",
                                 "epochs": 3})
+    built = []
+    monkeypatch.setattr(trainer_module, "candidate_lists", lambda *args: built.append(args) or candidate_lists(*args))
     result = run_recbole_endo(model=name, **tiny)
+    assert len(built) == 1  # three validations, the lists built once
     assert set(result["best_valid_result"]) >= {"exposed:ndcg@5", "exposed:gndcg"}
     assert result["best_valid_score"] == result["best_valid_result"]["exposed:ndcg@5"]
     # the best checkpoint, scored again by the protocol on (train, valid), gives the same score

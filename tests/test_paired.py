@@ -7,8 +7,8 @@ import gzip
 import numpy as np
 import pytest
 
-from recbole_endo.compare import compare
-from recbole_endo.paired import format_difference, paired_difference, paired_values
+from recbole_endo.experiments.compare import compare
+from recbole_endo.experiments.paired import format_difference, paired_difference, paired_values
 
 
 def test_paired_values_match_users_by_seed_and_id():

@@ -10,7 +10,8 @@ import recbole
 import yaml
 
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
-from recbole_endo.utils import get_trainer, recbole_models
+from recbole_endo.registry import recbole_models
+from recbole_endo.trainer import get_trainer
 
 # Options a model needs on the tiny data (40 users, 60 items, embedding_size 8), each for a reason
 # of RecBole's, not the plugin's.

@@ -1,6 +1,6 @@
 import pytest
 
-from recbole_endo.results_doc import write_results
+from recbole_endo.experiments.results_doc import write_results
 
 
 @pytest.fixture
@@ -46,14 +46,15 @@ def test_a_column_the_comparison_lacks_is_named(results_tree):
         write_results(str(spec), str(results_tree / "docs" / "results.md"))
 
 
-def test_an_included_table_is_copied_as_written(results_tree):
+def test_an_included_table_is_copied_as_written_its_headings_demoted(results_tree):
     (results_tree / "results" / "speed").mkdir()
-    (results_tree / "results" / "speed" / "speed.md").write_text("| model | s/epoch |\n|---|---|\n| BPR | 0.5 |\n")
+    (results_tree / "results" / "speed" / "speed.md").write_text("# Speed\n\n| model | s/epoch |\n|---|---|\n| BPR | 0.5 |\n")
     spec = results_tree / "docs" / "results.yaml"
     spec.write_text(spec.read_text() + "  - {title: Speed, include: results/speed/speed.md, text: Seconds.}\n")
     output = results_tree / "docs" / "results.md"
     write_results(str(spec), str(output))
-    assert "## Speed\n\nSeconds.\n\n`results/speed/speed.md`:\n\n| model | s/epoch |\n|---|---|\n| BPR | 0.5 |\n" in output.read_text()
+    assert ("## Speed\n\nSeconds.\n\n`results/speed/speed.md`:\n\n### Speed\n\n| model | s/epoch |\n|---|---|\n| BPR | 0.5 |\n"
+            in output.read_text())
 
 
 def test_the_readme_headline_is_rewritten_between_its_markers_only(results_tree):
@@ -64,11 +65,11 @@ def test_the_readme_headline_is_rewritten_between_its_markers_only(results_tree)
         "  columns: [{label: Coat NDCG@5, folder: results/coat-x, metric: exposed:ndcg@5}]\n"
     ))
     readme = results_tree / "README.md"
-    readme.write_text("# Title\n\n<!-- headline: written by python -m recbole_endo.results_doc from docs/results.yaml -->\n"
+    readme.write_text("# Title\n\n<!-- headline: written by python -m recbole_endo.experiments.results_doc from docs/results.yaml -->\n"
                       "old table\n<!-- headline end -->\n\nMore.\n")
     write_results(str(spec), str(results_tree / "docs" / "results.md"), str(readme))
     assert readme.read_text() == (
-        "# Title\n\n<!-- headline: written by python -m recbole_endo.results_doc from docs/results.yaml -->\n"
+        "# Title\n\n<!-- headline: written by python -m recbole_endo.experiments.results_doc from docs/results.yaml -->\n"
         "| model | Coat NDCG@5 |\n|---|---|\n"
         "| Endo | 0.500 ± 0.020 |\n"
         "| BPR | 0.400 ± 0.030 (Δ -0.1000 [-0.1200, -0.0800]*) |\n"
@@ -84,3 +85,11 @@ def test_a_readme_without_headline_markers_is_refused_and_left_as_it_was(results
     with pytest.raises(ValueError, match="no headline markers"):
         write_results(str(spec), str(results_tree / "docs" / "results.md"), str(readme))
     assert readme.read_text() == "# Title\n"
+
+
+def test_two_tables_of_one_folder_keep_two_figures(results_tree):
+    spec = results_tree / "docs" / "results.yaml"
+    spec.write_text(spec.read_text() + "  - {title: Coat again, folder: results/coat-x, figure: coat-x-valid, text: Again., columns: [exposed:ndcg@5]}\n")
+    write_results(str(spec), str(results_tree / "docs" / "results.md"))
+    assert "![Coat again](figures/coat-x-valid.png)" in (results_tree / "docs" / "results.md").read_text()
+    assert {path.name for path in (results_tree / "docs" / "figures").iterdir()} == {"coat-x.png", "coat-x-valid.png"}

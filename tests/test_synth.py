@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 import recbole_endo
-from recbole_endo import synth
+from recbole_endo.data import synth
 from recbole_endo.quick_start import run_recbole_endo
-from recbole_endo.synth import (
+from recbole_endo.data.synth import (
     DEFAULT_OPTIONS,
     generate_synth,
     load_truth,

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from recbole_endo import Config, config as config_module, quick_start
-from recbole_endo import tune as tune_module
-from recbole_endo.provenance import git_commit
-from recbole_endo.tune import main, read_search_space, tune
+from recbole_endo.experiments import tune as tune_module
+from recbole_endo.experiments.provenance import git_commit
+from recbole_endo.experiments.tune import main, read_search_space, tune
 
 
 def write_space(path, text="learning_rate: {low: 0.001, high: 0.05, log: true}\nembedding_size: {choices: [4, 8]}\n"):
@@ -111,7 +111,7 @@ def test_malformed_search_spaces_are_refused_naming_the_file_and_option(tiny, tm
 
 
 def test_every_shipped_search_space_names_only_options_its_model_has(tiny):
-    from recbole_endo.tune import search_space_file
+    from recbole_endo.experiments.tune import search_space_file
 
     for model in ("BPR", "LightGCN", "EASE", "MultiVAE", "TwoTowerConcat", "TwoTowerSplit", "EndoDecouple"):
         space = read_search_space(str(search_space_file(model)), Config(model=model, **tiny))

@@ -1,3 +1,7 @@
+"""The plugin's models, one per file, and their shared pieces: the two-tower frame and ranking
+loss (``feature_recommender``), the feature towers (``towers``), the losses (``losses``) and the
+option checks (``options``)."""
+
 from recbole_endo.model.endo_decouple import EndoDecouple
 from recbole_endo.model.item_mean_rating import ItemMeanRating
 from recbole_endo.model.two_tower_concat import TwoTowerConcat

@@ -1,3 +1,17 @@
+r"""EndoDecouple
+################################################
+The design's endogenous decoupling: TwoTowerSplit's towers, whose side and atom representations
+are shaped by a truncated-cosine stage-1 loss, InfoNCE on the side representation and on the atom
+part orthogonal to it (fake negatives masked), ranked with graded BPR (docs/model.md).
+
+Reference:
+    The plugin's design log (endogenous decoupling of side and atom representations; unpublished).
+    Two-tower self-supervision with feature-masking views follows Tiansheng Yao et al.
+    "Self-supervised Learning for Large-scale Item Recommendations." in CIKM 2021; InfoNCE is
+    Aaron van den Oord et al. "Representation Learning with Contrastive Predictive Coding." 2018;
+    BPR is Steffen Rendle et al. "BPR: Bayesian Personalized Ranking from Implicit Feedback." in UAI 2009.
+"""
+
 import math
 from logging import getLogger
 
@@ -24,7 +38,7 @@ RANK_SCALE_INIT = 2.0
 
 
 class EndoTower(SplitTower):
-    """A split tower with the seed's self-supervised parts: two stochastic views of a group's field
+    """A split tower with the design's self-supervised parts: two stochastic views of a group's field
     embeddings, and one projection head per SSL task (side, atom), not shared.
 
     Views (``ssl_views``): ``dropout``, each view an independent dropout of the embeddings;
@@ -114,7 +128,7 @@ class EndoDecouple(FeatureTowerRecommender):
     auxiliary terms are computed on the batch's users and positive items.
 
     ``sample_weight: endo`` replaces inverse-propensity weights by ``exp(−endo_eta · cos(a, s))`` of
-    the positive item, gradient stopped, normalised to mean 1 in the batch. Why this map: the seed
+    the positive item, gradient stopped, normalised to mean 1 in the batch. Why this map: the design
     found that frequent atoms pull their side representation towards themselves, so a high
     ``cos(a, s)`` marks an over-exposed atom, as high popularity does for IPW; a decreasing,
     positive, bounded map (ratio at most ``e^(2·endo_eta)``) mirrors IPW's ``popularity^−η``

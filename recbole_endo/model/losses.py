@@ -1,4 +1,4 @@
-"""The seed's losses, each written once and unit-tested in ``tests/test_losses.py``.
+"""The design's losses, each written once and unit-tested in ``tests/test_losses.py``.
 
 The graded objective (:func:`graded_bpr_loss`, :class:`LowerGradeSampler`) is here too.
 Representations passed here as ``a`` (atom) and ``s`` (side) are L2-normalised, ``[batch, dim]``.
@@ -59,7 +59,7 @@ def complementary_field_masks(rows, fields, device=None):
 
 def grade_labels(ratings, thresholds):
     """Graded relevance of observed interactions: 1 + the number of thresholds ``rating`` reaches
-    (the seed: rating >= 3 → 2, else 1). Sampled negatives have grade 0."""
+    (the design: rating >= 3 → 2, else 1). Sampled negatives have grade 0."""
     thresholds = torch.as_tensor(thresholds, dtype=ratings.dtype, device=ratings.device)
     return 1 + (ratings.unsqueeze(-1) >= thresholds).sum(-1)
 

@@ -1,3 +1,14 @@
+r"""TwoTowerConcat
+################################################
+A two-tower recommender whose towers embed every atom and side field, concatenate the embeddings
+and map them through one MLP; trained with graded BPR. The plugin's feature-tower baseline.
+
+Reference:
+    Paul Covington et al. "Deep Neural Networks for YouTube Recommendations." in RecSys 2016;
+    Xinyang Yi et al. "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
+    Recommendations." in RecSys 2019 (two towers over id and feature embeddings).
+"""
+
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 from recbole_endo.model.towers import FeatureEmbedding, FeatureTower, mlp
 

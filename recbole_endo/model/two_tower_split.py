@@ -1,3 +1,14 @@
+r"""TwoTowerSplit
+################################################
+A two-tower recommender whose towers map side and atom fields through separate MLPs and join
+them with a linear output layer; trained with graded BPR. EndoDecouple's architecture without its
+self-supervised terms: the ablation that separates "side and atom apart" from "decoupling".
+
+Reference:
+    The plugin's design log (endogenous decoupling; unpublished); two towers as in Xinyang Yi et
+    al. "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item Recommendations." in RecSys 2019.
+"""
+
 import torch
 import torch.nn as nn
 

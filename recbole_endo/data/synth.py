@@ -26,7 +26,7 @@ The model, with ``d = LATENT_DIM`` and ``a = atom_share``:
   that is cheap, and by Gumbel top-k over the user's whole row (the same distribution) for a user
   who would need more exposures than there are items.
 - **Validation**: a seeded per-user hold-out of ``valid_share`` of the observed interactions (at
-  least one per user with two or more, never the last one), as :mod:`recbole_endo.coat` splits Coat.
+  least one per user with two or more, never the last one), as :mod:`recbole_endo.data.coat` splits Coat.
 - **Test**, uniformly exposed: per user ``test_items_per_user`` items drawn uniformly among the
   items the user has not interacted with, every one written with its rating (low ones too), as
   Coat's randomly exposed test set is. Users have kept what they like, so the unseen items are
@@ -39,7 +39,7 @@ Files in ``<out_dir>/<name>/``: ``<name>.{train,valid,test}.inter`` (user_id, it
 (the options, so that :func:`prepare_dataset` regenerates the folder when they change). Ids are
 ``1..users`` and ``1..items``: id ``k`` is row ``k - 1`` of the truth arrays.
 
-    python -m recbole_endo.synth OUT_DIR [--interactions 1000000] [--skew 1.0] [--seed 2020] ...
+    python -m recbole_endo.data.synth OUT_DIR [--interactions 1000000] [--skew 1.0] [--seed 2020] ...
 """
 
 import argparse
@@ -252,7 +252,7 @@ def gumbel_top_k(rng, users, counts, taken, n_items, exposure, log_keep):
 
 def validation_mask(rng, owners, counts, valid_share):
     """Per user, a random ``valid_share`` of its interactions (at least one if it has two or more,
-    never all): the seeded hold-out of :func:`recbole_endo.coat.split_train`."""
+    never all): the seeded hold-out of :func:`recbole_endo.data.coat.split_train`."""
     valid_counts = np.where(counts >= 2, np.minimum(counts - 1, np.maximum(1, np.round(valid_share * counts))), 0)
     order = np.lexsort((rng.random(owners.size), owners))
     sorted_owners = owners[order]

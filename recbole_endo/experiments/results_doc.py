@@ -1,5 +1,5 @@
 """Writes ``docs/results.md`` from the comparison folders under ``results/``, so that no number in
-it is copied by hand: ``python -m recbole_endo.results_doc`` (``--spec docs/results.yaml``).
+it is copied by hand: ``python -m recbole_endo.experiments.results_doc`` (``--spec docs/results.yaml``).
 
 The spec lists the tables in order; each names its ``folder`` (written by ``run_recbole_endo.py
 --compare``), a ``title``, the ``text`` that says what the table measures and how to read it,
@@ -7,10 +7,11 @@ and the ``columns`` to show (of ``summary.csv``: ``valid ndcg@10``, ``exposed:nd
 A table shows each entry's mean ± std over seeds for those columns, then, when the comparison
 had a reference, the paired difference to it for the NDCG columns among them (``paired.csv``),
 under the provenance lines that open the folder's ``summary.md`` (command, commit, machine,
-tuned files) and above its plot, ``docs/figures/<folder>.png``, of the first shown NDCG column
+tuned files) and above its plot, ``docs/figures/<folder>.png`` (``<figure>.png`` when the table
+names a ``figure``, for two tables of one folder), of the first shown NDCG column
 (the folder's ``summary.png`` plots every NDCG metric of the comparison). A table that is not a
 comparison (the speed benchmark's ``speed.md``, the analysis's ``goal2.md``) names the file to
-``include`` instead, as it was written.
+``include`` instead, as it was written (its headings two levels down).
 
 The spec's ``headline`` lists the ``models`` and, per column, the ``folder`` and ``metric`` of the
 README's headline table; it replaces the lines between the README's two ``headline`` markers.
@@ -23,9 +24,9 @@ import sys
 
 import yaml
 
-from recbole_endo.compare import summary_figure
+from recbole_endo.experiments.compare import summary_figure
+from recbole_endo.experiments.paired import format_difference
 from recbole_endo.files import open_replacing
-from recbole_endo.paired import format_difference
 
 
 def read_summary(folder):
@@ -95,7 +96,7 @@ def table_markdown(folder, columns):
 def write_figure(folder, columns, path):
     """The table's plot, of its first test NDCG column (the table holds the others): each entry's
     mean ± std and its paired difference to the reference with its interval
-    (:func:`recbole_endo.compare.summary_figure`)."""
+    (:func:`recbole_endo.experiments.compare.summary_figure`)."""
     _, summary = read_summary(folder)
     reference, paired = read_paired(folder)
     table = {}
@@ -105,7 +106,7 @@ def write_figure(folder, columns, path):
         summary_figure(summary, tested_ndcg(columns)[:1], table or None, reference).savefig(file, format="png", dpi=90)
 
 
-HEADLINE_START = "<!-- headline: written by python -m recbole_endo.results_doc from docs/results.yaml -->"
+HEADLINE_START = "<!-- headline: written by python -m recbole_endo.experiments.results_doc from docs/results.yaml -->"
 HEADLINE_END = "<!-- headline end -->"
 
 
@@ -154,19 +155,19 @@ def write_results(spec_path, output_path, readme_path=None):
     parts = [spec["intro"].rstrip(), ""]
     for table in spec["tables"]:
         if "include" in table:
-            with open(os.path.join(repository, table["include"])) as file:
-                included = file.read().rstrip()
+            with open(os.path.join(repository, table["include"])) as file:  # its headings under the table's
+                included = "\n".join("##" + line if line.startswith("#") else line for line in file.read().rstrip().splitlines())
             parts += [f"## {table['title']}", "", table["text"].rstrip(), "", f"`{table['include']}`:", "", included, ""]
             continue
         folder = os.path.join(repository, table["folder"])
         markdown = table_markdown(folder, table["columns"])  # first: it names a missing column
-        plot = os.path.join("figures", os.path.basename(os.path.normpath(folder)) + ".png")
+        plot = os.path.join("figures", table.get("figure", os.path.basename(os.path.normpath(folder))) + ".png")
         write_figure(folder, table["columns"], os.path.join(documents, plot))
         parts += [f"## {table['title']}", "", table["text"].rstrip(), ""]
         parts += [line + "  " for line in provenance(folder)] + [""]
         parts += [markdown, "", f"![{table['title']}]({plot})", ""]
     with open_replacing(output_path) as file:
-        file.write("<!-- Written by python -m recbole_endo.results_doc from docs/results.yaml and results/: edit those. -->\n\n")
+        file.write("<!-- Written by python -m recbole_endo.experiments.results_doc from docs/results.yaml and results/: edit those. -->\n\n")
         file.write("\n".join(parts))
     if readme_path is not None and "headline" in spec:
         write_headline(spec["headline"], repository, readme_path)

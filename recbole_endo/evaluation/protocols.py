@@ -1,10 +1,10 @@
 """Evaluation protocols beyond RecBole's full ranking, run on the best model after RecBole's test.
 
-- ``list_eval: sampled`` (E2, the seed's protocol): each test user's list is their test items,
+- ``list_eval: sampled`` (graded lists, the design's protocol): each test user's list is their test items,
   graded by ``grade_thresholds`` (ml-100k: rating >= 3 → 2, else 1), plus ``list_negatives``
   items the user never interacted with (in any split), sampled uniformly with the run's seed,
   graded 0.
-- ``list_eval: exposed`` (E3, an unbiased test such as Coat's): each test user's list is their
+- ``list_eval: exposed`` (the unbiased exposure test, such as Coat's): each test user's list is their
   randomly exposed test items, graded ``max(0, rating − relevance_threshold + 1)``, so an item
   is relevant when its rating reaches ``relevance_threshold``. Items the user also has in the
   training or validation split are dropped from the list: the model has seen them with their
@@ -14,7 +14,7 @@
   removed from the ranking, so neither stratum is penalised for the other's true items. Head =
   the most popular items (training counts) that together hold ``head_share`` of the training
   interactions; tail = the rest.
-- ``cold_eval`` (cold start, e.g. on a ``recbole_endo.cold_start`` split); cold = without a
+- ``cold_eval`` (cold start, e.g. on a ``recbole_endo.data.cold_start`` split); cold = without a
   training interaction. ``item``: each stratum is ranked on its own, the cold test items among
   all cold items and the warm test items among all warm items (history masked), as cold-start
   papers rank new items: the question is whether side information orders items no model has
@@ -38,67 +38,16 @@ import torch
 from recbole.config import Config as RecBoleConfig
 from recbole.data.interaction import Interaction
 from recbole.evaluator import register
-from recbole.evaluator.base_metric import AbstractMetric, TopkMetric
+from recbole.evaluator.base_metric import TopkMetric
 from recbole.evaluator.collector import Collector, DataStruct
 from recbole.evaluator.evaluator import Evaluator
-from recbole.utils import EvaluatorType
 
+from recbole_endo.evaluation.metrics import GradedNDCG
 from recbole_endo.model.losses import grade_labels
 from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
 
 LIST_PROTOCOLS = ("none", "sampled", "exposed")
 COLD_EVAL_ENTITIES = ("none", "item", "user")
-
-
-class GradedNDCG(AbstractMetric):
-    r"""Graded NDCG of a ranked candidate list: :math:`\mathrm{DCG}/\mathrm{IDCG}` with gain
-    :math:`2^{g} - 1` and discount :math:`1/\log_2(\mathrm{rank} + 1)`, at each ``topk`` cutoff
-    (``gndcg@k``) and over the whole list (``gndcg``), averaged over users.
-
-    Needs ``rec.graded``: per user, the grades of the list's items in the model's ranked order,
-    padded with 0 (a zero gain changes neither DCG nor IDCG). The plugin's list protocols fill it
-    (:func:`list_evaluation`); RecBole's full-ranking collector does not know graded labels.
-    """
-
-    metric_type = EvaluatorType.RANKING
-    metric_need = ["rec.graded"]
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.topk = config["topk"]
-
-    def per_user(self, dataobject):
-        """Each user's graded NDCG at each cutoff and over the whole list, ``{key: [users]}``."""
-        if "rec.graded" not in dataobject:
-            raise ValueError(
-                "metric 'GradedNDCG' ranks graded candidate lists: use it through the plugin's "
-                "list_eval option (sampled or exposed), not in RecBole's full-ranking 'metrics'"
-            )
-        ranked = dataobject.get("rec.graded").double()
-        gains = torch.pow(2.0, ranked) - 1
-        ideal = torch.pow(2.0, ranked.sort(dim=1, descending=True).values) - 1
-        discount = 1.0 / torch.log2(torch.arange(2, ranked.shape[1] + 2, dtype=torch.double))
-        dcg, idcg = (gains * discount).cumsum(1), (ideal * discount).cumsum(1)
-        result = {f"gndcg@{k}": (dcg[:, k - 1] / idcg[:, k - 1]).numpy() for k in self.topk}
-        result["gndcg"] = (dcg[:, -1] / idcg[:, -1]).numpy()
-        return result
-
-    def calculate_metric(self, dataobject):
-        return {key: round(float(values.mean()), self.decimal_place) for key, values in self.per_user(dataobject).items()}
-
-
-def register_metric(metric_class):
-    """Make ``metric_class`` available to RecBole by name, as its own metrics are, without
-    editing RecBole: its registry dictionaries are shared by every module that imported them."""
-    name = metric_class.__name__.lower()
-    register.metrics_dict[name] = metric_class
-    register.metric_information[name] = metric_class.metric_need
-    register.metric_types[name] = metric_class.metric_type
-    if metric_class.smaller and name not in register.smaller_metrics:
-        register.smaller_metrics.append(name)
-
-
-register_metric(GradedNDCG)
 
 
 class PlainEntriesCollector(Collector):
@@ -301,11 +250,11 @@ def candidate_lists(config, splits):
     return torch.from_numpy(list_users), _padded(item_rows, 0), _padded(grade_rows, 0)
 
 
-def list_evaluation(config, model, splits, per_user=None):
-    """Metrics of the ``list_eval`` protocol on the lists of :func:`candidate_lists`, keys prefixed
-    by it (``exposed:ndcg@5``); with a ``per_user`` dict, their per-user values go in it under
-    the same keys."""
-    users, items, grades = candidate_lists(config, splits)
+def list_evaluation(config, model, splits, per_user=None, lists=None):
+    """Metrics of the ``list_eval`` protocol on the lists of :func:`candidate_lists` (or the
+    ``lists`` it returned for these splits before), keys prefixed by it (``exposed:ndcg@5``);
+    with a ``per_user`` dict, their per-user values go in it under the same keys."""
+    users, items, grades = candidate_lists(config, splits) if lists is None else lists
     scores = score_all_items(model, splits[0], users.numpy()).gather(1, items)
     scores[(items == 0)] = -torch.inf
     rows = {}

@@ -1,7 +1,7 @@
 """Comparison runner: several models (plugin or built-in) × several seeds on one dataset and
 protocol, summarised as mean ± std per metric in a Markdown table and a CSV; every run's
 per-user test values kept, and with a reference entry each entry's paired difference to it
-(``recbole_endo.paired``).
+(``recbole_endo.experiments.paired``).
 
 A model entry is a name, optionally with options for that entry only, e.g.
 ``EndoDecouple[stage1_weight=0]`` or ``BPR[learning_rate=0.002]``; options are YAML values,
@@ -18,11 +18,12 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+import torch
 import yaml
 
+from recbole_endo.experiments.paired import format_difference, paired_table
+from recbole_endo.experiments.provenance import git_commit, machine, tuned_origin
 from recbole_endo.files import open_replacing
-from recbole_endo.paired import format_difference, paired_table
-from recbole_endo.provenance import git_commit, machine, tuned_origin
 from recbole_endo.quick_start import run_recbole_endo
 
 ENTRY = re.compile(r"^\s*(?P<model>[A-Za-z_][A-Za-z0-9_]*)\s*(?:\[(?P<options>.*)\])?\s*$")
@@ -101,14 +102,10 @@ def run_entry(entry, model, options, seed, dataset, config_file_list, config_dic
 
 def run_threads(jobs):
     """torch's threads in each run: its default alone, a share of the CPUs in ``jobs`` processes."""
-    import torch
-
     return torch.get_num_threads() if jobs <= 1 else max(1, os.cpu_count() // jobs)
 
 
 def _limit_threads(threads):
-    import torch
-
     torch.set_num_threads(threads)
 
 

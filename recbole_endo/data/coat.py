@@ -7,7 +7,7 @@ items) is split into train/valid per user, test.ascii (randomly exposed items) i
 Ids are the raw 1-based row/column numbers, so results can be joined back to the raw files.
 Item feature groups also used for users (gender) are written as item_<group>, see convert_coat.
 
-    python -m recbole_endo.coat RAW_DIR OUT_DIR [--name coat] [--valid_share 0.1] [--seed 2020]
+    python -m recbole_endo.data.coat RAW_DIR OUT_DIR [--name coat] [--valid_share 0.1] [--seed 2020]
 """
 
 import argparse

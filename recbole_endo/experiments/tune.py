@@ -2,8 +2,8 @@
 the validation curve, and the study kept in a database, so that an interrupted search resumes
 where it stopped and several processes (or machines sharing one database) work on one study.
 
-    python -m recbole_endo.tune --model=EndoDecouple --dataset=coat --trials=32
-    python -m recbole_endo.tune --model=BPR --dataset=ml-100k --trials=24 --storage=postgresql://host/db
+    python -m recbole_endo.experiments.tune --model=EndoDecouple --dataset=coat --trials=32
+    python -m recbole_endo.experiments.tune --model=BPR --dataset=ml-100k --trials=24 --storage=postgresql://host/db
 
 Search space: ``properties/search/<Model>.yaml``, one entry per option, e.g.::
 
@@ -44,8 +44,8 @@ import yaml
 from recbole.utils import init_logger
 
 from recbole_endo.config import Config, options_from_args, properties_folder, tuned_file
+from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.files import open_replacing
-from recbole_endo.provenance import git_commit
 from recbole_endo.quick_start import _build
 from recbole_endo.run_scope import plugin_run
 
@@ -68,7 +68,7 @@ def read_search_space(path, config):
     if not os.path.isfile(path):
         raise ValueError(
             f"no search space for model '{config['model']}': {path} does not exist; write one "
-            "(see python -m recbole_endo.tune --help) or pass --search_space=FILE"
+            "(see python -m recbole_endo.experiments.tune --help) or pass --search_space=FILE"
         )
     with open(path) as file:
         space = yaml.safe_load(file) or {}
@@ -221,7 +221,7 @@ def write_tuned(path, study, model, dataset, params, metric):
     """The best trial's ``params`` as the tuned file of ``model`` on ``dataset``."""
     best = study.best_trial
     header = (
-        f"# Written by python -m recbole_endo.tune; best trial run at commit {best.user_attrs.get('commit', 'unknown')}: study '{study.study_name}', "
+        f"# Written by python -m recbole_endo.experiments.tune; best trial run at commit {best.user_attrs.get('commit', 'unknown')}: study '{study.study_name}', "
         f"best of {len(counted_trials(study))} trials, trial {best.number}, validation {metric} {best.value:.4f}.\n"
         f"# Layered after properties/dataset/{dataset}.yaml for {model} on {dataset}; --tuned=false runs without it.\n"
     )

@@ -1,6 +1,6 @@
-"""The seed's goal-2 test: do frequent atoms pull their side representation towards themselves?
+"""The design's goal-2 test: do frequent atoms pull their side representation towards themselves?
 
-    python -m recbole_endo.analysis CHECKPOINT [--output_dir DIR] [--user_side_field F] [--item_side_field F]
+    python -m recbole_endo.experiments.analysis CHECKPOINT [--output_dir DIR] [--user_side_field F] [--item_side_field F]
 
 For a checkpoint whose user and item towers are :class:`SplitTower` s (TwoTowerSplit,
 EndoDecouple) and for each entity (user, item), every atom (internal id; RecBole's padding id 0
@@ -8,7 +8,7 @@ skipped) gets, in eval mode, ``s`` = its normalised side branch and ``a`` = its 
 branch. The analysis correlates (Spearman) the atom's interaction count in the training split
 with ``cos(a, s)``, over all atoms and within each value of one side field (default: the entity's
 first side field in ``endo_fields``; a ``token_seq`` atom counts in the group of each of its
-tokens). The seed (goal 2, v1) found the correlation positive, globally and within a side value.
+tokens). The design (goal 2, v1) found the correlation positive, globally and within a side value.
 
 Writes to ``--output_dir``:
 
@@ -272,7 +272,7 @@ def analyse(checkpoint, output_dir, side_fields=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="The seed's goal-2 analysis: training frequency vs cos(side, atom).")
+    parser = argparse.ArgumentParser(description="The design's goal-2 analysis: training frequency vs cos(side, atom).")
     parser.add_argument("checkpoint", help="a TwoTowerSplit or EndoDecouple checkpoint (saved/*.pth)")
     parser.add_argument("--output_dir", default="goal2", help="folder for goal2.json, goal2.md and the plots")
     for entity in ENTITIES:

@@ -1,7 +1,7 @@
 """Speed benchmark: training seconds per epoch, full-sort evaluation seconds and peak memory of
 several models on several datasets, in one run, with each model's ratios to a baseline (BPR).
 
-    python -m recbole_endo.benchmark --datasets=ml-100k,endo-synth --synth_interactions=1111111,11111111 \\
+    python -m recbole_endo.experiments.benchmark --datasets=ml-100k,endo-synth --synth_interactions=1111111,11111111 \\
         --output_dir=results/speed
 
 Each (dataset, model) runs in a fresh Python process, one at a time, so its peak memory is its
@@ -181,7 +181,7 @@ def dataset_cases(datasets, config_dict, synth_interactions=()):
     once per size in ``synth_interactions`` (observed interactions, train + valid): labelled with
     its size, generated into a folder of its own, its users scaled to keep endo-synth's default
     interactions per user unless ``synth_users`` is given."""
-    from recbole_endo.synth import DEFAULT_OPTIONS
+    from recbole_endo.data.synth import DEFAULT_OPTIONS
 
     cases = []
     for dataset in datasets:
@@ -206,7 +206,7 @@ def prepare(dataset, model, config_file_list, config_dict):
     if dataset != SYNTH_DATASET:
         return
     from recbole_endo.config import Config
-    from recbole_endo.synth import prepare_dataset
+    from recbole_endo.data.synth import prepare_dataset
 
     prepare_dataset(Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict))
 
@@ -226,7 +226,7 @@ def run_one(
         spec_file = os.path.join(directory, "spec.json")
         with open(spec_file, "w") as file:
             json.dump(spec, file)
-        command = [sys.executable, "-m", "recbole_endo.benchmark", f"--worker={spec_file}"]
+        command = [sys.executable, "-m", "recbole_endo.experiments.benchmark", f"--worker={spec_file}"]
         with open(log_file, "w") as log:
             try:
                 process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)

@@ -5,7 +5,7 @@ interactions go to validation and test, half each (seeded), so no cold id occurs
 The other (warm) interactions are split 8:1:1 at random per user, with RecBole's own rounding, as
 its ``RS`` split with ``group_by: user`` splits them, so warm and cold results come side by side.
 
-    python -m recbole_endo.cold_start SOURCE_DIR DATASET OUT_DIR [--entity item|user] [--cold_share 0.2] [--seed 2020]
+    python -m recbole_endo.data.cold_start SOURCE_DIR DATASET OUT_DIR [--entity item|user] [--cold_share 0.2] [--seed 2020]
 
 reads ``SOURCE_DIR/DATASET.inter`` and writes ``OUT_DIR/DATASET/DATASET.cold_<entity>.{train,valid,test}.inter``
 (the source's header and rows) with copies of ``DATASET.user`` and ``DATASET.item``. Run a model on it with

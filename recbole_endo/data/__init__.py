@@ -1,0 +1,2 @@
+"""Datasets in RecBole's atomic files: the Coat converter (``coat``), the endo-synth generator
+with known ground truth (``synth``) and cold-start splits (``cold_start``)."""

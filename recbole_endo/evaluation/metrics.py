@@ -1,0 +1,58 @@
+"""``GradedNDCG``, the graded metric of the plugin's list protocols, registered with RecBole's
+metric registry by name (no RecBole file is edited)."""
+
+import torch
+from recbole.evaluator import register
+from recbole.evaluator.base_metric import AbstractMetric
+from recbole.utils import EvaluatorType
+
+
+class GradedNDCG(AbstractMetric):
+    r"""Graded NDCG of a ranked candidate list: :math:`\mathrm{DCG}/\mathrm{IDCG}` with gain
+    :math:`2^{g} - 1` and discount :math:`1/\log_2(\mathrm{rank} + 1)`, at each ``topk`` cutoff
+    (``gndcg@k``) and over the whole list (``gndcg``), averaged over users.
+
+    Needs ``rec.graded``: per user, the grades of the list's items in the model's ranked order,
+    padded with 0 (a zero gain changes neither DCG nor IDCG). The plugin's list protocols fill it
+    (:func:`recbole_endo.evaluation.protocols.list_evaluation`); RecBole's full-ranking collector does not know graded labels.
+    """
+
+    metric_type = EvaluatorType.RANKING
+    metric_need = ["rec.graded"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.topk = config["topk"]
+
+    def per_user(self, dataobject):
+        """Each user's graded NDCG at each cutoff and over the whole list, ``{key: [users]}``."""
+        if "rec.graded" not in dataobject:
+            raise ValueError(
+                "metric 'GradedNDCG' ranks graded candidate lists: use it through the plugin's "
+                "list_eval option (sampled or exposed), not in RecBole's full-ranking 'metrics'"
+            )
+        ranked = dataobject.get("rec.graded").double()
+        gains = torch.pow(2.0, ranked) - 1
+        ideal = torch.pow(2.0, ranked.sort(dim=1, descending=True).values) - 1
+        discount = 1.0 / torch.log2(torch.arange(2, ranked.shape[1] + 2, dtype=torch.double))
+        dcg, idcg = (gains * discount).cumsum(1), (ideal * discount).cumsum(1)
+        result = {f"gndcg@{k}": (dcg[:, k - 1] / idcg[:, k - 1]).numpy() for k in self.topk}
+        result["gndcg"] = (dcg[:, -1] / idcg[:, -1]).numpy()
+        return result
+
+    def calculate_metric(self, dataobject):
+        return {key: round(float(values.mean()), self.decimal_place) for key, values in self.per_user(dataobject).items()}
+
+
+def register_metric(metric_class):
+    """Make ``metric_class`` available to RecBole by name, as its own metrics are, without
+    editing RecBole: its registry dictionaries are shared by every module that imported them."""
+    name = metric_class.__name__.lower()
+    register.metrics_dict[name] = metric_class
+    register.metric_information[name] = metric_class.metric_need
+    register.metric_types[name] = metric_class.metric_type
+    if metric_class.smaller and name not in register.smaller_metrics:
+        register.smaller_metrics.append(name)
+
+
+register_metric(GradedNDCG)
