@@ -14,7 +14,8 @@ class GradedNDCG(AbstractMetric):
 
     Needs ``rec.graded``: per user, the grades of the list's items in the model's ranked order,
     padded with 0 (a zero gain changes neither DCG nor IDCG). The plugin's list protocols fill it
-    (:func:`recbole_endo.evaluation.protocols.list_evaluation`); RecBole's full-ranking collector does not know graded labels.
+    (:func:`recbole_endo.evaluation.protocols.list_evaluation`); RecBole's full-ranking collector
+    does not know graded labels.
     """
 
     metric_type = EvaluatorType.RANKING

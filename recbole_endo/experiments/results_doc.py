@@ -155,9 +155,11 @@ def write_results(spec_path, output_path, readme_path=None):
     parts = [spec["intro"].rstrip(), ""]
     for table in spec["tables"]:
         if "include" in table:
-            with open(os.path.join(repository, table["include"])) as file:  # its headings under the table's
-                included = "\n".join("##" + line if line.startswith("#") else line for line in file.read().rstrip().splitlines())
-            parts += [f"## {table['title']}", "", table["text"].rstrip(), "", f"`{table['include']}`:", "", included, ""]
+            with open(os.path.join(repository, table["include"])) as file:
+                lines = file.read().rstrip().splitlines()
+            included = "\n".join("##" + line if line.startswith("#") else line for line in lines)  # under the title
+            parts += [f"## {table['title']}", "", table["text"].rstrip(), ""]
+            parts += [f"`{table['include']}`:", "", included, ""]
             continue
         folder = os.path.join(repository, table["folder"])
         markdown = table_markdown(folder, table["columns"])  # first: it names a missing column
