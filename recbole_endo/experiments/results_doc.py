@@ -73,9 +73,14 @@ def tested_ndcg(columns):
     return [column for column in columns if "ndcg" in column and not column.startswith("valid")]
 
 
-def table_markdown(folder, columns):
-    entries, summary = read_summary(folder)
-    reference, paired = read_paired(folder)
+def read_comparison(folder):
+    """``(entries, summary, reference, paired)`` of a comparison folder: what a table, its plot
+    and the headline read."""
+    return (*read_summary(folder), *read_paired(folder))
+
+
+def table_markdown(folder, comparison, columns):
+    entries, summary, reference, paired = comparison
     missing = [column for column in columns if column not in summary[entries[0]]]
     if missing:
         raise ValueError(f"{folder}/summary.csv has no column(s) {missing}; it has {sorted(summary[entries[0]])}")
@@ -93,12 +98,11 @@ def table_markdown(folder, columns):
     return "\n".join(lines)
 
 
-def write_figure(folder, columns, path):
+def write_figure(comparison, columns, path):
     """The table's plot, of its first test NDCG column (the table holds the others): each entry's
     mean ± std and its paired difference to the reference with its interval
     (:func:`recbole_endo.experiments.compare.summary_figure`)."""
-    _, summary = read_summary(folder)
-    reference, paired = read_paired(folder)
+    _, summary, reference, paired = comparison
     table = {}
     for (entry, metric), cell in paired.items():
         table.setdefault(entry, {})[metric] = cell
@@ -115,10 +119,9 @@ def headline_markdown(headline, repository):
     that comparison's reference; "—" where the comparison has no such entry."""
     header = ["model"] + [column["label"] for column in headline["columns"]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    tables = []
-    for column in headline["columns"]:
-        folder = os.path.join(repository, column["folder"])
-        tables.append((read_summary(folder)[1], *read_paired(folder)))
+    folders = {column["folder"] for column in headline["columns"]}
+    comparisons = {folder: read_comparison(os.path.join(repository, folder))[1:] for folder in folders}
+    tables = [comparisons[column["folder"]] for column in headline["columns"]]
     for model in headline["models"]:
         cells = [model]
         for column, (summary, reference, paired) in zip(headline["columns"], tables):
@@ -162,9 +165,10 @@ def write_results(spec_path, output_path, readme_path=None):
             parts += [f"`{table['include']}`:", "", included, ""]
             continue
         folder = os.path.join(repository, table["folder"])
-        markdown = table_markdown(folder, table["columns"])  # first: it names a missing column
+        comparison = read_comparison(folder)
+        markdown = table_markdown(folder, comparison, table["columns"])  # first: it names a missing column
         plot = os.path.join("figures", table.get("figure", os.path.basename(os.path.normpath(folder))) + ".png")
-        write_figure(folder, table["columns"], os.path.join(documents, plot))
+        write_figure(comparison, table["columns"], os.path.join(documents, plot))
         parts += [f"## {table['title']}", "", table["text"].rstrip(), ""]
         parts += [line + "  " for line in provenance(folder)] + [""]
         parts += [markdown, "", f"![{table['title']}]({plot})", ""]
