@@ -141,7 +141,7 @@ def test_endo_weight_averages_one_carries_no_gradient_and_falls_with_atom_side_s
     batch = next(iter(train_data))
     model.calculate_loss(batch)
     weight = captured["weight"]
-    *_, item_cos = model.auxiliary("item", batch["item_id"])
+    _, (_, _, item_cos) = model.auxiliary("item", batch["item_id"])
     assert not weight.requires_grad and item_cos.requires_grad
     assert weight.mean().item() == pytest.approx(1.0)
     order = torch.argsort(item_cos.detach())

@@ -3,8 +3,12 @@
 ``endo_fields`` (config) names, per entity (``user``, ``item``), its ``atom`` fields (identity-like,
 popularity-biased: ids, titles) and its ``side`` fields (generalisable: genres, demographics).
 Unset, it is derived from the loaded feature fields (:func:`derive_endo_fields`).
+
+The towers, shared by the plugin's models: :class:`SplitTower` (side and atom branches joined by
+an output layer) and :class:`EndoTower` (a split tower with the design's SSL views and heads).
 """
 
+import math
 import os
 from logging import getLogger
 
@@ -13,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.layers import MLPLayers
 from recbole.utils import FeatureSource, FeatureType
+
+from recbole_endo.model.losses import complementary_field_masks, orthogonal_component
 
 ENTITIES = ("user", "item")
 FIELD_GROUPS = ("atom", "side")
@@ -242,6 +248,102 @@ class FeatureTower(nn.Module):
         if self.id_embedding is None:
             return representation
         return representation + self.id_embedding(ids).squeeze(-2)
+
+
+class SplitTower(FeatureTower):
+    """concat(MLP_side(side embeddings), MLP_atom(atom embeddings)) → output layer.
+
+    The output layer is linear, or an MLP when ``output_hidden_sizes`` is given. A group with no
+    configured field has no branch.
+    """
+
+    def __init__(self, dataset, entity, fields, config, output_hidden_sizes=()):
+        super().__init__(dataset, entity, config)
+        embedding_size, hidden_sizes, dropout = config["embedding_size"], config["mlp_hidden_size"], config["dropout_prob"]
+        groups = [group for group in FIELD_GROUPS if fields[group]]
+        self.embeddings = nn.ModuleDict(
+            {group: FeatureEmbedding(dataset, entity, fields[group], embedding_size, group) for group in groups}
+        )
+        self.mlps = nn.ModuleDict(
+            {group: mlp([self.embeddings[group].output_size, *hidden_sizes], dropout) for group in groups}
+        )
+        size = hidden_sizes[-1]
+        self.output = mlp([len(groups) * size, *output_hidden_sizes, size], dropout)
+
+    def embed(self, ids):
+        """Field embeddings per group: ``{group: [batch, fields, embedding_size]}``."""
+        return {group: embedding(ids) for group, embedding in self.embeddings.items()}
+
+    def branch(self, group, embedded):
+        return self.mlps[group](embedded.flatten(-2))
+
+    def combine(self, ids, branches):
+        """The representation of ``ids`` from their branches' outputs (and the id path)."""
+        return self.add_id_path(ids, self.output(torch.cat([branches[group] for group in self.embeddings], dim=-1)))
+
+    def forward(self, ids):
+        return self.combine(ids, {group: self.branch(group, embedded) for group, embedded in self.embed(ids).items()})
+
+
+# rank_representation side_orthogonal: |s + a-perp| = sqrt(2), so a scale of 2 lets scores start
+# within ±8, a range in which BPR's sigmoid is neither flat nor saturated.
+RANK_SCALE_INIT = 2.0
+
+
+class EndoTower(SplitTower):
+    """A split tower with the design's self-supervised parts: two stochastic views of a group's field
+    embeddings, and one projection head per SSL task (side, atom), not shared.
+
+    Views (``ssl_views``): ``dropout``, each view an independent dropout of the embeddings;
+    ``fields``, each row's fields split at random into two complementary non-empty sets, one per
+    view (:func:`complementary_field_masks`), so the views must agree from different facts. A
+    group of one field cannot be split: its views are dropout views.
+
+    Ranking representation (``rank_representation``): ``output``, the split tower's output layer
+    over both branches; ``side_orthogonal``, ``α (s + γ a⊥)`` with ``s``, ``a⊥`` as the SSL terms
+    shape them and ``α``, ``γ`` learned positive scalars (``α`` starts at ``RANK_SCALE_INIT``,
+    ``γ`` at 1), so the geometry the decoupling terms give the representations is the geometry
+    the scores use: the side fixes where an entity sits, its own atom moves it only orthogonally.
+
+    A tower with no side field (an entity without a feature file) or no atom field has nothing
+    to decouple: it is a plain split tower, ``decoupled`` is False and it has no heads."""
+
+    def __init__(self, dataset, entity, fields, config):
+        super().__init__(dataset, entity, fields, config, config["rank_hidden_size"])
+        missing = [group for group in FIELD_GROUPS if not fields[group]]
+        self.decoupled = not missing
+        self.side_orthogonal_ranking = self.decoupled and config["rank_representation"] == "side_orthogonal"
+        if self.side_orthogonal_ranking:
+            del self.output  # not used: the representation is built from s and a-perp
+            self.rank_log_scale = nn.Parameter(torch.tensor(math.log(RANK_SCALE_INIT)))
+            self.atom_log_weight = nn.Parameter(torch.zeros(()))
+        if missing:
+            getLogger().warning(
+                f"endo_fields.{entity}.{missing[0]} names no field, so the {entity} tower's "
+                "decoupling terms (stage-1, side SSL, atom SSL) are off"
+            )
+            return
+        self.view_dropout = nn.Dropout(config["ssl_dropout"])
+        self.field_views = config["ssl_views"] == "fields"
+        size = config["mlp_hidden_size"][-1]
+        self.heads = nn.ModuleDict({group: mlp([size, size, config["projection_size"]]) for group in FIELD_GROUPS})
+
+    def combine(self, ids, branches):
+        if not self.side_orthogonal_ranking:
+            return super().combine(ids, branches)
+        side, atom = (F.normalize(branches[group], dim=-1) for group in ("side", "atom"))
+        representation = self.rank_log_scale.exp() * (side + self.atom_log_weight.exp() * orthogonal_component(atom, side))
+        return self.add_id_path(ids, representation)
+
+    def views(self, group, embedded):
+        """Two stochastic views of each row of a group's field embeddings, through its branch in
+        one pass and normalised: ``[2, rows, size]``."""
+        rows, fields = embedded.shape[:2]
+        if self.field_views and fields > 1:
+            views = embedded * complementary_field_masks(rows, fields, embedded.device).unsqueeze(-1)
+        else:
+            views = self.view_dropout(embedded.expand(2, *embedded.shape))
+        return F.normalize(self.branch(group, views), dim=-1)
 
 
 def mlp(sizes, dropout=0.0):
