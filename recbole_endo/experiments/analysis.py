@@ -36,8 +36,7 @@ from recbole.utils import FeatureType
 from scipy.stats import spearmanr
 
 from recbole_endo.files import open_replacing
-from recbole_endo.model.towers import ENTITIES, FIELD_GROUPS
-from recbole_endo.model.towers import SplitTower
+from recbole_endo.model.towers import ENTITIES, FIELD_GROUPS, SplitTower
 from recbole_endo.quick_start import load_data_and_model
 
 MIN_GROUP_ATOMS = 5  # below this a rank correlation says nothing (n=4 has only 24 orderings)
