@@ -1,6 +1,7 @@
 """Configuration: RecBole's Config with the plugin's YAML defaults layered over RecBole's own.
 
-Layering, lowest to highest precedence: RecBole's properties, the plugin's ``overall.yaml``, the
+Layering, lowest to highest precedence: RecBole's properties, the plugin's ``overall.yaml``, for a
+sequential model (RecBole's ``ModelType.SEQUENTIAL``) the plugin's ``sequential.yaml``, the
 plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, the tuned
 ``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.experiments.tune`` writes (unless the option
 ``tuned`` is False), then (as in RecBole) the user's ``config_file_list``, ``config_dict`` and
@@ -34,23 +35,30 @@ def tuned_file(model, dataset):
     return properties_folder() / "tuned" / dataset / f"{model}.yaml"
 
 
-def plugin_property_files(model, dataset, tuned=True):
-    """The plugin's YAML files that exist for ``model`` on ``dataset``, lowest precedence first;
-    with ``tuned``, the tuned file last."""
+def is_sequential(model_class):
+    return getattr(model_class, "type", None) == ModelType.SEQUENTIAL
+
+
+def plugin_property_files(model, model_class, dataset, tuned=True):
+    """The plugin's YAML files that exist for ``model`` (of class ``model_class``) on ``dataset``,
+    lowest precedence first; with ``tuned``, the tuned file last."""
     root = properties_folder()
-    candidates = [root / "overall.yaml", root / "model" / f"{model}.yaml", root / "dataset" / f"{dataset}.yaml"]
+    candidates = [root / "overall.yaml"]
+    if is_sequential(model_class):
+        candidates.append(root / "sequential.yaml")
+    candidates += [root / "model" / f"{model}.yaml", root / "dataset" / f"{dataset}.yaml"]
     if tuned:
         candidates.append(tuned_file(model, dataset))
     return [str(file) for file in candidates if file.is_file()]
 
 
-def layer_plugin_properties(config, model, dataset):
+def layer_plugin_properties(config, model, model_class, dataset):
     """Layer the plugin's files over RecBole's; ``config.tuned_file`` is the tuned file layered, or None."""
     tuned = config.external_config_dict.get("tuned", True)
     if not isinstance(tuned, bool):
         raise ValueError(f"config option 'tuned' must be true or false, got {tuned!r}")
     config.tuned_file = None
-    for file in plugin_property_files(model, dataset, tuned):
+    for file in plugin_property_files(model, model_class, dataset, tuned):
         config_dict = config._update_internal_config_dict(file) or {}
         if file == str(tuned_file(model, dataset)):
             config.tuned_file = file
@@ -76,18 +84,28 @@ class Config(RecBoleConfig):
     """RecBole's Config with the plugin's properties layered over RecBole's for *every* model.
 
     Built-in models (BPR, LightGCN, ...) run through this Config get the same split, metrics and
-    dataset fields as the plugin's models, so all of them are compared under one protocol.
+    dataset fields as the plugin's models, so all of them are compared under one protocol;
+    sequential models get the sequential one (``sequential.yaml``), and train without sampled
+    negatives when their ``loss_type`` is CE unless the user's options ask for them.
     Distributed processes without CUDA join with ``gloo`` (:meth:`_init_device`), and the config
     pickles as plain data (:func:`restore_config`).
     """
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        layer_plugin_properties(self, model, dataset)
+        layer_plugin_properties(self, model, model_class, dataset)
 
     def _set_default_parameters(self):
-        super()._set_default_parameters()
         options = self.final_config_dict
+        # RecBole refuses sampled training negatives for a sequential model trained with CE over all
+        # items (SASRec and most of its sequential models by default), and its default samples them.
+        if (
+            is_sequential(self.model_class)
+            and options.get("loss_type") == "CE"
+            and "train_neg_sample_args" not in self.external_config_dict
+        ):
+            options["train_neg_sample_args"] = None
+        super()._set_default_parameters()
         # RecBole reads ml-100k from its wheel whatever data_path says; a data_path given by the
         # user (a cold-start split of ml-100k, recbole_endo.data.cold_start) is honoured as for any dataset.
         if self.dataset == "ml-100k" and "data_path" in self.external_config_dict:

@@ -24,7 +24,7 @@ def _load_internal_config_dict(config, model, model_class, dataset):
     # The plugin Config layers its properties for every model itself; RecBole's own Config gets
     # the plugin's defaults only for the plugin's models, so built-ins behave as without the plugin.
     if model in MODELS and not isinstance(config, Config):
-        layer_plugin_properties(config, model, dataset)
+        layer_plugin_properties(config, model, model_class, dataset)
 
 
 def register():

@@ -93,9 +93,9 @@ def test_user_and_item_towers_are_cached_for_one_evaluation_only(tiny):
         cached = model.full_sort_predict(Interaction({"user_id": users})).view(len(users), -1)
         direct = model.towers["user"](users) @ model.towers["item"](torch.arange(model.n_items)).T
         assert torch.allclose(cached, direct, atol=1e-6)
-        assert set(model._repr_cache) == {"user", "item"}
+        assert set(model._evaluation_cache) == {"user", "item"}
         model.train()  # as before every weight change
-        assert model._repr_cache == {}
+        assert model._evaluation_cache == {}
         for parameter in model.towers["user"].parameters():
             parameter.add_(0.1)
         model.eval()

@@ -80,12 +80,18 @@ class StructKeepingEvaluator(Evaluator):
 
 def full_sort_per_user(config, evaluator, eval_data):
     """Each user's value of RecBole's per-user metrics (:func:`per_user_values`) in the evaluation
-    ``evaluator`` last ran, over ``eval_data``, as ``{key: (internal user ids, values)}``. Empty
-    where the rows cannot be named: a data loader that lists no users in order (``uid_list``;
-    RecBole's sequential full sort), one whose rows are not one per listed user, or an
-    evaluation spread over DDP processes."""
+    ``evaluator`` last ran, over ``eval_data``, as ``{key: (internal user ids, values)}``.
+
+    A full sort ranks one row per user of its ``uid_list``; RecBole's sequential full sort ranks
+    the split's rows in order, one per user under leave-one-out. Empty where the rows cannot be
+    named: rows that are not one per user, or an evaluation spread over DDP processes."""
     struct = getattr(evaluator, "last_struct", None)
     users = getattr(eval_data, "uid_list", None)
+    if users is None and getattr(eval_data, "is_sequential", False):
+        split = eval_data._dataset
+        users = split.inter_feat[split.uid_field].numpy()
+        if len(np.unique(users)) != len(users):
+            return {}
     if struct is None or users is None or "rec.topk" not in struct or not config["single_spec"]:
         return {}
     users = np.asarray(users)

@@ -4,17 +4,14 @@ trained with graded BPR."""
 import torch
 import torch.nn as nn
 from recbole.model.abstract_recommender import GeneralRecommender
-from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 
 from recbole_endo.model.losses import LowerGradeSampler, batch_normalised, grade_labels, graded_bpr_loss
 from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
-from recbole_endo.model.towers import ENTITIES, parse_endo_fields
-
-REPR_CHUNK = 65536  # ids per tower call when every user's or item's representation is computed
+from recbole_endo.model.towers import ENTITIES, EvaluationCache, every_entity, initialise_towers, parse_endo_fields
 
 
-class FeatureTowerRecommender(GeneralRecommender):
+class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
     r"""Scores a user–item pair by the dot product of a user tower and an item tower.
 
     Subclasses set ``tower_class``, built as ``tower_class(dataset, entity, fields, config)`` for
@@ -87,24 +84,7 @@ class FeatureTowerRecommender(GeneralRecommender):
         # and the rows share its output and sum their gradients. With dropout every row keeps a
         # mask of its own, so the towers then run on every row, as they always did.
         self.deduplicate = not config["dropout_prob"]
-        self.apply(xavier_normal_initialization)
-        # RecBole's initialisation draws every embedding row, padding rows too: a missing token
-        # value (padding id 0) must embed as zeros, and padding_idx keeps it there in training.
-        for module in self.modules():
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        self._repr_cache = {}
-
-    def train(self, mode=True):
-        # RecBole switches modes around every weight change (a training epoch, loading the best
-        # checkpoint), so the cached towers live exactly as long as one evaluation.
-        self._repr_cache = {}
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._repr_cache = {}
-        super()._load_from_state_dict(*args, **kwargs)
+        initialise_towers(self)
 
     def grades(self, interaction):
         items = interaction[self.ITEM_ID]
@@ -174,16 +154,9 @@ class FeatureTowerRecommender(GeneralRecommender):
 
     def all_representations(self, entity):
         """The ``entity`` tower over every user or item; in eval mode computed once per evaluation
-        (cached until the next ``train()`` or weight load), so an evaluation batch costs a lookup."""
-        if self.training or entity not in self._repr_cache:
-            count = self.n_users if entity == "user" else self.n_items
-            ids = torch.arange(count, device=self.device)
-            # In chunks: the tower's intermediates for millions of ids at once need not fit.
-            reprs = torch.cat([self.towers[entity](chunk) for chunk in ids.split(REPR_CHUNK)])
-            if self.training:
-                return reprs
-            self._repr_cache[entity] = reprs
-        return self._repr_cache[entity]
+        (:class:`EvaluationCache`), so an evaluation batch costs a lookup."""
+        count = self.n_users if entity == "user" else self.n_items
+        return self.cached(entity, lambda: every_entity(self.towers[entity], count, self.device))
 
     def all_item_representations(self):
         """The item tower over every item (see :meth:`all_representations`)."""

@@ -15,6 +15,7 @@ from logging import getLogger
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from recbole.model.init import xavier_normal_initialization
 from recbole.model.layers import MLPLayers
 from recbole.utils import FeatureSource, FeatureType
 
@@ -27,6 +28,8 @@ ENTITY_SOURCES = {
     "item": (FeatureSource.ITEM, FeatureSource.ITEM_ID),
 }
 
+
+REPR_CHUNK = 65536  # ids per tower call when every user's or item's representation is computed
 
 # A token field with at least this many distinct values per entity (a token_seq field: distinct
 # sequences) names entities rather than describing them: an atom.
@@ -112,10 +115,16 @@ def check_fields(dataset, entity, group, fields):
 
 
 def trained_entities(dataset, entity):
-    """Bool per internal id of ``entity``: it has an interaction in ``dataset`` (the training split)."""
+    """Bool per internal id of ``entity``: it has an interaction in ``dataset`` (the training split).
+    In a sequential training split an item also trains as a step of the input sequences (a user's
+    first item is no row's target)."""
     counter = dataset.user_counter if entity == "user" else dataset.item_counter
     trained = torch.zeros(dataset.user_num if entity == "user" else dataset.item_num, dtype=torch.bool)
     trained[list(counter)] = True
+    item_lists = getattr(dataset, "item_id_list_field", None)  # a RecBole SequentialDataset's
+    if entity == "item" and item_lists in dataset.inter_feat:
+        trained[dataset.inter_feat[item_lists].flatten()] = True
+        trained[0] = False  # the sequences' padding; RecBole's padding item was never trained
     return trained
 
 
@@ -344,6 +353,48 @@ class EndoTower(SplitTower):
         else:
             views = self.view_dropout(embedded.expand(2, *embedded.shape))
         return F.normalize(self.branch(group, views), dim=-1)
+
+
+def every_entity(tower, count, device):
+    """``tower`` over the internal ids ``0 .. count - 1``, in chunks: the tower's intermediates for
+    millions of ids at once need not fit."""
+    ids = torch.arange(count, device=device)
+    return torch.cat([tower(chunk) for chunk in ids.split(REPR_CHUNK)])
+
+
+def initialise_towers(module):
+    """RecBole's Xavier initialisation of ``module``'s layers, with every padding row of its
+    embeddings kept at zero: RecBole's initialisation draws every row, but a missing token value
+    (padding id 0) must embed as zeros, and ``padding_idx`` keeps it there in training."""
+    module.apply(xavier_normal_initialization)
+    for layer in module.modules():
+        if isinstance(layer, nn.Embedding) and layer.padding_idx is not None:
+            with torch.no_grad():
+                layer.weight[layer.padding_idx].zero_()
+
+
+class EvaluationCache:
+    """For an ``nn.Module`` model whose towers' output over every user or item serves a whole
+    evaluation: :meth:`cached` computes it once in eval mode and keeps it until the next
+    ``train()`` or weight load. RecBole switches modes around every weight change (a training
+    epoch, loading the best checkpoint), so a cached value lives exactly as long as one evaluation."""
+
+    def train(self, mode=True):
+        self._evaluation_cache = {}
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._evaluation_cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def cached(self, key, compute):
+        """``compute()``; in eval mode, its value from the first call of this evaluation."""
+        if self.training:
+            return compute()
+        cache = self.__dict__.setdefault("_evaluation_cache", {})
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
 
 
 def mlp(sizes, dropout=0.0):
