@@ -4,7 +4,7 @@ Importing the package registers its models with RecBole (see :func:`recbole_endo
 """
 
 from recbole_endo.config import Config
-from recbole_endo.model import MODELS, EndoDecouple, TwoTowerConcat, TwoTowerSplit
+from recbole_endo.model import MODELS, EndoDecouple, EndoSASRec, SplitSASRec, TwoTowerConcat, TwoTowerSplit
 from recbole_endo.registration import register
 from recbole_endo.registry import get_model
 from recbole_endo.trainer import get_trainer

@@ -22,6 +22,7 @@ from recbole_endo.evaluation.protocols import (
 )
 from recbole_endo.model import MODELS
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
+from recbole_endo.model.split_sasrec import SplitSASRec
 
 _recbole_get_trainer = recbole.utils.utils.get_trainer
 
@@ -217,7 +218,11 @@ def check_finite(components, where):
 
 # The feature-tower models log their loss components; the others (ItemMeanRating) take RecBole's
 # trainer for their type, with the plugin's checkpoints (plugin_trainer).
-TRAINERS = {name: FeatureTowerTrainer for name, model in MODELS.items() if issubclass(model, FeatureTowerRecommender)}
+TRAINERS = {
+    name: FeatureTowerTrainer
+    for name, model in MODELS.items()
+    if issubclass(model, (FeatureTowerRecommender, SplitSASRec))
+}
 
 def registered_trainer(model_type, model_name):
     """The trainer RecBole uses for ``model_name`` once the plugin is registered: the plugin's

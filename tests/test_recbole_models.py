@@ -3,11 +3,7 @@ best checkpoint saved, tested after a reload with the safe loader, and reloaded 
 ``load_data_and_model`` with the same test result. Models that cannot run on the tiny data for a
 reason outside the plugin are listed with it (and the reason is checked)."""
 
-import os
-
 import pytest
-import recbole
-import yaml
 
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
 from recbole_endo.registry import recbole_models
@@ -35,11 +31,9 @@ CANNOT_RUN = {
 KNOWLEDGE_GRAPH = (ValueError, r"\[tiny\.kg\] not found", "needs a knowledge-graph file (.kg, .link)")
 # Models whose scores draw random numbers at evaluation: a reload cannot reproduce their metrics.
 RANDOM_SCORES = {"Random"}
-SEQUENTIAL_PROTOCOL = {
-    # RecBole's sequential datasets need time order; leave-one-out as RecBole's sequential defaults.
-    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
-    "MAX_ITEM_LIST_LENGTH": 10,
-}
+# The plugin layers the sequential protocol (leave-one-out, time order; CE without sampled
+# negatives) itself; the tiny data's users have at most 10 earlier items.
+SEQUENTIAL_PROTOCOL = {"MAX_ITEM_LIST_LENGTH": 10}
 # Context-aware models train on a label: RecBole's context-model set-up (rating >= 4, no sampled negatives).
 CONTEXT_PROTOCOL = {"threshold": {"rating": 4}, "train_neg_sample_args": None}
 
@@ -48,10 +42,6 @@ def model_options(package, name):
     options = {"epochs": 1, **MODEL_OPTIONS.get(name, {})}
     if package == "sequential_recommender":
         options.update(SEQUENTIAL_PROTOCOL)
-        model_file = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{name}.yaml")
-        with open(model_file) as file:
-            if (yaml.safe_load(file) or {}).get("loss_type") == "CE":
-                options["train_neg_sample_args"] = None  # RecBole refuses sampled negatives with CE
     if package == "context_aware_recommender":
         options.update(CONTEXT_PROTOCOL)
     return options

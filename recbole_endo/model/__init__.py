@@ -1,10 +1,17 @@
 """The plugin's models, one per file, and their shared pieces: the two-tower frame and ranking
-loss (``feature_recommender``), the feature towers (``towers``), the losses (``losses``) and the
-option checks (``options``)."""
+loss (``feature_recommender``), the feature towers (``towers``), the losses (``losses``), the
+decoupling terms (``decoupling``) and the option checks (``options``). The general recommenders
+share the two-tower frame; the sequential ones (EndoSASRec, SplitSASRec) put the item tower
+under SASRec's encoder."""
 
 from recbole_endo.model.endo_decouple import EndoDecouple
+from recbole_endo.model.endo_sasrec import EndoSASRec
 from recbole_endo.model.item_mean_rating import ItemMeanRating
+from recbole_endo.model.split_sasrec import SplitSASRec
 from recbole_endo.model.two_tower_concat import TwoTowerConcat
 from recbole_endo.model.two_tower_split import TwoTowerSplit
 
-MODELS = {model.__name__: model for model in (EndoDecouple, TwoTowerConcat, TwoTowerSplit, ItemMeanRating)}
+MODELS = {
+    model.__name__: model
+    for model in (EndoDecouple, TwoTowerConcat, TwoTowerSplit, ItemMeanRating, EndoSASRec, SplitSASRec)
+}

@@ -1,0 +1,159 @@
+"""EndoSASRec and SplitSASRec (issue 16) and the plugin's sequential protocol, on the tiny data."""
+
+import math
+import os
+
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+
+from recbole_endo import Config, EndoSASRec, SplitSASRec, get_trainer
+from recbole_endo.model.towers import trained_entities
+from recbole_endo.quick_start import _build, load_data_and_model, run_recbole_endo
+
+SEQUENTIAL_MODELS = ["EndoSASRec", "SplitSASRec"]
+# The tiny data's tower ends in 8 (tiny.yaml's mlp_hidden_size): the encoder must match it.
+SMALL_ENCODER = {"hidden_size": 8, "inner_size": 16, "MAX_ITEM_LIST_LENGTH": 10}
+
+
+@pytest.fixture
+def seq_tiny(tiny):
+    tiny["config_dict"].update(SMALL_ENCODER)
+    return tiny
+
+
+def built(name, seq_tiny, **options):
+    seq_tiny["config_dict"].update(options)
+    dataset, model, trainer, splits = _build(Config(model=name, **seq_tiny))
+    return model, trainer, splits
+
+
+def test_sequential_models_get_leave_one_out_in_time_order_and_ce_without_sampled_negatives(tiny):
+    tiny["config_dict"]["MAX_ITEM_LIST_LENGTH"] = 10
+    config = Config(model="SASRec", **tiny)
+    assert config["eval_args"]["split"] == {"LS": "valid_and_test"} and config["eval_args"]["order"] == "TO"
+    assert config["train_neg_sample_args"]["distribution"] == "none"
+    result = run_recbole_endo(model="SASRec", **tiny)
+    users = result["per_user"]["ndcg@10"][0]
+    assert len(users) == len(set(users)) == 40  # leave-one-out: one test target per user, paired by id
+    # A general model keeps the plugin's random split.
+    assert Config(model="BPR", **tiny)["eval_args"]["split"] == {"RS": [0.8, 0.1, 0.1]}
+
+
+def test_asking_for_sampled_negatives_with_ce_is_refused_as_recbole_refuses_it(tiny):
+    tiny["config_dict"]["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
+    with pytest.raises(ValueError, match="should be None when the loss_type is CE"):
+        Config(model="SASRec", **tiny)
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL_MODELS)
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+def test_two_epochs_train_with_every_loss_component_finite(name, loss_type, seq_tiny):
+    options = {"loss_type": loss_type}
+    if loss_type == "BPR":
+        options["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
+    model, trainer, (train_data, valid_data, test_data) = built(name, seq_tiny, **options)
+    trainer.fit(train_data, valid_data)
+    components = trainer.loss_component_history[1]
+    expected = {"rank"}
+    if name == "EndoSASRec":
+        expected |= {"item_stage1", "item_side_ssl", "item_atom_ssl", "item_cos_mean", "item_inside_margin"}
+    assert expected <= set(components)
+    assert all(math.isfinite(value) for value in components.values())
+    assert all(math.isfinite(value) for value in trainer.evaluate(test_data).values())
+
+
+def sequences(model, rows):
+    """An interaction of ``rows`` (lists of item ids), right-padded as RecBole pads them."""
+    width = model.max_seq_length
+    item_seq = torch.tensor([row + [0] * (width - len(row)) for row in rows])
+    return Interaction({model.ITEM_SEQ: item_seq, model.ITEM_SEQ_LEN: torch.tensor([len(row) for row in rows])})
+
+
+def test_a_padded_step_never_contributes(seq_tiny):
+    model, _, _ = built("EndoSASRec", seq_tiny)
+    model.eval()
+    batch = sequences(model, [[3, 7, 9], [5], [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]])
+    item_seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    with torch.no_grad():
+        reprs = model.all_item_representations()[item_seq]
+        clean = model.forward(item_seq, lengths, reprs)
+        # Whatever the padded steps' representations hold, the sequence representation is the same.
+        noisy = torch.where((item_seq == 0).unsqueeze(-1), 100 * torch.randn_like(reprs), reprs)
+        assert torch.allclose(model.forward(item_seq, lengths, noisy), clean, atol=1e-5)
+        # A step after the sequence's end is not read either: later steps never reach earlier ones.
+        longer = item_seq.clone()
+        longer[0, 3] = 11
+        assert torch.allclose(model.forward(longer, lengths, model.all_item_representations()[longer])[0], clean[0], atol=1e-5)
+        assert clean.shape == (3, 8)
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL_MODELS)
+def test_predict_agrees_with_full_sort_predict(name, seq_tiny):
+    model, _, _ = built(name, seq_tiny)
+    model.eval()
+    batch = sequences(model, [[3, 7, 9], [5]])
+    with torch.no_grad():
+        full = model.full_sort_predict(batch)
+        assert full.shape == (2, model.n_items)
+        for item in (1, 9, model.n_items - 1):
+            pointwise = model.predict(Interaction({**{k: batch[k] for k in batch.columns}, "item_id": torch.tensor([item, item])}))
+            assert torch.allclose(pointwise, full[:, item], atol=1e-5)
+
+
+def test_items_that_only_start_sequences_count_as_trained(seq_tiny):
+    model, _, (train_data, _, _) = built("SplitSASRec", seq_tiny)
+    split = train_data._dataset
+    targets = set(split.inter_feat["item_id"].tolist())
+    steps = set(split.inter_feat["item_id_list"].flatten().tolist()) - {0}
+    assert steps - targets  # each user's first item is a step and no row's target
+    trained = trained_entities(split, "item")
+    assert set(torch.nonzero(trained).flatten().tolist()) == targets | steps
+
+
+def test_an_unseen_item_is_scored_from_its_features_not_its_id(seq_tiny):
+    model, _, _ = built("EndoSASRec", seq_tiny)
+    ids = model.item_tower.embeddings["atom"]
+    ids.seen_item_id[4] = False  # item 4 unseen, as a cold item is: its id embeds as the mean seen id
+    batch = sequences(model, [[3, 7, 9], [5]])
+
+    def scores():
+        model.eval()
+        with torch.no_grad():
+            return model.full_sort_predict(batch)
+
+    before = scores()
+    model.train()
+    with torch.no_grad():
+        ids.encoders["item_id"].weight[4] += 1.0
+    after_unseen = scores()
+    assert torch.isfinite(before).all()
+    assert torch.allclose(after_unseen, before, atol=1e-6)  # its own id row is never read
+    model.train()
+    with torch.no_grad():
+        ids.encoders["item_id"].weight[6] += 1.0
+    after_seen = scores()
+    assert not torch.allclose(after_seen[:, 6], before[:, 6])  # a trained item's is
+
+
+def test_tower_and_encoder_sizes_must_agree_before_training(seq_tiny):
+    seq_tiny["config_dict"]["hidden_size"] = 16
+    with pytest.raises(ValueError, match=r"'mlp_hidden_size' \[16, 8\].*'hidden_size' \(16\)"):
+        run_recbole_endo(model="EndoSASRec", **seq_tiny)
+    assert not os.path.isdir(seq_tiny["config_dict"]["checkpoint_dir"])
+
+
+def test_checkpoint_reloads_with_the_same_test_result(seq_tiny):
+    result = run_recbole_endo(model="EndoSASRec", **seq_tiny)
+    config, model, _, _, _, test_data = load_data_and_model(result["checkpoint"])
+    assert isinstance(model, EndoSASRec)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    assert dict(trainer.evaluate(test_data, load_best_model=False)) == dict(result["test_result"])
+
+
+def test_recbole_own_quick_start_runs_the_sequential_plugin_models(seq_tiny):
+    from recbole.quick_start import run_recbole
+
+    result = run_recbole(model="SplitSASRec", **seq_tiny)
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    assert SplitSASRec.__name__ in os.listdir(seq_tiny["config_dict"]["checkpoint_dir"])[0]
