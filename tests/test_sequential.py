@@ -157,3 +157,11 @@ def test_recbole_own_quick_start_runs_the_sequential_plugin_models(seq_tiny):
     result = run_recbole(model="SplitSASRec", **seq_tiny)
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
     assert SplitSASRec.__name__ in os.listdir(seq_tiny["config_dict"]["checkpoint_dir"])[0]
+
+
+@pytest.mark.parametrize("option, value", [("list_eval", "sampled"), ("head_share", 0.5), ("cold_eval", "item")])
+def test_the_extra_protocols_are_refused_for_sequential_models_before_training(option, value, seq_tiny):
+    seq_tiny["config_dict"][option] = value
+    with pytest.raises(ValueError, match=f"'{option}'.*EndoSASRec is a sequential model"):
+        run_recbole_endo(model="EndoSASRec", **seq_tiny)
+    assert not os.path.isdir(seq_tiny["config_dict"]["checkpoint_dir"])

@@ -41,6 +41,7 @@ from recbole.evaluator import register
 from recbole.evaluator.base_metric import TopkMetric
 from recbole.evaluator.collector import Collector, DataStruct
 from recbole.evaluator.evaluator import Evaluator
+from recbole.utils import ModelType
 
 from recbole_endo.evaluation.metrics import GradedNDCG
 from recbole_endo.model.losses import grade_labels
@@ -48,6 +49,7 @@ from recbole_endo.model.options import check_raw_ratings, number_option, numbers
 
 LIST_PROTOCOLS = ("none", "sampled", "exposed")
 COLD_EVAL_ENTITIES = ("none", "item", "user")
+EXTRA_PROTOCOLS_OFF = {"list_eval": "none", "head_share": None, "cold_eval": "none"}
 
 
 class PlainEntriesCollector(Collector):
@@ -384,6 +386,13 @@ def check_evaluation_options(config, dataset):
         raise ValueError(f"config option 'cold_eval' is {config['cold_eval']!r}; use one of {', '.join(COLD_EVAL_ENTITIES)}")
     if config["head_share"] is not None:
         number_option(config, "head_share", 0, 1, low_open=True)
+    switched_on = [option for option, off in EXTRA_PROTOCOLS_OFF.items() if config[option] != off]
+    if switched_on and config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        raise ValueError(
+            f"config option '{switched_on[0]}' is {config[switched_on[0]]!r}, but the plugin's extra protocols "
+            f"score each test user without a sequence, and {config['model']} is a sequential model: "
+            "set list_eval: none, head_share: ~ and cold_eval: none (RecBole's own metrics still run)"
+        )
     if config["list_eval"] == "none":
         return
     sizes_option(config, "list_topk")
