@@ -11,7 +11,11 @@ from recbole_endo.quick_start import _build, run_recbole_endo
 
 SCRIPT = os.path.join(os.path.dirname(DATA_DIR), "..", "run_recbole_endo.py")
 # Options under which every random stream matters: TwoTowerSplit's tiny default has no dropout.
-OPTIONS = {"TwoTowerSplit": {"dropout_prob": 0.2}}
+# EndoSASRec's encoder must match the tiny tower's size (8), and its sequences the tiny data's.
+OPTIONS = {
+    "TwoTowerSplit": {"dropout_prob": 0.2},
+    "EndoSASRec": {"hidden_size": 8, "inner_size": 16, "MAX_ITEM_LIST_LENGTH": 10},
+}
 
 
 def options(tiny, run, **extra):
@@ -35,7 +39,7 @@ def fitted(tiny, model, run, epochs, resume_file=None):
     return trainer, test_data
 
 
-@pytest.mark.parametrize("model", ["TwoTowerSplit", "EndoDecouple", "BPR"])
+@pytest.mark.parametrize("model", ["TwoTowerSplit", "EndoDecouple", "BPR", "EndoSASRec"])
 def test_run_interrupted_after_two_epochs_and_resumed_ends_as_the_uninterrupted_run(tiny, model):
     straight, test_data = fitted(tiny, model, "straight", epochs=4)
     interrupted, _ = fitted(tiny, model, "interrupted", epochs=2)
