@@ -159,9 +159,31 @@ def test_recbole_own_quick_start_runs_the_sequential_plugin_models(seq_tiny):
     assert SplitSASRec.__name__ in os.listdir(seq_tiny["config_dict"]["checkpoint_dir"])[0]
 
 
-@pytest.mark.parametrize("option, value", [("list_eval", "sampled"), ("head_share", 0.5), ("cold_eval", "item")])
-def test_the_extra_protocols_are_refused_for_sequential_models_before_training(option, value, seq_tiny):
+def test_popularity_strata_of_a_sequential_model_rank_as_recbole_sequential_full_sort(seq_tiny):
+    # With every trained item in the head, a user whose target is a head item is ranked by the
+    # strata exactly as RecBole's sequential full sort ranks them: nothing masked, no other item removed.
+    # A cutoff of 50 of the 60 items puts nearly every target in the top: each rank counts.
+    seq_tiny["config_dict"].update(head_share=1.0, topk=[50], valid_metric="NDCG@50")
+    result = run_recbole_endo(model="EndoSASRec", **seq_tiny)
+    value_of = dict(zip(*result["per_user"]["ndcg@50"]))
+    head_users, head_values = result["per_user"]["head:ndcg@50"]
+    assert (head_values > 0).mean() > 0.8
+    assert len(head_users) >= 10  # the others' targets (40 users, 60 items) never trained
+    for user, value in zip(head_users, head_values):
+        assert value == pytest.approx(value_of[user], abs=1e-6)
+
+
+@pytest.mark.parametrize("option, value, key", [
+    ("list_eval", "sampled", "sampled:gndcg@10"), ("cold_eval", "item", "warm:ndcg@10"), ("head_share", 0.5, "tail:ndcg@10"),
+])
+def test_the_extra_protocols_score_each_users_sequence(option, value, key, seq_tiny):
     seq_tiny["config_dict"][option] = value
-    with pytest.raises(ValueError, match=f"'{option}'.*EndoSASRec is a sequential model"):
+    result = run_recbole_endo(model="SplitSASRec", **seq_tiny)
+    assert 0.0 <= result["test_result"][key] <= 1.0
+
+
+def test_the_extra_protocols_need_one_test_row_per_user_for_a_sequential_model(seq_tiny):
+    seq_tiny["config_dict"].update(head_share=0.5, eval_args={"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO"})
+    with pytest.raises(ValueError, match=r"'head_share' is 0.5: for a sequential model \(EndoSASRec\).*one test row per user"):
         run_recbole_endo(model="EndoSASRec", **seq_tiny)
     assert not os.path.isdir(seq_tiny["config_dict"]["checkpoint_dir"])

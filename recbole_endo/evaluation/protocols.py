@@ -45,6 +45,7 @@ from recbole.utils import ModelType
 
 from recbole_endo.evaluation.metrics import GradedNDCG
 from recbole_endo.model.losses import grade_labels
+from recbole_endo.model.towers import trained_entities
 from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
 
 LIST_PROTOCOLS = ("none", "sampled", "exposed")
@@ -132,6 +133,22 @@ def score_all_items(model, dataset, users, batch_size=256):
             scores = model.predict(dataset.join(pairs).to(model.device))
         rows.append(scores.view(len(batch), -1).float().cpu())
     return torch.cat(rows)
+
+
+@torch.no_grad()
+def score_test_rows(model, splits, users, batch_size=256):
+    """``[len(users), n_items]`` scores of every item for each of ``users``, in eval mode: a
+    general model scores the user (:func:`score_all_items`); a sequential one the user's row of
+    the last split, its sequence before that split's target (one row per user under RecBole's
+    leave-one-out split, which :func:`check_evaluation_options` asks for)."""
+    if model.type != ModelType.SEQUENTIAL:
+        return score_all_items(model, splits[0], users, batch_size)
+    split = splits[-1]
+    row_of = {user: row for row, user in enumerate(split.inter_feat[split.uid_field].tolist())}
+    rows = torch.tensor([row_of[user] for user in users], dtype=torch.long)
+    model.eval()
+    scores = [model.full_sort_predict(split[chunk].to(model.device)).view(len(chunk), -1) for chunk in rows.split(batch_size)]
+    return torch.cat(scores).float().cpu()
 
 
 def per_user_values(config, struct):
@@ -263,7 +280,7 @@ def list_evaluation(config, model, splits, per_user=None, lists=None):
     ``lists`` it returned for these splits before), keys prefixed by it (``exposed:ndcg@5``);
     with a ``per_user`` dict, their per-user values go in it under the same keys."""
     users, items, grades = candidate_lists(config, splits) if lists is None else lists
-    scores = score_all_items(model, splits[0], users.numpy()).gather(1, items)
+    scores = score_test_rows(model, splits, users.numpy()).gather(1, items)
     scores[(items == 0)] = -torch.inf
     rows = {}
     result = rank_lists(scores, grades, config["list_topk"], users.numpy(), rows)
@@ -294,14 +311,21 @@ def stratum_metrics(scores, removed, relevant, topk, users=None, per_user=None):
 
 
 def full_ranking(model, splits):
-    """Test users and, ``[users, n_items]`` each, their scores of every item, their training and
-    validation history, and their test items: what every stratified full ranking starts from."""
+    """Test users and, ``[users, n_items]`` each, their scores of every item, the history their
+    ranking leaves out, and their test items: what every stratified full ranking starts from.
+    The history is the training and validation items, as RecBole's full sort masks them; none for
+    a sequential model, whose full sort in RecBole masks nothing (a user may come back to an item)."""
     train_split, valid_split, test_split = splits
-    users = np.unique(_test_users_and_items(test_split)[0])
-    scores = score_all_items(model, train_split, users)
-    history = _history([train_split, valid_split], users, train_split.item_num)
+    test_users, test_items = _test_users_and_items(test_split)
+    users = np.unique(test_users)
+    scores = score_test_rows(model, splits, users)
+    if model.type == ModelType.SEQUENTIAL:
+        history = torch.zeros(len(users), train_split.item_num, dtype=torch.bool)
+    else:
+        history = _history([train_split, valid_split], users, train_split.item_num)
     history[:, 0] = True  # RecBole's padding id is no item; its full sort masks it as well
-    positives = _history([test_split], users, train_split.item_num)
+    positives = torch.zeros_like(history)
+    positives[np.searchsorted(users, test_users), test_items] = True
     return users, scores, history, positives
 
 
@@ -345,8 +369,7 @@ def cold_start_evaluation(config, train_split, ranking, per_user=None):
     entity = config["cold_eval"]
     users, scores, history, positives = ranking
     if entity == "item":
-        cold = torch.ones(train_split.item_num, dtype=torch.bool)
-        cold[list(train_split.item_counter)] = False
+        cold = ~trained_entities(train_split, "item")
         count = int((positives & cold).any(0).sum())
     else:
         cold = torch.tensor([train_split.user_counter[user] == 0 for user in users], dtype=torch.bool)
@@ -387,11 +410,12 @@ def check_evaluation_options(config, dataset):
     if config["head_share"] is not None:
         number_option(config, "head_share", 0, 1, low_open=True)
     switched_on = [option for option, off in EXTRA_PROTOCOLS_OFF.items() if config[option] != off]
-    if switched_on and config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+    if switched_on and config["MODEL_TYPE"] == ModelType.SEQUENTIAL and "LS" not in config["eval_args"]["split"]:
         raise ValueError(
-            f"config option '{switched_on[0]}' is {config[switched_on[0]]!r}, but the plugin's extra protocols "
-            f"score each test user without a sequence, and {config['model']} is a sequential model: "
-            "set list_eval: none, head_share: ~ and cold_eval: none (RecBole's own metrics still run)"
+            f"config option '{switched_on[0]}' is {config[switched_on[0]]!r}: for a sequential model "
+            f"({config['model']}) the plugin's extra protocols score each test user's sequence once, which "
+            f"needs one test row per user, but eval_args split is {config['eval_args']['split']}: use "
+            "{'LS': 'valid_and_test'} (properties/sequential.yaml), or switch the option off"
         )
     if config["list_eval"] == "none":
         return
