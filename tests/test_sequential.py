@@ -187,3 +187,28 @@ def test_the_extra_protocols_need_one_test_row_per_user_for_a_sequential_model(s
     with pytest.raises(ValueError, match=r"'head_share' is 0.5: for a sequential model \(EndoSASRec\).*one test row per user"):
         run_recbole_endo(model="EndoSASRec", **seq_tiny)
     assert not os.path.isdir(seq_tiny["config_dict"]["checkpoint_dir"])
+
+
+def test_the_user_side_tower_adds_what_the_users_side_fields_say(seq_tiny):
+    model, trainer, (train_data, valid_data, _) = built("EndoSASRec", seq_tiny, user_side_tower=True)
+    trainer.fit(train_data, valid_data)
+    dataset = train_data._dataset
+    # u1 and u2 share every side field (26-35, F, romance); u3 is 18-25 and M.
+    u1, u2, u3 = (dataset.token2id("user_id", user) for user in ("u1", "u2", "u3"))
+    users = dataset.get_user_feature()
+    assert all(users[field][u1] == users[field][u2] for field in ("age", "gender", "favourite"))
+    assert users["age"][u3] != users["age"][u1]
+    batch = sequences(model, [[3, 7, 9]] * 3)
+    batch.update(Interaction({"user_id": torch.tensor([u1, u2, u3])}))
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+    assert torch.allclose(scores[0], scores[1]) and not torch.allclose(scores[0], scores[2])
+
+
+def test_the_user_side_tower_needs_side_fields(seq_tiny):
+    seq_tiny["config_dict"].update(
+        user_side_tower=True, endo_fields={"user": {"atom": ["user_id"], "side": []}, "item": {"atom": ["item_id"], "side": ["class"]}}
+    )
+    with pytest.raises(ValueError, match=r"'user_side_tower'.*endo_fields.user.side names no field"):
+        run_recbole_endo(model="SplitSASRec", **seq_tiny)

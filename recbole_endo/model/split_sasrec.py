@@ -12,10 +12,19 @@ Reference:
 """
 
 import torch
+import torch.nn as nn
 from recbole.model.sequential_recommender import SASRec
 
 from recbole_endo.model.options import number_option, sizes_option
-from recbole_endo.model.towers import EvaluationCache, SplitTower, every_entity, initialise_towers, parse_endo_fields
+from recbole_endo.model.towers import (
+    EvaluationCache,
+    FeatureEmbedding,
+    SplitTower,
+    every_entity,
+    initialise_towers,
+    mlp,
+    parse_endo_fields,
+)
 
 
 class SplitSASRec(EvaluationCache, SASRec):
@@ -36,7 +45,10 @@ class SplitSASRec(EvaluationCache, SASRec):
     ``initializer_range``, ``loss_type``) and the item tower's (``embedding_size``,
     ``mlp_hidden_size``, whose last size is the representation and must equal ``hidden_size``,
     ``dropout_prob``, ``id_path``, ``endo_fields.item``). The encoder is initialised as SASRec's,
-    the tower as the plugin's two-tower models'.
+    the tower as the plugin's two-tower models'. ``user_side_tower: True`` adds to the sequence
+    representation the user's side representation, an MLP (``mlp_hidden_size``) over the
+    embeddings of ``endo_fields.user.side`` (demographics; not the user's id: the sequence is the
+    user's atom here).
 
     Unseen items: as in :class:`TwoTowerSplit`, an item with no training interaction (never a
     target nor a step of a training sequence) enters the tower with its id and unseen title words
@@ -61,6 +73,19 @@ class SplitSASRec(EvaluationCache, SASRec):
             )
         self.item_tower = self.tower_class(dataset, "item", self.endo_fields["item"], config)
         initialise_towers(self.item_tower)
+        self.user_side = None
+        if config["user_side_tower"]:
+            side = self.endo_fields["user"]["side"]
+            if not side:
+                raise ValueError(
+                    "config option 'user_side_tower' adds the user's side representation, but "
+                    "endo_fields.user.side names no field: name the user's side fields or set user_side_tower: False"
+                )
+            embedding = FeatureEmbedding(dataset, "user", side, config["embedding_size"], "side")
+            self.user_side = nn.Sequential(
+                embedding, nn.Flatten(-2), mlp([embedding.output_size, *sizes], config["dropout_prob"])
+            )
+            initialise_towers(self.user_side)
         self.loss_components = {}
 
     def forward(self, item_seq, item_seq_len, item_emb):
@@ -93,7 +118,7 @@ class SplitSASRec(EvaluationCache, SASRec):
         ids = self.step_items(interaction)
         target_rows = torch.searchsorted(ids, targets)
         reprs, terms = self.item_terms(ids, target_rows)
-        seq_output = self.forward(item_seq, interaction[self.ITEM_SEQ_LEN], reprs[torch.searchsorted(ids, item_seq)])
+        seq_output = self.sequence_output(interaction, reprs[torch.searchsorted(ids, item_seq)])
         if self.loss_type == "CE":
             rank = self.loss_fct(seq_output @ reprs.T, targets)  # ids are every item: column i is item i
         else:
@@ -105,14 +130,19 @@ class SplitSASRec(EvaluationCache, SASRec):
         """The item tower over every item; in eval mode once per evaluation (:class:`EvaluationCache`)."""
         return self.cached("item", lambda: every_entity(self.item_tower, self.n_items, self.device))
 
-    def sequence_output(self, interaction, reprs):
-        item_seq = interaction[self.ITEM_SEQ]
-        return self.forward(item_seq, interaction[self.ITEM_SEQ_LEN], reprs[item_seq])
+    def sequence_output(self, interaction, step_reprs):
+        """The representation of each of the interaction's sequences from its steps' item
+        representations; with ``user_side_tower``, plus the user's side representation."""
+        output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], step_reprs)
+        if self.user_side is not None:
+            output = output + self.user_side(interaction[self.USER_ID])
+        return output
 
     def predict(self, interaction):
         reprs = self.all_item_representations()
-        return (self.sequence_output(interaction, reprs) * reprs[interaction[self.ITEM_ID]]).sum(-1)
+        seq_output = self.sequence_output(interaction, reprs[interaction[self.ITEM_SEQ]])
+        return (seq_output * reprs[interaction[self.ITEM_ID]]).sum(-1)
 
     def full_sort_predict(self, interaction):
         reprs = self.all_item_representations()
-        return self.sequence_output(interaction, reprs) @ reprs.T
+        return self.sequence_output(interaction, reprs[interaction[self.ITEM_SEQ]]) @ reprs.T
