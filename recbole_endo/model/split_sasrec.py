@@ -32,10 +32,9 @@ class SplitSASRec(EvaluationCache, SASRec):
     tower, computed once per evaluation for every item.
 
     A sequence step is its item's tower output plus SASRec's position embedding (RecBole pads
-    sequences at the end, and SASRec's causal attention mask keeps padded steps out of the
-    others, whatever they hold); the
-    sequence representation is the encoder's output at the last step, and an item's score its dot
-    product with the item's tower output. ``loss_type`` as SASRec's: ``CE`` over all items (each
+    sequences at the end, and SASRec's causal attention mask keeps padded steps out of the others,
+    whatever they hold); the sequence representation is the encoder's output at the last step, and
+    an item's score its dot product with the item's tower output. ``loss_type`` as SASRec's: ``CE`` over all items (each
     training step runs the tower over every item, as SASRec's softmax reads every item
     embedding), or ``BPR`` against RecBole's sampled negative (the tower runs over the batch's
     distinct items).
