@@ -109,6 +109,8 @@ class SplitSASRec(EvaluationCache, SASRec):
         return self.item_tower(ids), None
 
     def total_loss(self, rank, terms):
+        """The loss a step minimises, from the ranking loss and :meth:`item_terms`' terms; its
+        components go to ``loss_components`` for the trainer's log."""
         self.loss_components = {"rank": rank.detach()}
         return rank
 
