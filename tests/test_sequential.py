@@ -8,9 +8,13 @@ import torch
 from recbole.data.interaction import Interaction
 
 from recbole_endo import Config, EndoSASRec, SplitSASRec, get_trainer
+from recbole_endo.data.cold_start import write_sequential_cold_item_split
 from recbole_endo.model.towers import trained_entities
 from recbole_endo.quick_start import _build, load_data_and_model, run_recbole_endo
 
+from conftest import DATA_DIR
+
+TINY_DIR = os.path.join(DATA_DIR, "tiny")
 SEQUENTIAL_MODELS = ["EndoSASRec", "SplitSASRec"]
 # The tiny data's tower ends in 8 (tiny.yaml's mlp_hidden_size): the encoder must match it.
 SMALL_ENCODER = {"hidden_size": 8, "inner_size": 16, "MAX_ITEM_LIST_LENGTH": 10}
@@ -212,3 +216,47 @@ def test_the_user_side_tower_needs_side_fields(seq_tiny):
     )
     with pytest.raises(ValueError, match=r"'user_side_tower'.*endo_fields.user.side names no field"):
         run_recbole_endo(model="SplitSASRec", **seq_tiny)
+
+
+@pytest.fixture
+def cold_sequences(tmp_path):
+    return write_sequential_cold_item_split(TINY_DIR, "tiny", str(tmp_path / "cold"), seed=2020, max_length=10)
+
+
+def read_split(folder, part):
+    header, *rows = open(os.path.join(folder, f"tiny.cold_item_seq.{part}.inter")).read().splitlines()
+    return header.split("\t"), [row.split("\t") for row in rows]
+
+
+def test_sequential_cold_items_are_only_validation_and_test_targets(cold_sequences):
+    header, train = read_split(cold_sequences, "train")
+    _, valid = read_split(cold_sequences, "valid")
+    _, test = read_split(cold_sequences, "test")
+    assert header[-1] == "item_id_list:token_seq"
+    trained = {row[1] for row in train} | {item for row in train for item in row[-1].split()}
+    targets = {row[1] for row in valid + test}
+    cold = targets - trained
+    assert len(cold) >= 3  # tiny: 12 cold items, some of them a user's last two
+    assert not cold & {item for row in valid + test for item in row[-1].split()} - {row[1] for row in valid}
+    assert len({row[0] for row in test}) == len(test) == 40 and len({row[0] for row in valid}) == len(valid)
+    valid_target = {row[0]: row[1] for row in valid}
+    assert all(row[-1].split()[-1] == valid_target[row[0]] for row in test if row[0] in valid_target)
+    assert max(len(row[-1].split()) for row in train + valid + test) == 10
+    # Each user's rows are in time order: a user's test target is the latest interaction of theirs.
+    source = [line.split("\t") for line in open(os.path.join(TINY_DIR, "tiny.inter")).read().splitlines()[1:]]
+    latest = {}
+    for user, item, _, time in source:
+        if float(time) >= latest.get(user, (None, -1))[1]:
+            latest[user] = (item, float(time))
+    assert all(row[1] == latest[row[0]][0] for row in test)
+
+
+def test_a_sequential_model_ranks_cold_items_it_never_trained_on(seq_tiny, cold_sequences):
+    seq_tiny["config_file_list"].append(os.path.join(cold_sequences, "tiny.cold_item_seq.yaml"))
+    seq_tiny["config_dict"].update(data_path=os.path.dirname(cold_sequences), cold_eval="item")
+    model, trainer, (train_data, valid_data, test_data) = built("EndoSASRec", seq_tiny)
+    cold = ~trained_entities(train_data._dataset, "item")
+    _, train = read_split(cold_sequences, "train")
+    assert int(cold[1:].sum()) == 60 - len({row[1] for row in train} | {i for row in train for i in row[-1].split()})
+    result = run_recbole_endo(model="EndoSASRec", **seq_tiny)
+    assert result["test_result"]["cold:items"] >= 3 and 0 <= result["test_result"]["cold:ndcg@10"] <= 1

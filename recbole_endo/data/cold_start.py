@@ -11,6 +11,15 @@ reads ``SOURCE_DIR/DATASET.inter`` and writes ``OUT_DIR/DATASET/DATASET.cold_<en
 (the source's header and rows) with copies of ``DATASET.user`` and ``DATASET.item``. Run a model on it with
 ``--dataset=DATASET --data_path=OUT_DIR --benchmark_filename="['cold_item.train','cold_item.valid','cold_item.test']"``:
 the dataset keeps its name, so its properties (``load_col``, ``endo_fields``) still apply.
+
+With ``--sequential [--max_length 50]`` the split is for sequential models (cold items only):
+each user's last interaction is the test target and the one before it the validation target
+(RecBole's leave-one-out), and every earlier interaction with a cold item is dropped, so a cold
+item is only ever a validation or test target (:func:`split_sequences`). It writes
+``DATASET.cold_item_seq.{train,valid,test}.inter``, each row with the ``item_id_list`` of its
+history, and ``DATASET.cold_item_seq.yaml`` with the options that read them (benchmark files,
+the list's alias, ``MAX_ITEM_LIST_LENGTH``, ``load_col`` of every field):
+``--dataset=DATASET --data_path=OUT_DIR --config_files=OUT_DIR/DATASET/DATASET.cold_item_seq.yaml``.
 """
 
 import argparse
@@ -20,6 +29,7 @@ import sys
 from collections import defaultdict
 
 import numpy as np
+import yaml
 from recbole.data.dataset import Dataset
 
 from recbole_endo.files import dataset_folder, write_atomic_file
@@ -28,11 +38,12 @@ ENTITIES = ("item", "user")
 PARTS = ("train", "valid", "test")
 WARM_RATIOS = [0.8, 0.1, 0.1]
 FEATURE_FILES = ("user", "item")
+SEQUENCE_FIELD = "item_id_list"  # RecBole's item field + LIST_SUFFIX
 
 
-def benchmark_names(entity):
-    """The ``benchmark_filename`` list of a cold-``entity`` split."""
-    return [f"cold_{entity}.{part}" for part in PARTS]
+def benchmark_names(entity, sequential=False):
+    """The ``benchmark_filename`` list of a cold-``entity`` split (a sequential one: ``cold_item_seq``)."""
+    return [f"cold_{entity}{'_seq' if sequential else ''}.{part}" for part in PARTS]
 
 
 def read_inter(path):
@@ -61,19 +72,24 @@ def column(path, header, name):
     return names.index(name)
 
 
-def split_cold_start(users, entity_ids, cold_share, seed):
-    """Part index (0 train, 1 valid, 2 test) of each interaction.
-
-    ``users`` and ``entity_ids`` are the interactions' user and cold-entity (user or item) ids.
-    """
-    rng = np.random.default_rng(seed)
+def cold_ids(entity_ids, cold_share, rng):
+    """A random ``cold_share`` of the distinct ``entity_ids``, drawn with ``rng``."""
     ids = sorted(set(entity_ids))
     n_cold = round(cold_share * len(ids))
     if not 1 <= n_cold < len(ids):
         raise ValueError(
             f"cold_share {cold_share} of {len(ids)} ids makes {n_cold} cold; need at least one cold and one warm id"
         )
-    cold = set(rng.choice(ids, size=n_cold, replace=False).tolist())
+    return set(rng.choice(ids, size=n_cold, replace=False).tolist())
+
+
+def split_cold_start(users, entity_ids, cold_share, seed):
+    """Part index (0 train, 1 valid, 2 test) of each interaction.
+
+    ``users`` and ``entity_ids`` are the interactions' user and cold-entity (user or item) ids.
+    """
+    rng = np.random.default_rng(seed)
+    cold = cold_ids(entity_ids, cold_share, rng)
     rows_of_cold, rows_of_user = defaultdict(list), defaultdict(list)
     for row, (user, entity_id) in enumerate(zip(users, entity_ids)):
         if entity_id in cold:
@@ -92,6 +108,86 @@ def split_cold_start(users, entity_ids, cold_share, seed):
         parts[rows[train_end:valid_end]] = 1
         parts[rows[valid_end:]] = 2
     return parts
+
+
+def split_sequences(users, items, times, cold, max_length):
+    """``(part, row, history)`` of each sequential example: ``row`` indexes the interaction that
+    is its target, ``history`` lists the items before it, at most ``max_length`` of the latest.
+
+    Per user, in time order: the last interaction is the test target and the one before it the
+    validation target, whatever their items (RecBole's leave-one-out); every earlier interaction
+    with a ``cold`` item is dropped, so a cold item is no training target and no step of any
+    sequence; each remaining earlier interaction after the first is a training target. The test
+    history ends with the validation target. A validation example without history is left out."""
+    rows_of_user = defaultdict(list)
+    for row, user in enumerate(users):
+        rows_of_user[user].append(row)
+    examples = []
+    for user in sorted(rows_of_user):
+        rows = sorted(rows_of_user[user], key=lambda row: times[row])  # stable: ties keep file order
+        if len(rows) < 3:
+            continue  # RecBole's leave-one-out needs a training, a validation and a test interaction
+        *earlier, valid_row, test_row = rows
+        kept = [row for row in earlier if items[row] not in cold]
+        history = [items[row] for row in kept]
+        examples += [("train", row, history[max(0, step - max_length) : step]) for step, row in enumerate(kept) if step]
+        if history:
+            examples.append(("valid", valid_row, history[-max_length:]))
+        examples.append(("test", test_row, (history + [items[valid_row]])[-max_length:]))
+    return examples
+
+
+def write_sequential_cold_item_split(source_dir, dataset, out_dir, cold_share=0.2, seed=2020, max_length=50):
+    """Write the sequential cold-item split of ``source_dir/dataset.inter`` (:func:`split_sequences`)
+    to ``out_dir/dataset/`` as RecBole's sequential benchmark files, each row its target
+    interaction plus an ``item_id_list`` of its history, and ``dataset.cold_item_seq.yaml``, the
+    options that read them; return the folder."""
+    if not 0 < cold_share < 1:
+        raise ValueError(f"cold_share must be in (0, 1), got {cold_share}")
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    inter_path = os.path.join(source_dir, f"{dataset}.inter")
+    if not os.path.isfile(inter_path):
+        raise FileNotFoundError(f"interaction file not found: {inter_path}")
+    header, rows = read_inter(inter_path)
+    user_column, item_column = column(inter_path, header, "user_id"), column(inter_path, header, "item_id")
+    time_column = column(inter_path, header, "timestamp")
+    items = [row[item_column] for row in rows]
+    try:
+        times = [float(row[time_column]) for row in rows]
+    except ValueError as error:
+        raise ValueError(f"{inter_path}: timestamp must be a number ({error})") from None
+    cold = cold_ids(items, cold_share, np.random.default_rng(seed))
+    examples = split_sequences([row[user_column] for row in rows], items, times, cold, max_length)
+    feature_headers = {}
+    for suffix in FEATURE_FILES:
+        feature_path = os.path.join(source_dir, f"{dataset}.{suffix}")
+        if os.path.isfile(feature_path):
+            feature_headers[suffix] = (feature_path, read_inter(feature_path)[0])
+    names = benchmark_names("item", sequential=True)
+    options = {
+        "benchmark_filename": names,
+        "alias_of_item_id": [SEQUENCE_FIELD],  # the histories' tokens are item ids
+        "MAX_ITEM_LIST_LENGTH": max_length,
+        "load_col": {
+            "inter": [field.split(":")[0] for field in header] + [SEQUENCE_FIELD],
+            **{suffix: [field.split(":")[0] for field in fields] for suffix, (_, fields) in feature_headers.items()},
+        },
+    }
+
+    target = os.path.join(out_dir, dataset)
+    with dataset_folder(target, keep_other_files=True) as work:
+        for part, name in zip(PARTS, names):
+            write_atomic_file(
+                os.path.join(work, f"{dataset}.{name}.inter"), header + [f"{SEQUENCE_FIELD}:token_seq"],
+                (rows[row] + [" ".join(history)] for p, row, history in examples if p == part),
+            )
+        with open(os.path.join(work, f"{dataset}.cold_item_seq.yaml"), "w", encoding="utf-8") as file:
+            file.write("# The options that read this split (python -m recbole_endo.data.cold_start --sequential).\n")
+            yaml.safe_dump(options, file, default_flow_style=None, sort_keys=False)
+        for path, _ in feature_headers.values():
+            shutil.copyfile(path, os.path.join(work, os.path.basename(path)))
+    return target
 
 
 def write_cold_start_split(source_dir, dataset, out_dir, entity="item", cold_share=0.2, seed=2020):
@@ -134,9 +230,23 @@ def main(argv=None):
     parser.add_argument("--entity", default="item", choices=ENTITIES, help="whose ids go cold")
     parser.add_argument("--cold_share", type=float, default=0.2, help="share of the entity's ids made cold")
     parser.add_argument("--seed", type=int, default=2020, help="seed of the cold ids and of every split")
+    parser.add_argument(
+        "--sequential", action="store_true", help="cold items for sequential models: leave-one-out sequences"
+    )
+    parser.add_argument("--max_length", type=int, default=50, help="--sequential: items kept in each history")
     args = parser.parse_args(argv)
+    if args.sequential and args.entity != "item":
+        parser.error("--sequential splits cold items: a cold user has no sequence to continue")
     try:
-        print(write_cold_start_split(args.source_dir, args.dataset, args.out_dir, args.entity, args.cold_share, args.seed))
+        if args.sequential:
+            folder = write_sequential_cold_item_split(
+                args.source_dir, args.dataset, args.out_dir, args.cold_share, args.seed, args.max_length
+            )
+        else:
+            folder = write_cold_start_split(
+                args.source_dir, args.dataset, args.out_dir, args.entity, args.cold_share, args.seed
+            )
+        print(folder)
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
 
