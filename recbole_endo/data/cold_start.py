@@ -72,6 +72,22 @@ def column(path, header, name):
     return names.index(name)
 
 
+def read_source(source_dir, dataset, cold_share):
+    """``(path, header, rows)`` of ``source_dir/dataset.inter``, once ``cold_share`` is checked."""
+    if not 0 < cold_share < 1:
+        raise ValueError(f"cold_share must be in (0, 1), got {cold_share}")
+    inter_path = os.path.join(source_dir, f"{dataset}.inter")
+    if not os.path.isfile(inter_path):
+        raise FileNotFoundError(f"interaction file not found: {inter_path}")
+    return (inter_path, *read_inter(inter_path))
+
+
+def feature_files(source_dir, dataset):
+    """``{suffix: path}`` of the dataset's feature files (``.user``, ``.item``) that exist."""
+    paths = {suffix: os.path.join(source_dir, f"{dataset}.{suffix}") for suffix in FEATURE_FILES}
+    return {suffix: path for suffix, path in paths.items() if os.path.isfile(path)}
+
+
 def cold_ids(entity_ids, cold_share, rng):
     """A random ``cold_share`` of the distinct ``entity_ids``, drawn with ``rng``."""
     ids = sorted(set(entity_ids))
@@ -142,14 +158,9 @@ def write_sequential_cold_item_split(source_dir, dataset, out_dir, cold_share=0.
     to ``out_dir/dataset/`` as RecBole's sequential benchmark files, each row its target
     interaction plus an ``item_id_list`` of its history, and ``dataset.cold_item_seq.yaml``, the
     options that read them; return the folder."""
-    if not 0 < cold_share < 1:
-        raise ValueError(f"cold_share must be in (0, 1), got {cold_share}")
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}")
-    inter_path = os.path.join(source_dir, f"{dataset}.inter")
-    if not os.path.isfile(inter_path):
-        raise FileNotFoundError(f"interaction file not found: {inter_path}")
-    header, rows = read_inter(inter_path)
+    inter_path, header, rows = read_source(source_dir, dataset, cold_share)
     user_column, item_column = column(inter_path, header, "user_id"), column(inter_path, header, "item_id")
     time_column = column(inter_path, header, "timestamp")
     items = [row[item_column] for row in rows]
@@ -159,11 +170,7 @@ def write_sequential_cold_item_split(source_dir, dataset, out_dir, cold_share=0.
         raise ValueError(f"{inter_path}: timestamp must be a number ({error})") from None
     cold = cold_ids(items, cold_share, np.random.default_rng(seed))
     examples = split_sequences([row[user_column] for row in rows], items, times, cold, max_length)
-    feature_headers = {}
-    for suffix in FEATURE_FILES:
-        feature_path = os.path.join(source_dir, f"{dataset}.{suffix}")
-        if os.path.isfile(feature_path):
-            feature_headers[suffix] = (feature_path, read_inter(feature_path)[0])
+    features = feature_files(source_dir, dataset)
     names = benchmark_names("item", sequential=True)
     options = {
         "benchmark_filename": names,
@@ -171,7 +178,7 @@ def write_sequential_cold_item_split(source_dir, dataset, out_dir, cold_share=0.
         "MAX_ITEM_LIST_LENGTH": max_length,
         "load_col": {
             "inter": [field.split(":")[0] for field in header] + [SEQUENCE_FIELD],
-            **{suffix: [field.split(":")[0] for field in fields] for suffix, (_, fields) in feature_headers.items()},
+            **{suffix: [field.split(":")[0] for field in read_inter(path)[0]] for suffix, path in features.items()},
         },
     }
 
@@ -185,7 +192,7 @@ def write_sequential_cold_item_split(source_dir, dataset, out_dir, cold_share=0.
         with open(os.path.join(work, f"{dataset}.cold_item_seq.yaml"), "w", encoding="utf-8") as file:
             file.write("# The options that read this split (python -m recbole_endo.data.cold_start --sequential).\n")
             yaml.safe_dump(options, file, default_flow_style=None, sort_keys=False)
-        for path, _ in feature_headers.values():
+        for path in features.values():
             shutil.copyfile(path, os.path.join(work, os.path.basename(path)))
     return target
 
@@ -197,12 +204,7 @@ def write_cold_start_split(source_dir, dataset, out_dir, entity="item", cold_sha
     """
     if entity not in ENTITIES:
         raise ValueError(f"entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
-    if not 0 < cold_share < 1:
-        raise ValueError(f"cold_share must be in (0, 1), got {cold_share}")
-    inter_path = os.path.join(source_dir, f"{dataset}.inter")
-    if not os.path.isfile(inter_path):
-        raise FileNotFoundError(f"interaction file not found: {inter_path}")
-    header, rows = read_inter(inter_path)
+    inter_path, header, rows = read_source(source_dir, dataset, cold_share)
     user_column, entity_column = column(inter_path, header, "user_id"), column(inter_path, header, f"{entity}_id")
     parts = split_cold_start(
         [row[user_column] for row in rows], [row[entity_column] for row in rows], cold_share, seed
@@ -215,10 +217,8 @@ def write_cold_start_split(source_dir, dataset, out_dir, entity="item", cold_sha
             write_atomic_file(
                 os.path.join(work, f"{dataset}.{name}.inter"), header, (row for row, p in zip(rows, parts) if p == part)
             )
-        for suffix in FEATURE_FILES:
-            feature_path = os.path.join(source_dir, f"{dataset}.{suffix}")
-            if os.path.isfile(feature_path):
-                shutil.copyfile(feature_path, os.path.join(work, f"{dataset}.{suffix}"))
+        for path in feature_files(source_dir, dataset).values():
+            shutil.copyfile(path, os.path.join(work, os.path.basename(path)))
     return target
 
 
