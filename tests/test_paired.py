@@ -8,14 +8,34 @@ import numpy as np
 import pytest
 
 from recbole_endo.experiments.compare import compare
-from recbole_endo.experiments.paired import format_difference, paired_difference, paired_values
+from recbole_endo.experiments.paired import format_difference, paired_difference, paired_values, read_paired, recompute
 
 
 def test_paired_values_match_users_by_seed_and_id():
     entry = {(1, "u2"): 0.5, (1, "u1"): 0.2, (2, "u1"): 0.4, (1, "u3"): 0.9}
     reference = {(1, "u1"): 0.1, (1, "u2"): 0.3, (2, "u1"): 0.1}  # no u3: it is not a pair
-    values, base = paired_values(entry, reference)
-    assert values.tolist() == [0.2, 0.5, 0.4] and base.tolist() == [0.1, 0.3, 0.1]
+    values, base, seeds = paired_values(entry, reference)
+    assert values.tolist() == [0.2, 0.5, 0.4] and base.tolist() == [0.1, 0.3, 0.1] and seeds == [1, 1, 2]
+
+
+def test_seed_interval_is_a_student_t_interval_of_the_seeds_mean_differences():
+    # Seed 1: differences 0.1 and 0.3 (mean 0.2); seed 2: 0.4; seed 3: 0.6. Seed means 0.2, 0.4, 0.6:
+    # mean 0.4, standard deviation 0.2, so the interval is 0.4 ± t(0.975, 2) · 0.2 / sqrt(3),
+    # with t(0.975, 2) = 4.302653 (a t table's value).
+    cell = paired_difference(np.array([0.1, 0.3, 0.4, 0.6]), np.zeros(4), seeds=[1, 1, 2, 3])
+    assert cell["seed_means"] == pytest.approx([0.2, 0.4, 0.6])
+    half_width = 4.302653 * 0.2 / 3**0.5
+    assert cell["seed_ci_low"] == pytest.approx(0.4 - half_width, abs=1e-6)
+    assert cell["seed_ci_high"] == pytest.approx(0.4 + half_width, abs=1e-6)
+    # The pooled interval counts seed 1 twice; the seed interval includes 0, the pooled one does not.
+    assert format_difference(cell, p_value=False) == (
+        f"+0.3500 [{cell['ci_low']:+.4f}, {cell['ci_high']:+.4f}]*; seeds [{0.4 - half_width:+.4f}, {0.4 + half_width:+.4f}]"
+    )
+    one_seed = paired_difference(np.array([0.1, 0.3]), np.zeros(2), seeds=[1, 1])
+    assert one_seed["seed_means"] == pytest.approx([0.2]) and one_seed["seed_ci_low"] is None
+    steady = paired_difference(np.array([0.1, 0.3, 0.2]), np.zeros(3), seeds=[1, 1, 2])
+    assert steady["seed_ci_low"] == steady["seed_ci_high"] == pytest.approx(0.2)
+    assert format_difference(steady).endswith("; seeds [+0.2000, +0.2000]†")
 
 
 def test_mean_difference_and_exact_wilcoxon_p_equal_a_hand_computation():
@@ -77,7 +97,20 @@ def test_compare_keeps_per_user_values_that_average_to_the_reported_metrics(tiny
     assert int(cell["pairs"]) == len(by_entry["BPR"])
     assert float(cell["mean difference"]) == pytest.approx(difference, abs=1e-9)
     assert float(cell["ci low"]) <= float(cell["mean difference"]) <= float(cell["ci high"])
-    assert "Paired difference to `BPR`" in (output_dir / "summary.md").read_text()
+    per_seed = [
+        np.mean([by_entry["Pop"][key] - by_entry["BPR"][key] for key in by_entry["BPR"] if key[0] == seed]) for seed in ("1", "2")
+    ]
+    assert [float(mean) for mean in cell["seed differences"].split()] == pytest.approx(per_seed, abs=1e-9)
+    summary = (output_dir / "summary.md").read_text()
+    assert "Paired difference to `BPR`" in summary
+    # Recomputed from the per-user file, the paired files are the ones the runs wrote.
+    paired_csv = (output_dir / "paired.csv").read_text()
+    (output_dir / "paired.csv").write_text(paired_csv.replace(cell["mean difference"], "0.5"))
+    (output_dir / "summary.md").write_text(summary.replace("Paired difference to", "Paired difference to stale"))
+    recompute(str(output_dir))
+    assert (output_dir / "paired.csv").read_text() == paired_csv and (output_dir / "summary.md").read_text() == summary
+    _, cells = read_paired(str(output_dir))
+    assert cells[("Pop", "ndcg@10")]["seed_means"] == pytest.approx(per_seed, abs=1e-9)
     assert (output_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

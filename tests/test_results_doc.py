@@ -13,8 +13,8 @@ def results_tree(tmp_path):
         "BPR,3,0.12,0.02,0.4,0.03\n"
     )
     (folder / "paired.csv").write_text(
-        "model,reference,metric,pairs,mean difference,ci low,ci high,wilcoxon p\n"
-        "BPR,Endo,exposed:ndcg@5,711,-0.1,-0.12,-0.08,0.0001\n"
+        "model,reference,metric,pairs,mean difference,ci low,ci high,wilcoxon p,seed differences,seed ci low,seed ci high\n"
+        "BPR,Endo,exposed:ndcg@5,711,-0.1,-0.12,-0.08,0.0001,-0.05 -0.1 -0.15,-0.224,0.024\n"
     )
     (folder / "summary.md").write_text("Command: `python run.py`\nCommit: abc; machine: here.\n\n| model | seeds |\n|---|---|\n")
     (tmp_path / "docs").mkdir()
@@ -34,7 +34,7 @@ def test_results_document_holds_each_tables_means_paired_cells_provenance_and_pl
     assert "## Coat\n\nWhat it measures.\n\nCommand: `python run.py`  \nCommit: abc; machine: here.  \n" in text
     assert "| model | seeds | valid ndcg@10 | exposed:ndcg@5 | Δ exposed:ndcg@5 vs Endo |" in text
     assert "| Endo | 3 | 0.1500 ± 0.0100 | 0.5000 ± 0.0200 | reference |" in text
-    assert "| BPR | 3 | 0.1200 ± 0.0200 | 0.4000 ± 0.0300 | -0.1000 [-0.1200, -0.0800]* p 0.0001 |" in text
+    assert "| BPR | 3 | 0.1200 ± 0.0200 | 0.4000 ± 0.0300 | -0.1000 [-0.1200, -0.0800]* p 0.0001; seeds [-0.2240, +0.0240] |" in text
     assert "![Coat](figures/coat-x.png)" in text
     assert (results_tree / "docs" / "figures" / "coat-x.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -72,7 +72,7 @@ def test_the_readme_headline_is_rewritten_between_its_markers_only(results_tree)
         "# Title\n\n<!-- headline: written by python -m recbole_endo.experiments.results_doc from docs/results.yaml -->\n"
         "| model | Coat NDCG@5 |\n|---|---|\n"
         "| Endo | 0.500 ± 0.020 |\n"
-        "| BPR | 0.400 ± 0.030 (Δ -0.1000 [-0.1200, -0.0800]*) |\n"
+        "| BPR | 0.400 ± 0.030 (Δ -0.1000 [-0.1200, -0.0800]*; seeds [-0.2240, +0.0240]) |\n"
         "| EASE | — |\n"
         "<!-- headline end -->\n\nMore.\n")
 

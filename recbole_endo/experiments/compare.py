@@ -9,8 +9,6 @@ separated by ``;``. Every entry runs with the same seeds, hence the same splits.
 """
 
 import csv
-import gzip
-import io
 import multiprocessing
 import os
 import re
@@ -21,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 import yaml
 
-from recbole_endo.experiments.paired import format_difference, paired_table
+from recbole_endo.experiments.paired import ndcg_metrics, paired_markdown, write_paired, write_per_user
 from recbole_endo.experiments.provenance import git_commit, machine, tuned_origin
 from recbole_endo.files import open_replacing
 from recbole_endo.quick_start import run_recbole_endo
@@ -134,38 +132,6 @@ def per_user_table(runs):
             rows = table.setdefault((run["entry"], metric), {})
             rows.update({(run["seed"], str(user)): float(value) for user, value in zip(users, values)})
     return table
-
-
-def write_per_user(path, per_user):
-    """``per_user.csv.gz``: one row per entry, seed, metric and user."""
-    # mtime 0: the same values give the same bytes, so a regenerated table shows no change.
-    with open_replacing(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
-        file = io.TextIOWrapper(packed, newline="")
-        writer = csv.writer(file)
-        writer.writerow(["entry", "seed", "metric", "user", "value"])
-        for (entry, metric), rows in per_user.items():
-            writer.writerows([entry, seed, metric, user, value] for (seed, user), value in rows.items())
-        file.flush()
-        file.detach()  # the GzipFile closes itself, and the temporary file is open_replacing's
-
-
-def ndcg_metrics(metrics):
-    """The NDCG metrics (of every protocol) among ``metrics``: what the paired table and the plot show."""
-    return [metric for metric in metrics if "ndcg" in metric]
-
-
-def paired_markdown(table, reference):
-    """The paired differences to ``reference`` of the NDCG metrics (every metric: paired.csv)."""
-    metrics = ndcg_metrics(next(iter(table.values()), {}))
-    header = ["model", *(f"Δ {metric}" for metric in metrics)]
-    lines = [
-        f"Paired difference to `{reference}`: mean over test users and seeds [95 % bootstrap interval], "
-        "Wilcoxon signed-rank p; * the interval excludes 0.",
-        "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-    ]
-    for entry, cells in table.items():
-        lines.append("| " + " | ".join([entry, *(format_difference(cells[metric]) for metric in metrics)]) + " |")
-    return "\n".join(lines) + "\n"
 
 
 PLOT_LABEL_CHARACTERS = 48
@@ -307,14 +273,7 @@ def compare(
             writer.writerow([entry, row["seeds"]] + [v for c in summary_columns for v in row[c] or ("", "")])
     markdown, table = provenance + markdown_table(summary, metrics), None
     if reference is not None:
-        per_user_metrics = list(dict.fromkeys(metric for _, metric in per_user))
-        table = paired_table(per_user, reference, list(summary), per_user_metrics)
-        with open_replacing(os.path.join(output_dir, "paired.csv"), "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["model", "reference", "metric", "pairs", "mean difference", "ci low", "ci high", "wilcoxon p"])
-            for entry, cells in table.items():
-                for metric, cell in cells.items():
-                    writer.writerow([entry, reference, metric, *(cell[key] for key in ("pairs", "mean", "ci_low", "ci_high", "p"))])
+        table = write_paired(output_dir, per_user, reference, list(summary))
         markdown += "\n" + paired_markdown(table, reference)
     with open_replacing(os.path.join(output_dir, "summary.png"), "wb") as f:
         summary_figure(summary, metrics, table, reference).savefig(f, format="png", dpi=110)

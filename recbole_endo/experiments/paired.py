@@ -1,35 +1,76 @@
 """Paired comparisons of two models over the same test users: the mean per-user difference of a
-metric, its 95 % bootstrap confidence interval and the Wilcoxon signed-rank p-value (scipy).
+metric, its 95 % bootstrap confidence interval and the Wilcoxon signed-rank p-value (scipy); and
+the same difference seed by seed, with a Student-t interval over the seeds.
 
 A pair is one user on one seed's split, where both models have a value of the metric (users
 matched by their raw id). Pairs of every seed are pooled: with three seeds a user counts three
-times, once per split, so the interval is of the mean over users and seeds, not of the spread
-between seeds (the summary's ± gives that).
+times, once per split, so the bootstrap interval is of the mean over users and seeds. It covers
+the users, not the randomness of training (initial weights, dropout, where early stopping lands),
+which moves a model's whole result on a seed at once: the seed interval treats each seed's mean
+difference as one draw, so it covers both, with as many draws as seeds.
+
+Recomputing the paired files of comparison folders from their per-user values (the runs are not
+repeated)::
+
+    python -m recbole_endo.experiments.paired FOLDER [FOLDER ...]
 """
+
+import argparse
+import csv
+import gzip
+import io
+import os
 
 import numpy as np
 from scipy import stats
 
+from recbole_endo.files import open_replacing
+
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
+PAIRED_HEADING = "Paired difference to"
 
 
 def paired_values(entry_rows, reference_rows):
-    """``(entry values, reference values)`` of the pairs: both arguments map ``(seed, user)`` to a
-    value; pairs are the keys both hold, in sorted order."""
+    """``(entry values, reference values, seeds)`` of the pairs: both arguments map ``(seed, user)``
+    to a value; pairs are the keys both hold, in sorted order; ``seeds`` holds each pair's seed."""
     keys = sorted(set(entry_rows) & set(reference_rows))
-    return np.array([entry_rows[key] for key in keys], float), np.array([reference_rows[key] for key in keys], float)
+    return (
+        np.array([entry_rows[key] for key in keys], float),
+        np.array([reference_rows[key] for key in keys], float),
+        [seed for seed, _ in keys],
+    )
 
 
-def paired_difference(values, reference):
+def seed_differences(differences, seeds):
+    """``{seed_means, seed_ci_low, seed_ci_high}``: the mean difference on each seed (in the order
+    of ``seeds``' first appearance) and the two-sided Student-t ``CONFIDENCE`` interval of their
+    mean, with ``seeds − 1`` degrees of freedom; the interval is None for fewer than two seeds,
+    and the point itself when every seed has the same mean."""
+    seed_means = [float(differences[[s == seed for s in seeds]].mean()) for seed in dict.fromkeys(seeds)]
+    result = {"seed_means": seed_means, "seed_ci_low": None, "seed_ci_high": None}
+    if len(seed_means) < 2:
+        return result
+    if np.ptp(seed_means) == 0:
+        result["seed_ci_low"] = result["seed_ci_high"] = seed_means[0]
+    else:
+        interval = stats.ttest_1samp(seed_means, 0).confidence_interval(CONFIDENCE)
+        result["seed_ci_low"], result["seed_ci_high"] = float(interval.low), float(interval.high)
+    return result
+
+
+def paired_difference(values, reference, seeds=None):
     """``{pairs, mean, ci_low, ci_high, p}`` of ``values − reference`` per pair: the mean
     difference, its percentile bootstrap interval (``BOOTSTRAP_RESAMPLES`` resamples of the pairs,
     seeded) and the two-sided Wilcoxon signed-rank p-value (zero differences dropped; 1.0 when
-    every difference is zero). Fewer than two pairs: mean only, the rest None."""
+    every difference is zero). Fewer than two pairs: mean only, the rest None. With ``seeds``
+    (each pair's seed), also :func:`seed_differences`."""
     differences = np.asarray(values, float) - np.asarray(reference, float)
     result = {"pairs": len(differences), "mean": float(differences.mean()) if len(differences) else None,
               "ci_low": None, "ci_high": None, "p": None}
+    if seeds is not None:
+        result |= seed_differences(differences, seeds)
     if len(differences) < 2:
         return result
     if np.all(differences == differences[0]):  # no spread: the bootstrap interval is the point
@@ -53,18 +94,143 @@ def paired_table(per_user, reference, entries, metrics):
             continue
         table[entry] = {}
         for metric in metrics:
-            values, base = paired_values(per_user.get((entry, metric), {}), per_user.get((reference, metric), {}))
-            table[entry][metric] = paired_difference(values, base)
+            values, base, seeds = paired_values(per_user.get((entry, metric), {}), per_user.get((reference, metric), {}))
+            table[entry][metric] = paired_difference(values, base, seeds)
     return table
 
 
+def excludes_zero(low, high):
+    return low > 0 or high < 0
+
+
 def format_difference(cell, p_value=True):
-    """``+0.0123 [+0.0050, +0.0190]* p 0.002`` (the ``*`` when the interval excludes 0; the p-value
-    unless ``p_value`` is false); "—" without pairs."""
+    """``+0.0123 [+0.0050, +0.0190]* p 0.002; seeds [+0.0010, +0.0250]†``: the bootstrap interval
+    (``*`` when it excludes 0), the p-value unless ``p_value`` is false, and the seed interval
+    when there is one (``†`` when it excludes 0); "—" without pairs."""
     if cell["mean"] is None:
         return "—"
     if cell["ci_low"] is None:
         return f"{cell['mean']:+.4f}"
-    excludes_zero = cell["ci_low"] > 0 or cell["ci_high"] < 0
-    interval = f"{cell['mean']:+.4f} [{cell['ci_low']:+.4f}, {cell['ci_high']:+.4f}]{'*' if excludes_zero else ''}"
-    return f"{interval} p {cell['p']:.3g}" if p_value else interval
+    text = f"{cell['mean']:+.4f} [{cell['ci_low']:+.4f}, {cell['ci_high']:+.4f}]{'*' if excludes_zero(cell['ci_low'], cell['ci_high']) else ''}"
+    if p_value:
+        text += f" p {cell['p']:.3g}"
+    if cell.get("seed_ci_low") is not None:
+        low, high = cell["seed_ci_low"], cell["seed_ci_high"]
+        text += f"; seeds [{low:+.4f}, {high:+.4f}]{'†' if excludes_zero(low, high) else ''}"
+    return text
+
+
+def write_per_user(path, per_user):
+    """``per_user.csv.gz``: one row per entry, seed, metric and user."""
+    # mtime 0: the same values give the same bytes, so a regenerated table shows no change.
+    with open_replacing(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
+        file = io.TextIOWrapper(packed, newline="")
+        writer = csv.writer(file)
+        writer.writerow(["entry", "seed", "metric", "user", "value"])
+        for (entry, metric), rows in per_user.items():
+            writer.writerows([entry, seed, metric, user, value] for (seed, user), value in rows.items())
+        file.flush()
+        file.detach()  # the GzipFile closes itself, and the temporary file is open_replacing's
+
+
+def ndcg_metrics(metrics):
+    """The NDCG metrics (of every protocol) among ``metrics``: what the paired table and the plot show."""
+    return [metric for metric in metrics if "ndcg" in metric]
+
+
+def paired_markdown(table, reference):
+    """The paired differences to ``reference`` of the NDCG metrics (every metric: paired.csv)."""
+    metrics = ndcg_metrics(next(iter(table.values()), {}))
+    header = ["model", *(f"Δ {metric}" for metric in metrics)]
+    lines = [
+        f"{PAIRED_HEADING} `{reference}`: mean over test users and seeds [95 % bootstrap interval], "
+        "Wilcoxon signed-rank p; * the interval excludes 0; seeds: the Student-t interval over the "
+        "seeds' mean differences, † it excludes 0.",
+        "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+    ]
+    for entry, cells in table.items():
+        lines.append("| " + " | ".join([entry, *(format_difference(cells[metric]) for metric in metrics)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+
+def read_per_user(path):
+    """``{(entry, metric): {(seed, user): value}}`` of a ``per_user.csv.gz`` (:func:`write_per_user`)."""
+    per_user = {}
+    with gzip.open(path, "rt", newline="") as file:
+        for row in csv.DictReader(file):
+            per_user.setdefault((row["entry"], row["metric"]), {})[(int(row["seed"]), row["user"])] = float(row["value"])
+    return per_user
+
+
+PAIRED_COLUMNS = {
+    "pairs": "pairs", "mean": "mean difference", "ci_low": "ci low", "ci_high": "ci high", "p": "wilcoxon p",
+    "seed_means": "seed differences", "seed_ci_low": "seed ci low", "seed_ci_high": "seed ci high",
+}
+
+
+def write_paired(output_dir, per_user, reference, entries):
+    """``paired.csv`` of ``output_dir``: each of ``entries`` but ``reference`` against it, on every
+    metric of ``per_user`` (:func:`paired_table`; a cell's seed differences space-separated).
+    Returns the table."""
+    metrics = list(dict.fromkeys(metric for _, metric in per_user))
+    table = paired_table(per_user, reference, entries, metrics)
+    with open_replacing(os.path.join(output_dir, "paired.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "reference", "metric", *PAIRED_COLUMNS.values()])
+        for entry, cells in table.items():
+            for metric, cell in cells.items():
+                values = {**cell, "seed_means": " ".join(repr(mean) for mean in cell["seed_means"])}
+                writer.writerow([entry, reference, metric, *(values[key] for key in PAIRED_COLUMNS)])
+    return table
+
+
+def read_paired(folder):
+    """``(reference, {(entry, metric): cell})`` of a folder's ``paired.csv`` (:func:`write_paired`),
+    or ``(None, {})`` without one."""
+    path = os.path.join(folder, "paired.csv")
+    if not os.path.isfile(path):
+        return None, {}
+    cells, reference = {}, None
+    with open(path, newline="") as file:
+        for row in csv.DictReader(file):
+            reference = row["reference"]
+            number = lambda column: None if row[column] == "" else float(row[column])  # noqa: E731
+            cell = {key: number(column) for key, column in PAIRED_COLUMNS.items() if key != "seed_means"}
+            cell["pairs"] = int(row["pairs"])
+            cell["seed_means"] = [float(mean) for mean in row["seed differences"].split()]
+            cells[(row["model"], row["metric"])] = cell
+    return reference, cells
+
+
+def recompute(folder):
+    """Rewrite ``paired.csv`` of a comparison folder, and the paired section of its ``summary.md``,
+    from its ``per_user.csv.gz``, against the reference and in the entry order its ``paired.csv``
+    names."""
+    with open(os.path.join(folder, "paired.csv"), newline="") as file:
+        rows = list(csv.DictReader(file))
+    if not rows:
+        raise ValueError(f"{folder}/paired.csv pairs no entry, so there is nothing to recompute")
+    reference = rows[0]["reference"]
+    entries = [reference, *dict.fromkeys(row["model"] for row in rows)]
+    table = write_paired(folder, read_per_user(os.path.join(folder, "per_user.csv.gz")), reference, entries)
+    path = os.path.join(folder, "summary.md")
+    with open(path) as file:
+        summary = file.read()
+    with open_replacing(path) as file:
+        file.write(summary[: summary.index(PAIRED_HEADING)] + paired_markdown(table, reference))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_endo.experiments.paired",
+        description="Recompute the paired differences (paired.csv, the paired section of summary.md) of "
+        "comparison folders from their per-user test values, without repeating the runs.",
+    )
+    parser.add_argument("folders", nargs="+", help="comparison folders written by run_recbole_endo.py --compare")
+    for folder in parser.parse_args(argv).folders:
+        recompute(folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,7 @@ import sys
 import yaml
 
 from recbole_endo.experiments.compare import summary_figure
-from recbole_endo.experiments.paired import format_difference
+from recbole_endo.experiments.paired import format_difference, read_paired
 from recbole_endo.files import open_replacing
 
 
@@ -42,23 +42,6 @@ def read_summary(folder):
         }
         summary[row["model"]]["seeds"] = row["seeds"]
     return [row["model"] for row in rows], summary
-
-
-def read_paired(folder):
-    """``(reference, {(entry, metric): cell})`` of ``paired.csv``, or ``(None, {})`` without one."""
-    path = os.path.join(folder, "paired.csv")
-    if not os.path.isfile(path):
-        return None, {}
-    cells, reference = {}, None
-    with open(path, newline="") as file:
-        for row in csv.DictReader(file):
-            reference = row["reference"]
-            number = lambda key: None if row[key] == "" else float(row[key])  # noqa: E731
-            cells[(row["model"], row["metric"])] = {
-                "pairs": int(row["pairs"]), "mean": number("mean difference"), "ci_low": number("ci low"),
-                "ci_high": number("ci high"), "p": number("wilcoxon p"),
-            }
-    return reference, cells
 
 
 def provenance(folder):
