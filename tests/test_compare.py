@@ -155,3 +155,49 @@ def test_plot_labels_leave_out_the_options_a_models_entries_share_and_shorten_th
         "BPR[learning_rat" + "…" + "ecay=1.0e-06;embedding_size=32]",  # 16 + 1 + 31 characters
         "Pop", "Pop[x=1]",
     ]
+
+
+def fake_runs(monkeypatch):
+    """Runs without training: entry B beats A by 0.01 per user on seed 1, 0.03 on seed 2, 0.02 on seed 3."""
+    def run_entry(entry, model, options, seed, *_):
+        users = ["u1", "u2", "u3", "u4"]
+        values = [0.1 * (index + 1) + (0.01 * {1: 1, 2: 3, 3: 2}[seed] if entry == "B" else 0.0) for index in range(4)]
+        values[seed % 4] += 0.005  # users differ, so the bootstrap interval has a width
+        return {"entry": entry, "model": "BPR", "seed": seed, "ndcg@10": sum(values) / 4, "best_epoch": seed,
+                "epochs": 9, "train_s_per_epoch": 0.5, "valid_s_per_eval": 0.1, "test_eval_s": 2.5e-05, "wall_s": 1.0,
+                "per_user": {"ndcg@10": (users, values)}, "tuned_file": None}
+
+    monkeypatch.setattr(compare_module, "run_entry", run_entry)
+
+
+def test_retabulating_rewrites_a_folder_as_it_was_and_merging_equals_one_compare_over_all_seeds(tmp_path, monkeypatch):
+    fake_runs(monkeypatch)
+    quiet = {"log": lambda *a, **k: None, "reference": "A"}
+    compare(["A", "B"], "tiny", [1, 2, 3], str(tmp_path / "all"), **quiet)
+    compare(["A", "B"], "tiny", [1], str(tmp_path / "one"), **quiet)
+    compare(["A", "B"], "tiny", [2, 3], str(tmp_path / "two"), **quiet)
+    files = ("runs.csv", "summary.csv", "paired.csv", "summary.md")
+    before = {name: (tmp_path / "all" / name).read_text() for name in files}
+    compare_module.main([str(tmp_path / "all")])
+    assert {name: (tmp_path / "all" / name).read_text() for name in files} == before
+    compare_module.main([str(tmp_path / "one"), str(tmp_path / "two"), "--output_dir", str(tmp_path / "merged")])
+    for name in ("runs.csv", "summary.csv", "paired.csv"):
+        assert (tmp_path / "merged" / name).read_text() == before[name], name
+    with open(tmp_path / "merged" / "paired.csv") as file:
+        (cell,) = csv.DictReader(file)
+    # Seed means 0.01, 0.03, 0.02: mean 0.02, std 0.01, t(0.975, 2) = 4.302653.
+    assert [float(mean) for mean in cell["seed differences"].split()] == pytest.approx([0.01, 0.03, 0.02])
+    assert float(cell["seed ci low"]) == pytest.approx(0.02 - 4.302653 * 0.01 / 3**0.5, abs=1e-6)
+    merged = (tmp_path / "merged" / "summary.md").read_text()
+    assert merged.count("Merged by `python -m recbole_endo.experiments.compare`") == 2 and f"from `{tmp_path / 'two'}`" in merged
+
+
+def test_merging_folders_that_share_a_seed_or_differ_in_entries_is_refused(tmp_path, monkeypatch):
+    fake_runs(monkeypatch)
+    for name, entries, seeds in (("one", ["A", "B"], [1]), ("again", ["A", "B"], [1, 2]), ("other", ["A", "C"], [3])):
+        compare(entries, "tiny", seeds, str(tmp_path / name), log=lambda *a, **k: None, reference="A")
+    with pytest.raises(ValueError, match=r"share seed\(s\) \[1\]"):
+        compare_module.retabulate([str(tmp_path / "one"), str(tmp_path / "again")], str(tmp_path / "merged"))
+    with pytest.raises(ValueError, match=r"compares \['A', 'C'\].*need the same entries"):
+        compare_module.retabulate([str(tmp_path / "one"), str(tmp_path / "other")], str(tmp_path / "merged"))
+    assert not (tmp_path / "merged").exists()

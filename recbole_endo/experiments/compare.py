@@ -8,6 +8,7 @@ A model entry is a name, optionally with options for that entry only, e.g.
 separated by ``;``. Every entry runs with the same seeds, hence the same splits.
 """
 
+import argparse
 import csv
 import multiprocessing
 import os
@@ -19,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 import yaml
 
-from recbole_endo.experiments.paired import ndcg_metrics, paired_markdown, write_paired, write_per_user
+from recbole_endo.experiments.paired import ndcg_metrics, paired_markdown, read_paired, read_per_user, write_paired, write_per_user
 from recbole_endo.experiments.provenance import git_commit, machine, tuned_origin
 from recbole_endo.files import open_replacing
 from recbole_endo.quick_start import run_recbole_endo
@@ -255,6 +256,16 @@ def compare(
     per_user = per_user_table(runs)
     provenance = provenance_markdown(command, commit, runs, jobs)
     runs = [{key: value for key, value in run.items() if key not in ("per_user", "tuned_file")} for run in runs]
+    summary = write_tables(output_dir, runs, per_user, provenance, reference)
+    if failed:
+        raise RuntimeError(f"--compare: {len(failed)} of {len(tasks)} runs failed (the tables hold the others): {'; '.join(failed)}")
+    return summary
+
+
+def write_tables(output_dir, runs, per_user, provenance, reference=None):
+    """Write a comparison folder from its runs (flat rows: entry, model, seed, metrics, run
+    columns) and their per-user values (:func:`per_user_table`): see :func:`compare`; returns the
+    summary."""
     # Entries may report different metrics (a protocol switched on for one entry): every column
     # any run has, in order of first appearance; a run without one leaves its cell empty.
     columns = list(dict.fromkeys(key for run in runs for key in run))
@@ -279,6 +290,78 @@ def compare(
         summary_figure(summary, metrics, table, reference).savefig(f, format="png", dpi=110)
     with open_replacing(os.path.join(output_dir, "summary.md")) as f:
         f.write(markdown)
-    if failed:
-        raise RuntimeError(f"--compare: {len(failed)} of {len(tasks)} runs failed (the tables hold the others): {'; '.join(failed)}")
     return summary
+
+
+def _number(text):
+    """A number of ``runs.csv`` as it was written: an int (a seed, an epoch, a count) or a float."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def read_comparison_runs(folder):
+    """``(runs, per_user, provenance, reference)`` of a comparison folder, as :func:`write_tables`
+    takes them: ``runs.csv`` (numbers parsed, empty cells left out), ``per_user.csv.gz``, the
+    lines of ``summary.md`` above its table, and the reference of its ``paired.csv`` (None
+    without one)."""
+    with open(os.path.join(folder, "runs.csv"), newline="") as file:
+        runs = [
+            {key: value if key in ("entry", "model") else _number(value) for key, value in row.items() if value != ""}
+            for row in csv.DictReader(file)
+        ]
+    with open(os.path.join(folder, "summary.md")) as file:
+        provenance = file.read().split("\n| model |", 1)[0].rstrip("\n") + "\n\n"
+    reference, _ = read_paired(folder)
+    return runs, read_per_user(os.path.join(folder, "per_user.csv.gz")), provenance, reference
+
+
+def retabulate(folders, output_dir, reference=None):
+    """Rewrite the tables of comparison folders from their saved runs and per-user values, with
+    today's statistics, without repeating a run. One folder: in place (``output_dir`` may be it).
+    Several: merged into ``output_dir``, a table over all their seeds; they must hold the same
+    entries and different seeds. ``reference`` defaults to the first folder's."""
+    parts = [read_comparison_runs(folder) for folder in folders]
+    entries = [list(dict.fromkeys(run["entry"] for run in part[0])) for part in parts]
+    seeds = [{run["seed"] for run in part[0]} for part in parts]
+    for folder, own_entries, own_seeds in zip(folders[1:], entries[1:], seeds[1:]):
+        if set(own_entries) != set(entries[0]):
+            raise ValueError(f"{folder} compares {own_entries}, {folders[0]} {entries[0]}: merged folders need the same entries")
+        if own_seeds & seeds[0]:
+            raise ValueError(f"{folder} and {folders[0]} share seed(s) {sorted(own_seeds & seeds[0])}: merged folders need different seeds")
+        seeds[0] |= own_seeds
+    reference = reference or parts[0][3]
+    if reference is not None and reference not in entries[0]:
+        raise ValueError(f"--reference '{reference}' is none of the entries {entries[0]}: name one of them")
+    # As compare() orders them: entry by entry, seed by seed.
+    runs = sorted((run for part in parts for run in part[0]), key=lambda run: (entries[0].index(run["entry"]), run["seed"]))
+    per_user = {}
+    for part in parts:
+        for key, rows in part[1].items():
+            per_user.setdefault(key, {}).update(rows)
+    provenance = parts[0][2] if len(parts) == 1 else "".join(
+        f"Merged by `python -m recbole_endo.experiments.compare`; from `{folder}`:\n\n{part[2]}" for folder, part in zip(folders, parts)
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    return write_tables(output_dir, runs, per_user, provenance, reference)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_endo.experiments.compare",
+        description="Rewrite comparison folders' tables (summary, paired statistics, plot) from their saved runs and "
+        "per-user values, without repeating a run: one folder in place, or several with the same entries and "
+        "different seeds merged into --output_dir.",
+    )
+    parser.add_argument("folders", nargs="+", help="folders written by run_recbole_endo.py --compare")
+    parser.add_argument("--output_dir", help="where the merged tables go (one folder: default, in place)")
+    parser.add_argument("--reference", help="entry the others get paired differences to (default: the first folder's)")
+    args = parser.parse_args(argv)
+    if len(args.folders) > 1 and not args.output_dir:
+        parser.error("merging several folders needs --output_dir")
+    retabulate(args.folders, args.output_dir or args.folders[0], args.reference)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,14 +8,8 @@ times, once per split, so the bootstrap interval is of the mean over users and s
 the users, not the randomness of training (initial weights, dropout, where early stopping lands),
 which moves a model's whole result on a seed at once: the seed interval treats each seed's mean
 difference as one draw, so it covers both, with as many draws as seeds.
-
-Recomputing the paired files of comparison folders from their per-user values (the runs are not
-repeated)::
-
-    python -m recbole_endo.experiments.paired FOLDER [FOLDER ...]
 """
 
-import argparse
 import csv
 import gzip
 import io
@@ -29,7 +23,6 @@ from recbole_endo.files import open_replacing
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
-PAIRED_HEADING = "Paired difference to"
 
 
 def paired_values(entry_rows, reference_rows):
@@ -122,8 +115,9 @@ def format_difference(cell, p_value=True):
 
 def write_per_user(path, per_user):
     """``per_user.csv.gz``: one row per entry, seed, metric and user."""
-    # mtime 0: the same values give the same bytes, so a regenerated table shows no change.
-    with open_replacing(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed:
+    # No name (a temporary one) and mtime 0: the same values give the same bytes, so a
+    # regenerated table shows no change.
+    with open_replacing(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as packed:
         file = io.TextIOWrapper(packed, newline="")
         writer = csv.writer(file)
         writer.writerow(["entry", "seed", "metric", "user", "value"])
@@ -143,7 +137,7 @@ def paired_markdown(table, reference):
     metrics = ndcg_metrics(next(iter(table.values()), {}))
     header = ["model", *(f"Δ {metric}" for metric in metrics)]
     lines = [
-        f"{PAIRED_HEADING} `{reference}`: mean over test users and seeds [95 % bootstrap interval], "
+        f"Paired difference to `{reference}`: mean over test users and seeds [95 % bootstrap interval], "
         "Wilcoxon signed-rank p; * the interval excludes 0; seeds: the Student-t interval over the "
         "seeds' mean differences, † it excludes 0.",
         "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
@@ -201,36 +195,3 @@ def read_paired(folder):
             cell["seed_means"] = [float(mean) for mean in row["seed differences"].split()]
             cells[(row["model"], row["metric"])] = cell
     return reference, cells
-
-
-def recompute(folder):
-    """Rewrite ``paired.csv`` of a comparison folder, and the paired section of its ``summary.md``,
-    from its ``per_user.csv.gz``, against the reference and in the entry order its ``paired.csv``
-    names."""
-    with open(os.path.join(folder, "paired.csv"), newline="") as file:
-        rows = list(csv.DictReader(file))
-    if not rows:
-        raise ValueError(f"{folder}/paired.csv pairs no entry, so there is nothing to recompute")
-    reference = rows[0]["reference"]
-    entries = [reference, *dict.fromkeys(row["model"] for row in rows)]
-    table = write_paired(folder, read_per_user(os.path.join(folder, "per_user.csv.gz")), reference, entries)
-    path = os.path.join(folder, "summary.md")
-    with open(path) as file:
-        summary = file.read()
-    with open_replacing(path) as file:
-        file.write(summary[: summary.index(PAIRED_HEADING)] + paired_markdown(table, reference))
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m recbole_endo.experiments.paired",
-        description="Recompute the paired differences (paired.csv, the paired section of summary.md) of "
-        "comparison folders from their per-user test values, without repeating the runs.",
-    )
-    parser.add_argument("folders", nargs="+", help="comparison folders written by run_recbole_endo.py --compare")
-    for folder in parser.parse_args(argv).folders:
-        recompute(folder)
-
-
-if __name__ == "__main__":
-    main()
