@@ -189,15 +189,27 @@ def test_retabulating_rewrites_a_folder_as_it_was_and_merging_equals_one_compare
     assert [float(mean) for mean in cell["seed differences"].split()] == pytest.approx([0.01, 0.03, 0.02])
     assert float(cell["seed ci low"]) == pytest.approx(0.02 - 4.302653 * 0.01 / 3**0.5, abs=1e-6)
     merged = (tmp_path / "merged" / "summary.md").read_text()
-    assert merged.count("Merged by `python -m recbole_endo.experiments.compare`") == 2 and f"from `{tmp_path / 'two'}`" in merged
+    assert "left out: none." in merged and f"From `{tmp_path / 'two'}`:" in merged
 
 
-def test_merging_folders_that_share_a_seed_or_differ_in_entries_is_refused(tmp_path, monkeypatch):
+def test_merging_keeps_the_entries_every_folder_holds(tmp_path, monkeypatch):
     fake_runs(monkeypatch)
-    for name, entries, seeds in (("one", ["A", "B"], [1]), ("again", ["A", "B"], [1, 2]), ("other", ["A", "C"], [3])):
-        compare(entries, "tiny", seeds, str(tmp_path / name), log=lambda *a, **k: None, reference="A")
-    with pytest.raises(ValueError, match=r"share seed\(s\) \[1\]"):
+    quiet = {"log": lambda *a, **k: None, "reference": "A"}
+    compare(["A", "B", "C"], "tiny", [1], str(tmp_path / "wide"), **quiet)
+    compare(["B", "A"], "tiny", [2, 3], str(tmp_path / "narrow"), **quiet)
+    compare(["A", "B"], "tiny", [1, 2, 3], str(tmp_path / "all"), **quiet)
+    compare_module.retabulate([str(tmp_path / "wide"), str(tmp_path / "narrow")], str(tmp_path / "merged"))
+    for name in ("runs.csv", "summary.csv", "paired.csv"):
+        assert (tmp_path / "merged" / name).read_text() == (tmp_path / "all" / name).read_text(), name
+    assert "entries not in every folder left out: C." in (tmp_path / "merged" / "summary.md").read_text()
+
+
+def test_merging_folders_that_share_a_seed_or_no_entry_is_refused(tmp_path, monkeypatch):
+    fake_runs(monkeypatch)
+    for name, entries, seeds in (("one", ["A", "B"], [1]), ("again", ["A", "B"], [1, 2]), ("other", ["C"], [3])):
+        compare(entries, "tiny", seeds, str(tmp_path / name), log=lambda *a, **k: None)
+    with pytest.raises(ValueError, match=r"again.* shares seed\(s\) \[1\]"):
         compare_module.retabulate([str(tmp_path / "one"), str(tmp_path / "again")], str(tmp_path / "merged"))
-    with pytest.raises(ValueError, match=r"compares \['A', 'C'\].*need the same entries"):
+    with pytest.raises(ValueError, match="have no entry in common"):
         compare_module.retabulate([str(tmp_path / "one"), str(tmp_path / "other")], str(tmp_path / "merged"))
     assert not (tmp_path / "merged").exists()

@@ -320,29 +320,41 @@ def read_comparison_runs(folder):
 def retabulate(folders, output_dir, reference=None):
     """Rewrite the tables of comparison folders from their saved runs and per-user values, with
     today's statistics, without repeating a run. One folder: in place (``output_dir`` may be it).
-    Several: merged into ``output_dir``, a table over all their seeds; they must hold the same
-    entries and different seeds. ``reference`` defaults to the first folder's."""
+    Several, each with its own seeds: merged into ``output_dir``, one table over all their seeds
+    of the entries every folder holds (the others are left out, and the table's lines say so).
+    ``reference`` defaults to the first folder's."""
     parts = [read_comparison_runs(folder) for folder in folders]
     entries = [list(dict.fromkeys(run["entry"] for run in part[0])) for part in parts]
-    seeds = [{run["seed"] for run in part[0]} for part in parts]
-    for folder, own_entries, own_seeds in zip(folders[1:], entries[1:], seeds[1:]):
-        if set(own_entries) != set(entries[0]):
-            raise ValueError(f"{folder} compares {own_entries}, {folders[0]} {entries[0]}: merged folders need the same entries")
-        if own_seeds & seeds[0]:
-            raise ValueError(f"{folder} and {folders[0]} share seed(s) {sorted(own_seeds & seeds[0])}: merged folders need different seeds")
-        seeds[0] |= own_seeds
+    common = [entry for entry in entries[0] if all(entry in own for own in entries[1:])]
+    if not common:
+        raise ValueError(f"folders {folders} have no entry in common: nothing to merge")
+    seen = set()
+    for folder, (runs, *_) in zip(folders, parts):
+        own = {run["seed"] for run in runs}
+        if own & seen:
+            raise ValueError(f"{folder} shares seed(s) {sorted(own & seen)} with an earlier folder: merged folders need different seeds")
+        seen |= own
     reference = reference or parts[0][3]
-    if reference is not None and reference not in entries[0]:
-        raise ValueError(f"--reference '{reference}' is none of the entries {entries[0]}: name one of them")
+    if reference is not None and reference not in common:
+        raise ValueError(f"--reference '{reference}' is none of the entries {common}: name one of them")
     # As compare() orders them: entry by entry, seed by seed.
-    runs = sorted((run for part in parts for run in part[0]), key=lambda run: (entries[0].index(run["entry"]), run["seed"]))
+    runs = sorted(
+        (run for part in parts for run in part[0] if run["entry"] in common),
+        key=lambda run: (common.index(run["entry"]), run["seed"]),
+    )
     per_user = {}
     for part in parts:
-        for key, rows in part[1].items():
-            per_user.setdefault(key, {}).update(rows)
-    provenance = parts[0][2] if len(parts) == 1 else "".join(
-        f"Merged by `python -m recbole_endo.experiments.compare`; from `{folder}`:\n\n{part[2]}" for folder, part in zip(folders, parts)
-    )
+        for (entry, metric), rows in part[1].items():
+            if entry in common:
+                per_user.setdefault((entry, metric), {}).update(rows)
+    provenance = parts[0][2]
+    if len(parts) > 1:
+        left_out = [entry for own in entries for entry in own if entry not in common]
+        provenance = (
+            "Merged by `python -m recbole_endo.experiments.compare` from the folders below, each with its seeds; "
+            f"entries not in every folder left out: {', '.join(dict.fromkeys(left_out)) or 'none'}.\n\n"
+            + "".join(f"From `{folder}`:\n\n{part[2]}" for folder, part in zip(folders, parts))
+        )
     os.makedirs(output_dir, exist_ok=True)
     return write_tables(output_dir, runs, per_user, provenance, reference)
 
@@ -351,8 +363,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m recbole_endo.experiments.compare",
         description="Rewrite comparison folders' tables (summary, paired statistics, plot) from their saved runs and "
-        "per-user values, without repeating a run: one folder in place, or several with the same entries and "
-        "different seeds merged into --output_dir.",
+        "per-user values, without repeating a run: one folder in place, or several with different seeds merged "
+        "into --output_dir (the entries every folder holds).",
     )
     parser.add_argument("folders", nargs="+", help="folders written by run_recbole_endo.py --compare")
     parser.add_argument("--output_dir", help="where the merged tables go (one folder: default, in place)")
