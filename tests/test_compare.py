@@ -213,3 +213,13 @@ def test_merging_folders_that_share_a_seed_or_no_entry_is_refused(tmp_path, monk
     with pytest.raises(ValueError, match="have no entry in common"):
         compare_module.retabulate([str(tmp_path / "one"), str(tmp_path / "other")], str(tmp_path / "merged"))
     assert not (tmp_path / "merged").exists()
+
+
+def test_retabulating_a_folder_without_per_user_values_names_the_missing_file(tmp_path, monkeypatch):
+    fake_runs(monkeypatch)
+    compare(["A", "B"], "tiny", [1], str(tmp_path / "old"), log=lambda *a, **k: None)
+    (tmp_path / "old" / "per_user.csv.gz").unlink()
+    with pytest.raises(SystemExit):
+        compare_module.main([str(tmp_path / "old")])
+    with pytest.raises(ValueError, match=r"old lacks per_user\.csv\.gz: .*rerun its command"):
+        compare_module.retabulate([str(tmp_path / "old")], str(tmp_path / "old"))

@@ -306,15 +306,26 @@ def read_comparison_runs(folder):
     takes them: ``runs.csv`` (numbers parsed, empty cells left out), ``per_user.csv.gz``, the
     lines of ``summary.md`` above its table, and the reference of its ``paired.csv`` (None
     without one)."""
+    missing = [name for name in ("runs.csv", "per_user.csv.gz", "summary.md") if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise ValueError(
+            f"{folder} lacks {', '.join(missing)}: only a folder that run_recbole_endo.py --compare wrote with "
+            "per-user values can be re-tabulated; rerun its command to make one"
+        )
     with open(os.path.join(folder, "runs.csv"), newline="") as file:
         runs = [
             {key: value if key in ("entry", "model") else _number(value) for key, value in row.items() if value != ""}
             for row in csv.DictReader(file)
         ]
-    with open(os.path.join(folder, "summary.md")) as file:
-        provenance = file.read().split("\n| model |", 1)[0].rstrip("\n") + "\n\n"
     reference, _ = read_paired(folder)
-    return runs, read_per_user(os.path.join(folder, "per_user.csv.gz")), provenance, reference
+    return runs, read_per_user(os.path.join(folder, "per_user.csv.gz")), summary_provenance(folder) + "\n\n", reference
+
+
+def summary_provenance(folder):
+    """The lines above the table of a comparison folder's ``summary.md``: its command, commit,
+    machine and each entry's configuration."""
+    with open(os.path.join(folder, "summary.md")) as file:
+        return ("\n" + file.read()).split("\n| model |", 1)[0].strip("\n")
 
 
 def retabulate(folders, output_dir, reference=None):
@@ -372,7 +383,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if len(args.folders) > 1 and not args.output_dir:
         parser.error("merging several folders needs --output_dir")
-    retabulate(args.folders, args.output_dir or args.folders[0], args.reference)
+    try:
+        retabulate(args.folders, args.output_dir or args.folders[0], args.reference)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":

@@ -147,7 +147,6 @@ def paired_markdown(table, reference):
     return "\n".join(lines) + "\n"
 
 
-
 def read_per_user(path):
     """``{(entry, metric): {(seed, user): value}}`` of a ``per_user.csv.gz`` (:func:`write_per_user`)."""
     per_user = {}

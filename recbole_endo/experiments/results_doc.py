@@ -24,7 +24,7 @@ import sys
 
 import yaml
 
-from recbole_endo.experiments.compare import summary_figure
+from recbole_endo.experiments.compare import summary_figure, summary_provenance
 from recbole_endo.experiments.paired import format_difference, read_paired
 from recbole_endo.files import open_replacing
 
@@ -42,13 +42,6 @@ def read_summary(folder):
         }
         summary[row["model"]]["seeds"] = row["seeds"]
     return [row["model"] for row in rows], summary
-
-
-def provenance(folder):
-    """The lines that open the folder's ``summary.md`` before its table."""
-    with open(os.path.join(folder, "summary.md")) as file:
-        lines = file.read().split("\n| ")[0].rstrip().splitlines()
-    return [line for line in lines if not line.startswith("|")]
 
 
 def tested_ndcg(columns):
@@ -153,7 +146,7 @@ def write_results(spec_path, output_path, readme_path=None):
         plot = os.path.join("figures", table.get("figure", os.path.basename(os.path.normpath(folder))) + ".png")
         write_figure(comparison, table["columns"], os.path.join(documents, plot))
         parts += [f"## {table['title']}", "", table["text"].rstrip(), ""]
-        parts += [line + "  " for line in provenance(folder)] + [""]
+        parts += [line + "  " for line in summary_provenance(folder).splitlines()] + [""]
         parts += [markdown, "", f"![{table['title']}]({plot})", ""]
     with open_replacing(output_path) as file:
         file.write("<!-- Written by python -m recbole_endo.experiments.results_doc from docs/results.yaml and results/: edit those. -->\n\n")
