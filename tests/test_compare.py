@@ -192,7 +192,7 @@ def test_retabulating_rewrites_a_folder_as_it_was_and_merging_equals_one_compare
     assert "left out: none." in merged and f"From `{tmp_path / 'two'}`:" in merged
 
 
-def test_merging_keeps_the_entries_every_folder_holds(tmp_path, monkeypatch):
+def test_merging_keeps_the_entries_with_a_run_on_every_seed(tmp_path, monkeypatch):
     fake_runs(monkeypatch)
     quiet = {"log": lambda *a, **k: None, "reference": "A"}
     compare(["A", "B", "C"], "tiny", [1], str(tmp_path / "wide"), **quiet)
@@ -201,16 +201,30 @@ def test_merging_keeps_the_entries_every_folder_holds(tmp_path, monkeypatch):
     compare_module.retabulate([str(tmp_path / "wide"), str(tmp_path / "narrow")], str(tmp_path / "merged"))
     for name in ("runs.csv", "summary.csv", "paired.csv"):
         assert (tmp_path / "merged" / name).read_text() == (tmp_path / "all" / name).read_text(), name
-    assert "entries not in every folder left out: C." in (tmp_path / "merged" / "summary.md").read_text()
+    assert "entries without a run on every seed left out: C." in (tmp_path / "merged" / "summary.md").read_text()
 
 
-def test_merging_folders_that_share_a_seed_or_no_entry_is_refused(tmp_path, monkeypatch):
+def test_merging_joins_folders_that_ran_different_entries_on_the_same_seeds(tmp_path, monkeypatch):
+    fake_runs(monkeypatch)
+    quiet = {"log": lambda *a, **k: None, "reference": "A"}
+    compare(["A", "B", "C"], "tiny", [1], str(tmp_path / "first"), **quiet)
+    compare(["A", "B"], "tiny", [2], str(tmp_path / "ours"), **quiet)
+    compare(["C"], "tiny", [2], str(tmp_path / "baselines"), log=quiet["log"])
+    compare(["A", "B", "C"], "tiny", [1, 2], str(tmp_path / "all"), **quiet)
+    folders = [str(tmp_path / name) for name in ("first", "ours", "baselines")]
+    compare_module.retabulate(folders, str(tmp_path / "merged"))
+    for name in ("runs.csv", "summary.csv", "paired.csv"):
+        assert (tmp_path / "merged" / name).read_text() == (tmp_path / "all" / name).read_text(), name
+    assert "left out: none." in (tmp_path / "merged" / "summary.md").read_text()
+
+
+def test_merging_a_run_twice_or_no_complete_entry_is_refused(tmp_path, monkeypatch):
     fake_runs(monkeypatch)
     for name, entries, seeds in (("one", ["A", "B"], [1]), ("again", ["A", "B"], [1, 2]), ("other", ["C"], [3])):
         compare(entries, "tiny", seeds, str(tmp_path / name), log=lambda *a, **k: None)
-    with pytest.raises(ValueError, match=r"again.* shares seed\(s\) \[1\]"):
+    with pytest.raises(ValueError, match=r"A has seed 1 in both .*one and .*again"):
         compare_module.retabulate([str(tmp_path / "one"), str(tmp_path / "again")], str(tmp_path / "merged"))
-    with pytest.raises(ValueError, match="have no entry in common"):
+    with pytest.raises(ValueError, match=r"no entry .* has a run on every seed \[1, 3\]"):
         compare_module.retabulate([str(tmp_path / "one"), str(tmp_path / "other")], str(tmp_path / "merged"))
     assert not (tmp_path / "merged").exists()
 

@@ -331,39 +331,41 @@ def summary_provenance(folder):
 def retabulate(folders, output_dir, reference=None):
     """Rewrite the tables of comparison folders from their saved runs and per-user values, with
     today's statistics, without repeating a run. One folder: in place (``output_dir`` may be it).
-    Several, each with its own seeds: merged into ``output_dir``, one table over all their seeds
-    of the entries every folder holds (the others are left out, and the table's lines say so).
-    ``reference`` defaults to the first folder's."""
+    Several: merged into ``output_dir``, one table of the entries that have a run on every seed
+    the folders hold between them (the others are left out, and the table's lines say so); no
+    entry may have the same seed in two folders. ``reference`` defaults to the first folder's."""
     parts = [read_comparison_runs(folder) for folder in folders]
-    entries = [list(dict.fromkeys(run["entry"] for run in part[0])) for part in parts]
-    common = [entry for entry in entries[0] if all(entry in own for own in entries[1:])]
-    if not common:
-        raise ValueError(f"folders {folders} have no entry in common: nothing to merge")
-    seen = set()
+    found = {}
     for folder, (runs, *_) in zip(folders, parts):
-        own = {run["seed"] for run in runs}
-        if own & seen:
-            raise ValueError(f"{folder} shares seed(s) {sorted(own & seen)} with an earlier folder: merged folders need different seeds")
-        seen |= own
+        for run in runs:
+            key = (run["entry"], run["seed"])
+            if key in found:
+                raise ValueError(f"{run['entry']} has seed {run['seed']} in both {found[key]} and {folder}: merged runs need different seeds")
+            found[key] = folder
+    seeds = {seed for _, seed in found}
+    entries = list(dict.fromkeys(entry for entry, _ in found))
+    complete = [entry for entry in entries if all((entry, seed) in found for seed in seeds)]
+    if not complete:
+        raise ValueError(f"no entry of {folders} has a run on every seed {sorted(seeds)}: nothing to merge")
     reference = reference or parts[0][3]
-    if reference is not None and reference not in common:
-        raise ValueError(f"--reference '{reference}' is none of the entries {common}: name one of them")
+    if reference is not None and reference not in complete:
+        raise ValueError(f"--reference '{reference}' is none of the entries {complete}: name one of them")
     # As compare() orders them: entry by entry, seed by seed.
     runs = sorted(
-        (run for part in parts for run in part[0] if run["entry"] in common),
-        key=lambda run: (common.index(run["entry"]), run["seed"]),
+        (run for part in parts for run in part[0] if run["entry"] in complete),
+        key=lambda run: (complete.index(run["entry"]), run["seed"]),
     )
     per_user = {}
     for part in parts:
         for (entry, metric), rows in part[1].items():
-            if entry in common:
+            if entry in complete:
                 per_user.setdefault((entry, metric), {}).update(rows)
     provenance = parts[0][2]
     if len(parts) > 1:
-        left_out = [entry for own in entries for entry in own if entry not in common]
+        left_out = [entry for entry in entries if entry not in complete]
         provenance = (
-            "Merged by `python -m recbole_endo.experiments.compare` from the folders below, each with its seeds; "
-            f"entries not in every folder left out: {', '.join(dict.fromkeys(left_out)) or 'none'}.\n\n"
+            "Merged by `python -m recbole_endo.experiments.compare` from the folders below; "
+            f"entries without a run on every seed left out: {', '.join(left_out) or 'none'}.\n\n"
             + "".join(f"From `{folder}`:\n\n{part[2]}" for folder, part in zip(folders, parts))
         )
     os.makedirs(output_dir, exist_ok=True)
@@ -374,8 +376,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m recbole_endo.experiments.compare",
         description="Rewrite comparison folders' tables (summary, paired statistics, plot) from their saved runs and "
-        "per-user values, without repeating a run: one folder in place, or several with different seeds merged "
-        "into --output_dir (the entries every folder holds).",
+        "per-user values, without repeating a run: one folder in place, or several merged into --output_dir "
+        "(the entries with a run on every seed the folders hold).",
     )
     parser.add_argument("folders", nargs="+", help="folders written by run_recbole_endo.py --compare")
     parser.add_argument("--output_dir", help="where the merged tables go (one folder: default, in place)")
