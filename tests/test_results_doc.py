@@ -93,3 +93,12 @@ def test_two_tables_of_one_folder_keep_two_figures(results_tree):
     write_results(str(spec), str(results_tree / "docs" / "results.md"))
     assert "![Coat again](figures/coat-x-valid.png)" in (results_tree / "docs" / "results.md").read_text()
     assert {path.name for path in (results_tree / "docs" / "figures").iterdir()} == {"coat-x.png", "coat-x-valid.png"}
+
+
+def test_a_figure_no_table_names_any_more_is_removed(results_tree):
+    figures = results_tree / "docs" / "figures"
+    figures.mkdir()
+    (figures / "coat-old.png").write_bytes(b"\x89PNG")
+    (figures / "notes.txt").write_text("not a plot")
+    write_results(str(results_tree / "docs" / "results.yaml"), str(results_tree / "docs" / "results.md"))
+    assert {path.name for path in figures.iterdir()} == {"coat-x.png", "notes.txt"}

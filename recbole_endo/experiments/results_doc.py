@@ -9,7 +9,8 @@ had a reference, the paired difference to it for the NDCG columns among them (``
 under the provenance lines that open the folder's ``summary.md`` (command, commit, machine,
 tuned files) and above its plot, ``docs/figures/<folder>.png`` (``<figure>.png`` when the table
 names a ``figure``, for two tables of one folder), of the first shown NDCG column
-(the folder's ``summary.png`` plots every NDCG metric of the comparison). A table that is not a
+(the folder's ``summary.png`` plots every NDCG metric of the comparison); a plot in
+``docs/figures`` that no table names any more is removed. A table that is not a
 comparison (the speed benchmark's ``speed.md``, the analysis's ``goal2.md``) names the file to
 ``include`` instead, as it was written (its headings two levels down).
 
@@ -131,7 +132,7 @@ def write_results(spec_path, output_path, readme_path=None):
     repository = os.path.dirname(os.path.dirname(os.path.abspath(spec_path)))
     documents = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(os.path.join(documents, "figures"), exist_ok=True)
-    parts = [spec["intro"].rstrip(), ""]
+    parts, plots = [spec["intro"].rstrip(), ""], set()
     for table in spec["tables"]:
         if "include" in table:
             with open(os.path.join(repository, table["include"])) as file:
@@ -145,12 +146,16 @@ def write_results(spec_path, output_path, readme_path=None):
         markdown = table_markdown(folder, comparison, table["columns"])  # first: it names a missing column
         plot = os.path.join("figures", table.get("figure", os.path.basename(os.path.normpath(folder))) + ".png")
         write_figure(comparison, table["columns"], os.path.join(documents, plot))
+        plots.add(os.path.basename(plot))
         parts += [f"## {table['title']}", "", table["text"].rstrip(), ""]
         parts += [line + "  " for line in summary_provenance(folder).splitlines()] + [""]
         parts += [markdown, "", f"![{table['title']}]({plot})", ""]
     with open_replacing(output_path) as file:
         file.write("<!-- Written by python -m recbole_endo.experiments.results_doc from docs/results.yaml and results/: edit those. -->\n\n")
         file.write("\n".join(parts))
+    for name in set(os.listdir(os.path.join(documents, "figures"))) - plots:  # a table's old plot, dropped or renamed
+        if name.endswith(".png"):
+            os.remove(os.path.join(documents, "figures", name))
     if readme_path is not None and "headline" in spec:
         write_headline(spec["headline"], repository, readme_path)
 
