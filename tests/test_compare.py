@@ -237,3 +237,22 @@ def test_retabulating_a_folder_without_per_user_values_names_the_missing_file(tm
         compare_module.main([str(tmp_path / "old")])
     with pytest.raises(ValueError, match=r"old lacks per_user\.csv\.gz: .*rerun its command"):
         compare_module.retabulate([str(tmp_path / "old")], str(tmp_path / "old"))
+
+
+def test_retabulating_one_folder_keeps_an_entry_a_failed_run_left_short_of_a_seed(tmp_path, monkeypatch):
+    fake_runs(monkeypatch)
+    succeeding = compare_module.run_entry
+
+    def run_entry(entry, model, options, seed, *rest):
+        if (entry, seed) == ("B", 2):
+            raise RuntimeError("diverged")
+        return succeeding(entry, model, options, seed, *rest)
+
+    monkeypatch.setattr(compare_module, "run_entry", run_entry)
+    with pytest.raises(RuntimeError, match="1 of 4 runs failed"):
+        compare(["A", "B"], "tiny", [1, 2], str(tmp_path / "short"), log=lambda *a, **k: None, reference="A")
+    files = ("runs.csv", "summary.csv", "paired.csv", "summary.md")
+    before = {name: (tmp_path / "short" / name).read_text() for name in files}
+    compare_module.main([str(tmp_path / "short")])
+    assert {name: (tmp_path / "short" / name).read_text() for name in files} == before
+    assert "| B | 1 |" in before["summary.md"]

@@ -330,8 +330,8 @@ def summary_provenance(folder):
 
 def retabulate(folders, output_dir, reference=None):
     """Rewrite the tables of comparison folders from their saved runs and per-user values, with
-    today's statistics, without repeating a run. One folder: in place (``output_dir`` may be it).
-    Several: merged into ``output_dir``, one table of the entries that have a run on every seed
+    today's statistics, without repeating a run. One folder: in place (``output_dir`` may be it),
+    every entry kept. Several: merged into ``output_dir``, one table of the entries that have a run on every seed
     the folders hold between them (the others are left out, and the table's lines say so); no
     entry may have the same seed in two folders. ``reference`` defaults to the first folder's."""
     parts = [read_comparison_runs(folder) for folder in folders]
@@ -344,7 +344,8 @@ def retabulate(folders, output_dir, reference=None):
             found[key] = folder
     seeds = {seed for _, seed in found}
     entries = list(dict.fromkeys(entry for entry, _ in found))
-    complete = [entry for entry in entries if all((entry, seed) in found for seed in seeds)]
+    # One folder keeps every entry, as compare() wrote it (a failed run leaves its entry fewer seeds).
+    complete = [entry for entry in entries if len(folders) == 1 or all((entry, seed) in found for seed in seeds)]
     if not complete:
         raise ValueError(f"no entry of {folders} has a run on every seed {sorted(seeds)}: nothing to merge")
     reference = reference or parts[0][3]
