@@ -5,6 +5,7 @@ import logging
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 
 from recbole_endo import Config, config as config_module, quick_start
@@ -147,3 +148,21 @@ def test_recbole_hyper_tuning_runs_the_objective_function(tiny, tmp_path):
     hyper.run()
     assert len(hyper.params2result) == 2
     assert hyper.best_params["learning_rate"] in (0.01, 0.001)
+
+
+def test_a_process_that_loses_the_race_to_create_a_new_database_opens_the_study(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'tune.db'}"
+    made = tune_module.rdb_storage
+    calls = []
+
+    def racing(storage_url):
+        calls.append(storage_url)
+        if len(calls) == 1:  # another process creates the tables first; this one then fails on one of them
+            made(storage_url)
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE alembic_version", {}, Exception("table alembic_version already exists"))
+        return made(storage_url)
+
+    monkeypatch.setattr(tune_module, "rdb_storage", racing)
+    study = tune_module.open_study("BPR-tiny", url, "maximize", seed=0)
+    assert calls == [url, url]
+    assert study.study_name == "BPR-tiny" and optuna.load_study(study_name="BPR-tiny", storage=url).direction.name == "MAXIMIZE"

@@ -40,6 +40,7 @@ import time
 import warnings
 
 import optuna
+import sqlalchemy
 import yaml
 from recbole.utils import init_logger
 
@@ -160,16 +161,26 @@ def train_on_validation(trial, model, dataset, config_file_list, config_dict, pa
     return best_score
 
 
-def open_study(study_name, storage, direction, seed):
-    if "://" not in storage:
-        raise ValueError(f"--storage must be an SQLAlchemy URL (sqlite:///path/tune.db, postgresql://...), got {storage!r}")
+def rdb_storage(url):
     with warnings.catch_warnings():  # Optuna marks the heartbeat experimental; it is what resumes killed trials
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            storage,
+        return optuna.storages.RDBStorage(
+            url,
             heartbeat_interval=HEARTBEAT_SECONDS,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
+
+
+def open_study(study_name, storage, direction, seed):
+    if "://" not in storage:
+        raise ValueError(f"--storage must be an SQLAlchemy URL (sqlite:///path/tune.db, postgresql://...), got {storage!r}")
+    try:
+        storage = rdb_storage(storage)
+    except sqlalchemy.exc.SQLAlchemyError:
+        # Processes started together on a new database race to create its tables (optuna#1092):
+        # the loser fails on a table the winner made, and finds them all on its second try.
+        time.sleep(1)
+        storage = rdb_storage(storage)
     return optuna.create_study(
         study_name=study_name,
         storage=storage,
