@@ -331,9 +331,10 @@ def summary_provenance(folder):
 def retabulate(folders, output_dir, reference=None):
     """Rewrite the tables of comparison folders from their saved runs and per-user values, with
     today's statistics, without repeating a run. One folder: in place (``output_dir`` may be it),
-    every entry kept. Several: merged into ``output_dir``, one table of the entries that have a run on every seed
-    the folders hold between them (the others are left out, and the table's lines say so); no
-    entry may have the same seed in two folders. ``reference`` defaults to the first folder's."""
+    every entry kept. Several: merged into ``output_dir``, one table of the entries that have a
+    run on every seed the folders hold between them (the others are left out, and the table's
+    lines say so); no entry may have the same seed in two folders. ``reference`` defaults to the
+    first folder's."""
     parts = [read_comparison_runs(folder) for folder in folders]
     found = {}
     for folder, (runs, *_) in zip(folders, parts):
