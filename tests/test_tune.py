@@ -114,7 +114,9 @@ def test_malformed_search_spaces_are_refused_naming_the_file_and_option(tiny, tm
 def test_every_shipped_search_space_names_only_options_its_model_has(tiny):
     from recbole_endo.experiments.tune import search_space_file
 
-    for model in ("BPR", "LightGCN", "EASE", "MultiVAE", "TwoTowerConcat", "TwoTowerSplit", "EndoDecouple"):
+    general = ("BPR", "LightGCN", "EASE", "MultiVAE", "TwoTowerConcat", "TwoTowerSplit", "EndoDecouple")
+    sequential = ("SASRec", "SASRecF", "FDSA", "GRU4Rec", "GRU4RecF", "SplitSASRec", "EndoSASRec")
+    for model in general + sequential:
         space = read_search_space(str(search_space_file(model)), Config(model=model, **tiny))
         assert space, model
 
