@@ -9,7 +9,7 @@ import math
 
 import recbole.utils.utils
 import torch
-from recbole.trainer import PretrainTrainer, Trainer
+from recbole.trainer import PretrainTrainer, TraditionalTrainer, Trainer
 from recbole.utils import set_color
 
 from recbole_endo.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
@@ -223,6 +223,10 @@ TRAINERS = {
     for name, model in MODELS.items()
     if issubclass(model, (FeatureTowerRecommender, SplitSASRec))
 }
+# A sequential model that learns nothing: RecBole picks a trainer by model type, and would train it
+# epoch after epoch until early stopping.
+TRAINERS["SideProfile"] = TraditionalTrainer
+
 
 def registered_trainer(model_type, model_name):
     """The trainer RecBole uses for ``model_name`` once the plugin is registered: the plugin's

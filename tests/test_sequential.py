@@ -260,3 +260,43 @@ def test_a_sequential_model_ranks_cold_items_it_never_trained_on(seq_tiny, cold_
     assert int(cold[1:].sum()) == 60 - len({row[1] for row in train} | {i for row in train for i in row[-1].split()})
     result = run_recbole_endo(model="EndoSASRec", **seq_tiny)
     assert result["test_result"]["cold:items"] >= 3 and 0 <= result["test_result"]["cold:ndcg@10"] <= 1
+
+
+SIDE_CLASS_ONLY = {"endo_fields": {"user": {"atom": ["user_id"], "side": []}, "item": {"atom": ["item_id"], "side": ["class"]}}}
+
+
+def test_side_profile_scores_the_cosine_to_the_last_steps_genres(seq_tiny):
+    model, _, (train_data, _, _) = built("SideProfile", seq_tiny, profile_length=2, **SIDE_CLASS_ONLY)
+    dataset = train_data._dataset
+    genres = {}  # raw item token -> its genres, read from the file, not from the model
+    for line in open(os.path.join(TINY_DIR, "tiny.item")).read().splitlines()[1:]:
+        token, _, classes, _ = line.split("\t")
+        genres[token] = classes.split()
+    token = lambda item: dataset.id2token("item_id", item)
+    history = [3, 7, 9, 11]  # only the last two steps (9 and 11) make the profile
+    profile = {}
+    for item in history[-2:]:
+        for genre in genres[token(item)]:
+            profile[genre] = profile.get(genre, 0) + 1
+    norm = math.sqrt(sum(count * count for count in profile.values()))
+    batch = sequences(model, [history, [5]])
+    full = model.full_sort_predict(batch)
+    for item in range(1, model.n_items):
+        own = genres[token(item)]
+        expected = sum(profile.get(genre, 0) for genre in own) / (norm * math.sqrt(len(own)))
+        assert full[0, item].item() == pytest.approx(expected, abs=1e-6)
+    pointwise = model.predict(Interaction({**{k: batch[k] for k in batch.columns}, "item_id": torch.tensor([4, 4])}))
+    assert torch.allclose(pointwise, full[:, 4])
+
+
+def test_side_profile_refuses_a_side_field_it_cannot_count(seq_tiny):
+    with pytest.raises(ValueError, match="field 'price' is float: list only token or token_seq fields"):
+        built("SideProfile", seq_tiny)  # tiny.yaml's item side is [class, price]
+
+
+def test_side_profile_runs_through_the_quick_start_in_one_pass(seq_tiny, cold_sequences):
+    seq_tiny["config_file_list"].append(os.path.join(cold_sequences, "tiny.cold_item_seq.yaml"))
+    seq_tiny["config_dict"].update(data_path=os.path.dirname(cold_sequences), cold_eval="item", **SIDE_CLASS_ONLY)
+    result = run_recbole_endo(model="SideProfile", **seq_tiny)
+    assert result["best_epoch"] == 0 and result["epochs"] == 1
+    assert result["test_result"]["cold:items"] >= 3

@@ -2,16 +2,17 @@
 loss (``feature_recommender``), the feature towers (``towers``), the losses (``losses``), the
 decoupling terms (``decoupling``) and the option checks (``options``). The general recommenders
 share the two-tower frame; the sequential ones (EndoSASRec, SplitSASRec) put the item tower
-under SASRec's encoder."""
+under SASRec's encoder; SideProfile is their content-based floor."""
 
 from recbole_endo.model.endo_decouple import EndoDecouple
 from recbole_endo.model.endo_sasrec import EndoSASRec
 from recbole_endo.model.item_mean_rating import ItemMeanRating
+from recbole_endo.model.side_profile import SideProfile
 from recbole_endo.model.split_sasrec import SplitSASRec
 from recbole_endo.model.two_tower_concat import TwoTowerConcat
 from recbole_endo.model.two_tower_split import TwoTowerSplit
 
 MODELS = {
     model.__name__: model
-    for model in (EndoDecouple, TwoTowerConcat, TwoTowerSplit, ItemMeanRating, EndoSASRec, SplitSASRec)
+    for model in (EndoDecouple, TwoTowerConcat, TwoTowerSplit, ItemMeanRating, EndoSASRec, SplitSASRec, SideProfile)
 }
