@@ -216,16 +216,15 @@ def check_finite(components, where):
             raise ValueError(f"loss component '{name}' is {value} {where}")
 
 
-# The feature-tower models log their loss components; the others (ItemMeanRating) take RecBole's
-# trainer for their type, with the plugin's checkpoints (plugin_trainer).
+# The feature-tower models log their loss components. SideProfile learns nothing but is sequential
+# (RecBole builds its sequences by type), so it gets the one-pass traditional trainer instead of
+# RecBole's choice for its type, which would run it until early stopping. The others
+# (ItemMeanRating) take RecBole's trainer for their type, with the plugin's checkpoints (plugin_trainer).
 TRAINERS = {
     name: FeatureTowerTrainer
     for name, model in MODELS.items()
     if issubclass(model, (FeatureTowerRecommender, SplitSASRec))
-}
-# A sequential model that learns nothing: RecBole picks a trainer by model type, and would train it
-# epoch after epoch until early stopping.
-TRAINERS["SideProfile"] = TraditionalTrainer
+} | {"SideProfile": TraditionalTrainer}
 
 
 def registered_trainer(model_type, model_name):

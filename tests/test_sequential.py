@@ -289,9 +289,11 @@ def test_side_profile_scores_the_cosine_to_the_last_steps_genres(seq_tiny):
     assert torch.allclose(pointwise, full[:, 4])
 
 
-def test_side_profile_refuses_a_side_field_it_cannot_count(seq_tiny):
-    with pytest.raises(ValueError, match="field 'price' is float: list only token or token_seq fields"):
-        built("SideProfile", seq_tiny)  # tiny.yaml's item side is [class, price]
+def test_side_profile_counts_only_token_fields_and_needs_one(seq_tiny):
+    model, _, (train_data, _, _) = built("SideProfile", seq_tiny)  # tiny.yaml's item side is [class, price]: price is float
+    assert model.item_side.shape[1] == train_data._dataset.num("class") - 1
+    with pytest.raises(ValueError, match=r"names no token or token_seq field \(\['price'\]\)"):
+        built("SideProfile", seq_tiny, endo_fields={"user": {"side": ["age"]}, "item": {"atom": ["item_id"], "side": ["price"]}})
 
 
 def test_side_profile_runs_through_the_quick_start_in_one_pass(seq_tiny, cold_sequences):

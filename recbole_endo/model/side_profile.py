@@ -6,6 +6,8 @@ is the sum of the feature vectors of the items they took, and items are ranked b
 to it.
 """
 
+from logging import getLogger
+
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -17,7 +19,8 @@ from recbole_endo.model.towers import check_fields, parse_endo_fields
 
 class SideProfile(SequentialRecommender):
     r"""Scores an item by the cosine between its side fields' multi-hot vector (one entry per
-    token of each field of ``endo_fields.item.side``, e.g. its genres) and the sum of those
+    token of each token or token_seq field of ``endo_fields.item.side``, e.g. its genres; float
+    fields are left out) and the sum of those
     vectors over the last ``profile_length`` items of the sequence (0: the whole sequence).
 
     It needs no training (the plugin gives it RecBole's traditional trainer, one pass of a zero
@@ -34,17 +37,19 @@ class SideProfile(SequentialRecommender):
         super().__init__(config, dataset)
         self.profile_length = number_option(config, "profile_length", 0, integer=True)
         side = parse_endo_fields(config, dataset)["item"]["side"]
-        if not side:
-            raise ValueError("SideProfile scores items by endo_fields.item.side, which names no field: name the item's side fields")
         check_fields(dataset, "item", "side", side)
+        counted = [field for field in side if dataset.field2type[field] in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ)]
+        if not counted:
+            raise ValueError(
+                f"SideProfile counts the tokens of endo_fields.item.side, which names no token or "
+                f"token_seq field ({side}): name the item's categorical side fields (genres, say)"
+            )
+        if len(counted) < len(side):
+            left_out = sorted(set(side) - set(counted))
+            getLogger().info(f"SideProfile counts {counted}; it leaves out the side fields with no tokens, {left_out}")
         table = dataset.get_item_feature()
         blocks = []
-        for field in side:
-            if dataset.field2type[field] not in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
-                raise ValueError(
-                    f"SideProfile counts the tokens of endo_fields.item.side, but field '{field}' is "
-                    f"{dataset.field2type[field].value}: list only token or token_seq fields"
-                )
+        for field in counted:
             values = table[field].reshape(len(table), -1)
             hot = torch.zeros(len(table), dataset.num(field)).scatter_(1, values, 1.0)
             blocks.append(hot[:, 1:])  # column 0 is padding: an empty cell or a missing value
