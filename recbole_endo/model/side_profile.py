@@ -20,13 +20,13 @@ from recbole_endo.model.towers import check_fields, parse_endo_fields
 class SideProfile(SequentialRecommender):
     r"""Scores an item by the cosine between its side fields' multi-hot vector (one entry per
     token of each token or token_seq field of ``endo_fields.item.side``, e.g. its genres; float
-    fields are left out) and the sum of those
-    vectors over the last ``profile_length`` items of the sequence (0: the whole sequence).
+    fields are left out) and the sum of those vectors over the last ``profile_length`` items of
+    the sequence (0: the whole sequence).
 
     It needs no training (the plugin gives it RecBole's traditional trainer, one pass of a zero
-    loss; its type stays sequential so that RecBole builds the sequences). Nothing is
-    learned from ids, so a new item is scored as a trained one: the floor a sequential model
-    must beat on new items with the same side fields. Items with the same side tokens tie.
+    loss; its type stays sequential so that RecBole builds the sequences). Nothing is learned
+    from ids, so a new item is scored as a trained one: the floor a sequential model must beat
+    on new items with the same side fields. Items with the same side tokens tie.
     """
 
     input_type = InputType.POINTWISE
