@@ -67,6 +67,13 @@ def test_two_epochs_train_with_every_loss_component_finite(name, loss_type, seq_
     assert all(math.isfinite(value) for value in trainer.evaluate(test_data).values())
 
 
+def test_atom_dropout_trains_with_every_loss_component_finite(seq_tiny):
+    model, trainer, (train_data, valid_data, test_data) = built("EndoSASRec", seq_tiny, atom_dropout=0.5)
+    trainer.fit(train_data, valid_data, saved=False)
+    assert all(math.isfinite(value) for value in trainer.loss_component_history[1].values())
+    assert all(math.isfinite(value) for value in trainer.evaluate(test_data, load_best_model=False).values())
+
+
 def sequences(model, rows):
     """An interaction of ``rows`` (lists of item ids), right-padded as RecBole pads them."""
     width = model.max_seq_length

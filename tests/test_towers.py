@@ -6,7 +6,7 @@ import torch
 from recbole.data import create_dataset
 
 from recbole_endo import Config
-from recbole_endo.model.towers import FeatureEmbedding, parse_endo_fields
+from recbole_endo.model.towers import FeatureEmbedding, SplitTower, parse_endo_fields
 
 from conftest import DATA_DIR
 
@@ -134,6 +134,48 @@ def test_item_without_a_feature_row_embeds_as_padding_with_the_mean_of_float_fie
     assert torch.equal(embedding(torch.tensor([item]))[0, :2], torch.zeros(2, 4))  # title, class
     prices = [float(row.split("\t")[3]) for row in rows]
     assert dataset.get_item_feature()["price"][item].item() == pytest.approx(sum(prices) / len(prices), rel=1e-5)
+
+
+def test_as_unseen_embeds_the_marked_rows_tokens_as_their_fields_mean_trained_token(tiny_dataset):
+    embedding = FeatureEmbedding(tiny_dataset, "item", ["item_id", "title", "price"], 4)
+    trained = sorted(set(tiny_dataset.inter_feat["item_id"].tolist()))
+    words = tiny_dataset.get_item_feature()["title"][trained].flatten().unique()
+    words = words[words != 0]
+    expected_id = embedding.encoders["item_id"].weight[trained].mean(0)
+    expected_title = embedding.encoders["title"].weight[words].mean(0)
+    embedded = embedding(torch.tensor([1, 2, 3]))
+    unseen = embedding.as_unseen(embedded, torch.tensor([False, True, False]))
+    assert torch.allclose(unseen[1, 0], expected_id) and torch.allclose(unseen[1, 1], expected_title)
+    assert torch.equal(unseen[1, 2], embedded[1, 2])  # a float field has no unseen value: kept
+    assert torch.equal(unseen[[0, 2]], embedded[[0, 2]])
+
+
+def split_tower(tiny, **options):
+    tiny["config_dict"].update(options)
+    config = Config(model="TwoTowerSplit", **tiny)
+    dataset = training_dataset(config)
+    return SplitTower(dataset, "item", parse_endo_fields(config, dataset)["item"], config)
+
+
+def test_atom_dropout_embeds_that_share_of_training_rows_atoms_as_unseen_and_none_in_eval(tiny):
+    tower = split_tower(tiny, atom_dropout=0.3)
+    atoms = tower.embeddings["atom"]
+    own = atoms(torch.tensor([3]))
+    unseen = atoms.as_unseen(own, torch.tensor([True]))
+    torch.manual_seed(0)
+    embedded = tower.embed(torch.full((4000,), 3))
+    is_own, is_unseen = ((embedded["atom"] == row).all(-1).all(-1) for row in (own, unseen))
+    assert (is_own ^ is_unseen).all()
+    assert is_unseen.float().mean().item() == pytest.approx(0.3, abs=0.03)
+    assert torch.equal(embedded["side"], tower.embeddings["side"](torch.full((4000,), 3)))  # the side is never dropped
+    tower.eval()
+    assert torch.equal(tower.embed(torch.full((50,), 3))["atom"], own.expand(50, -1, -1))
+
+
+@pytest.mark.parametrize("options, fault", [({"atom_dropout": 1.5}, "'atom_dropout'"), ({"atom_dropout": 0.2, "id_path": True}, "atom_dropout.*id_path")])
+def test_atom_dropout_outside_0_1_or_beside_the_id_path_is_refused(tiny, options, fault):
+    with pytest.raises(ValueError, match=fault):
+        split_tower(tiny, **options)
 
 
 @pytest.mark.parametrize("name", ["TwoTowerConcat", "EndoDecouple"])

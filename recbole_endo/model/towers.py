@@ -20,6 +20,7 @@ from recbole.model.layers import MLPLayers
 from recbole.utils import FeatureSource, FeatureType
 
 from recbole_endo.model.losses import complementary_field_masks, orthogonal_component
+from recbole_endo.model.options import number_option
 
 ENTITIES = ("user", "item")
 FIELD_GROUPS = ("atom", "side")
@@ -201,6 +202,12 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer("bag_lengths", lengths, persistent=False)
         self.register_buffer("bag_starts", counts.cumsum(0) - counts, persistent=False)
 
+    def seen_mean(self, field):
+        """The mean embedding of the token field's seen tokens: what an unseen token embeds as in
+        eval mode (no seen token: zeros, as an empty cell)."""
+        seen = getattr(self, f"seen_{field}")[1:]
+        return self.encoders[field].weight[1:][seen].sum(0) / max(int(seen.sum()), 1)
+
     def token_table(self):
         """The token fields' tables concatenated behind one zero row, each without its padding row;
         in eval mode an unseen token's row is the mean of its field's seen rows."""
@@ -209,10 +216,20 @@ class FeatureEmbedding(nn.Module):
             weight = self.encoders[field].weight[1:]
             if not self.training:
                 seen = getattr(self, f"seen_{field}")[1:]
-                mean = weight[seen].sum(0) / max(int(seen.sum()), 1)  # no seen token: zeros, as an empty cell
-                weight = torch.where(seen.unsqueeze(-1), weight, mean)
+                weight = torch.where(seen.unsqueeze(-1), weight, self.seen_mean(field))
             rows.append(weight)
         return torch.cat([rows[0].new_zeros(1, rows[0].shape[1]), *rows])
+
+    def as_unseen(self, embedded, rows):
+        """``embedded`` (this module's output) with the token fields of the entities marked in
+        ``rows`` (a bool mask over its leading dimensions) replaced by their field's
+        :meth:`seen_mean`: those entities embedded as one whose every token is unseen, as a new
+        entity's id is in eval mode. Float fields keep their values."""
+        fill = torch.stack(
+            [self.seen_mean(field) if field in self.token_fields else embedded.new_zeros(embedded.shape[-1]) for field in self.fields]
+        )
+        token = torch.tensor([field in self.token_fields for field in self.fields], device=rows.device)
+        return torch.where((rows.unsqueeze(-1) & token).unsqueeze(-1), fill, embedded)
 
     def pool_tokens(self, ids):
         """``[len(ids), token fields, embedding_size]``: each bag's mean row of :meth:`token_table`."""
@@ -264,6 +281,12 @@ class SplitTower(FeatureTower):
 
     The output layer is linear, or an MLP when ``output_hidden_sizes`` is given. A group with no
     configured field has no branch.
+
+    ``atom_dropout``: in training, each row's entity has, with this probability, its atom fields
+    embedded as unseen (:meth:`FeatureEmbedding.as_unseen`), as a new entity's are at evaluation,
+    so the side branch learns to rank an entity whose atoms say nothing (DropoutNet's input
+    dropout, Volkovs et al., NeurIPS 2017). A model that runs a tower once over every item per
+    step (the sequential models' CE) drops an item in its history steps and as a candidate alike.
     """
 
     def __init__(self, dataset, entity, fields, config, output_hidden_sizes=()):
@@ -278,10 +301,21 @@ class SplitTower(FeatureTower):
         )
         size = hidden_sizes[-1]
         self.output = mlp([len(groups) * size, *output_hidden_sizes, size], dropout)
+        self.atom_dropout = number_option(config, "atom_dropout", 0, 1)
+        if self.atom_dropout and self.id_embedding is not None:
+            raise ValueError(
+                f"config option 'atom_dropout' ({self.atom_dropout}) embeds some training {entity}s as new ones, "
+                "but id_path: True adds each one's own id embedding past its atoms: set atom_dropout: 0 or id_path: False"
+            )
 
     def embed(self, ids):
-        """Field embeddings per group: ``{group: [batch, fields, embedding_size]}``."""
-        return {group: embedding(ids) for group, embedding in self.embeddings.items()}
+        """Field embeddings per group: ``{group: [batch, fields, embedding_size]}``, with
+        ``atom_dropout`` applied in training."""
+        embedded = {group: embedding(ids) for group, embedding in self.embeddings.items()}
+        if self.training and self.atom_dropout and "atom" in embedded:
+            dropped = torch.rand(ids.shape, device=ids.device) < self.atom_dropout
+            embedded["atom"] = self.embeddings["atom"].as_unseen(embedded["atom"], dropped)
+        return embedded
 
     def branch(self, group, embedded):
         return self.mlps[group](embedded.flatten(-2))
