@@ -17,8 +17,10 @@ from recbole_endo.evaluation.protocols import (
     PlainEntriesCollector,
     StructKeepingEvaluator,
     candidate_lists,
+    cold_start_evaluation,
+    full_ranking,
     list_evaluation,
-    validates_on_lists,
+    validation_protocol,
 )
 from recbole_endo.model import MODELS
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
@@ -40,9 +42,11 @@ class PluginTrainerMixin:
     - RecBole's collector, fixed for its non-accuracy metrics (:class:`PlainEntriesCollector`);
     - RecBole's evaluator, keeping what it last evaluated, so a run can report each test user's
       metric values (:class:`StructKeepingEvaluator`);
-    - a ``valid_metric`` of the list protocol (``exposed:ndcg@5``) scores validation by that
-      protocol on the validation split, the training split as history: on Coat, each user's
-      held-out ratings ranked and graded as the test's random ones are.
+    - a ``valid_metric`` of the list protocol (``exposed:ndcg@5``) or of a cold-start stratum
+      (``cold:ndcg@10``) scores validation by that protocol on the validation split, the
+      training split as history: on Coat, each user's held-out ratings ranked and graded as the
+      test's random ones are; on a cold-item split, the new items among the validation targets
+      ranked as the test's are.
     """
 
     def __init__(self, config, model):
@@ -60,16 +64,20 @@ class PluginTrainerMixin:
     def _valid_epoch(self, valid_data, show_progress=False):
         """RecBole's, keeping the result on the trainer for the checkpoint that ``fit`` writes
         when it improved, and the epoch it improved at."""
-        if validates_on_lists(self.config):
+        protocol = validation_protocol(self.config)
+        if protocol is None:
+            valid_score, self.valid_result = super()._valid_epoch(valid_data, show_progress)
+        else:
             splits = [self.train_data._dataset, valid_data._dataset]
-            if self.validation_lists is None:  # they depend on the splits and the seed only
+            if protocol == "list" and self.validation_lists is None:  # they depend on the splits and the seed only
                 self.validation_lists = candidate_lists(self.config, splits)
             self.model.eval()
             with torch.no_grad():
-                self.valid_result = list_evaluation(self.config, self.model, splits, lists=self.validation_lists)
+                if protocol == "list":
+                    self.valid_result = list_evaluation(self.config, self.model, splits, lists=self.validation_lists)
+                else:
+                    self.valid_result = cold_start_evaluation(self.config, splits[0], full_ranking(self.model, splits))
             valid_score = self.valid_result[self.valid_metric]
-        else:
-            valid_score, self.valid_result = super()._valid_epoch(valid_data, show_progress)
         # RecBole's early_stopping takes a score at least as good as the best as the new best.
         if self.valid_metric_bigger:
             improved = valid_score >= self.best_valid_score

@@ -10,7 +10,7 @@ from recbole.data.interaction import Interaction
 
 from recbole_endo import Config, get_model
 from recbole_endo.data.cold_start import PARTS, benchmark_names, main, write_cold_start_split
-from recbole_endo.evaluation.protocols import cold_strata, stratum_metrics
+from recbole_endo.evaluation.protocols import cold_start_evaluation, cold_strata, full_ranking, stratum_metrics
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
 
 from conftest import DATA_DIR
@@ -275,6 +275,31 @@ def test_cold_items_rank_among_cold_items_and_cold_users_among_all_items():
     assert cold["ndcg@1"] == 1.0 and cold["recall@2"] == 0.5  # user 1 alone, over every item
     warm = stratum_metrics(scores, *users["warm"], [2, 4])
     assert warm["ndcg@2"] == 0.0 and warm["recall@4"] == 1.0  # user 0: ranking 1, 3, 4, 5
+
+
+def test_a_cold_valid_metric_scores_validation_on_the_new_items_among_the_validation_targets(tiny, cold_items):
+    options = {"cold_eval": "item", "valid_metric": "cold:ndcg@10", "epochs": 2}
+    result = run_recbole_endo(model="TwoTowerSplit", **tiny_cold(tiny, cold_items, "item", **options))
+    files = split_files(cold_items, "item")
+    train_items = {row[1] for row in files["train"][1]}
+    valid = result["best_valid_result"]
+    assert valid["cold:items"] == len({row[1] for row in files["valid"][1]} - train_items)  # the validation's
+    assert result["best_valid_score"] == valid["cold:ndcg@10"]
+    config, model, _, train_data, valid_data, _ = load_data_and_model(result["checkpoint"])
+    train = train_data._dataset
+    ranking = full_ranking(model.eval(), [train, valid_data._dataset])
+    users, _, history, _ = ranking
+    for row, user in enumerate(train.id2token("user_id", users)):  # the history is the training items only
+        expected = {0} | {int(train.token2id("item_id", item)) for owner, item, *_ in files["train"][1] if owner == user}
+        assert set(history[row].nonzero().flatten().tolist()) == expected
+    again = cold_start_evaluation(config, train, ranking)
+    assert again["cold:ndcg@10"] == pytest.approx(result["best_valid_score"], abs=1e-4)
+
+
+@pytest.mark.parametrize("valid_metric, cold_eval", [("cold:ndcg@10", "none"), ("warm:ndcg@7", "item")])
+def test_a_cold_valid_metric_without_cold_eval_or_of_another_cutoff_is_refused(tiny, cold_items, valid_metric, cold_eval):
+    with pytest.raises(ValueError, match=f"'valid_metric' is '{valid_metric}'"):
+        run_recbole_endo(model="Pop", **tiny_cold(tiny, cold_items, "item", cold_eval=cold_eval, valid_metric=valid_metric))
 
 
 def test_unknown_cold_eval_names_the_option(tiny):

@@ -269,6 +269,17 @@ def test_a_sequential_model_ranks_cold_items_it_never_trained_on(seq_tiny, cold_
     assert result["test_result"]["cold:items"] >= 3 and 0 <= result["test_result"]["cold:ndcg@10"] <= 1
 
 
+def test_a_cold_valid_metric_selects_a_sequential_model_on_the_new_validation_targets(seq_tiny, cold_sequences):
+    seq_tiny["config_file_list"].append(os.path.join(cold_sequences, "tiny.cold_item_seq.yaml"))
+    seq_tiny["config_dict"].update(data_path=os.path.dirname(cold_sequences), cold_eval="item", valid_metric="cold:ndcg@10")
+    result = run_recbole_endo(model="EndoSASRec", **seq_tiny)
+    _, train = read_split(cold_sequences, "train")
+    _, valid = read_split(cold_sequences, "valid")
+    trained = {row[1] for row in train} | {item for row in train for item in row[-1].split()}
+    assert result["best_valid_result"]["cold:items"] == len({row[1] for row in valid} - trained)
+    assert result["best_valid_score"] == result["best_valid_result"]["cold:ndcg@10"]
+
+
 SIDE_CLASS_ONLY = {"endo_fields": {"user": {"atom": ["user_id"], "side": []}, "item": {"atom": ["item_id"], "side": ["class"]}}}
 
 

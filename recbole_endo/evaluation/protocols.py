@@ -50,6 +50,7 @@ from recbole_endo.model.options import check_raw_ratings, number_option, numbers
 
 LIST_PROTOCOLS = ("none", "sampled", "exposed")
 COLD_EVAL_ENTITIES = ("none", "item", "user")
+COLD_STRATA = ("cold", "warm")  # the key prefixes of cold_start_evaluation's metrics
 EXTRA_PROTOCOLS_OFF = {"list_eval": "none", "head_share": None, "cold_eval": "none"}
 
 
@@ -311,18 +312,21 @@ def stratum_metrics(scores, removed, relevant, topk, users=None, per_user=None):
 
 
 def full_ranking(model, splits):
-    """Test users and, ``[users, n_items]`` each, their scores of every item, the history their
-    ranking leaves out, and their test items: what every stratified full ranking starts from.
-    The history is the training and validation items, as RecBole's full sort masks them; none for
-    a sequential model, whose full sort in RecBole masks nothing (a user may come back to an item)."""
-    train_split, valid_split, test_split = splits
-    test_users, test_items = _test_users_and_items(test_split)
+    """The last split's users and, ``[users, n_items]`` each, their scores of every item, the
+    history their ranking leaves out, and their items in the last split: what every stratified
+    full ranking starts from. ``splits`` is (train, valid, test) to test and (train, valid) to
+    validate. The history is the earlier splits' items, as RecBole's full sort masks them; none
+    for a sequential model, whose full sort in RecBole masks nothing (a user may come back to an
+    item)."""
+    *earlier, last = splits
+    test_users, test_items = _test_users_and_items(last)
     users = np.unique(test_users)
     scores = score_test_rows(model, splits, users)
+    n_items = splits[0].item_num
     if model.type == ModelType.SEQUENTIAL:
-        history = torch.zeros(len(users), train_split.item_num, dtype=torch.bool)
+        history = torch.zeros(len(users), n_items, dtype=torch.bool)
     else:
-        history = _history([train_split, valid_split], users, train_split.item_num)
+        history = _history(earlier, users, n_items)
     history[:, 0] = True  # RecBole's padding id is no item; its full sort masks it as well
     positives = torch.zeros_like(history)
     positives[np.searchsorted(users, test_users), test_items] = True
@@ -383,17 +387,30 @@ def cold_start_evaluation(config, train_split, ranking, per_user=None):
     return result
 
 
-def validates_on_lists(config):
-    """Whether ``valid_metric`` is a metric of the ``list_eval`` protocol (``exposed:ndcg@5``): the
-    validation score is then that protocol on the validation split (:func:`candidate_lists`)."""
-    return ":" in config["valid_metric"]
+def validation_protocol(config):
+    """The plugin protocol whose metric ``valid_metric`` names, which then scores validation on
+    the validation split: ``list`` for the ``list_eval`` protocol's (``exposed:ndcg@5``,
+    :func:`candidate_lists`), ``cold`` for a ``cold_eval`` stratum's (``cold:ndcg@10``,
+    ``warm:recall@20``); None for a metric of RecBole's (``NDCG@10``)."""
+    if ":" not in config["valid_metric"]:
+        return None
+    return "cold" if config["valid_metric"].lower().partition(":")[0] in COLD_STRATA else "list"
 
 
 def check_evaluation_options(config, dataset):
     """Fail, naming the option, unless the extra protocols' options (``list_eval``, ``cold_eval``,
     ``head_share`` and what they read, a list protocol's ``valid_metric``) are valid for
     ``dataset``: checked before training, so a typo does not cost a run."""
-    if validates_on_lists(config):
+    if validation_protocol(config) == "cold":
+        stratum, _, metric = config["valid_metric"].lower().partition(":")
+        known = [f"{name}@{k}" for name in ("ndcg", "recall") for k in config["topk"]]
+        if config["cold_eval"] == "none" or metric not in known:
+            raise ValueError(
+                f"config option 'valid_metric' is {config['valid_metric']!r}: a cold-start stratum's metric "
+                f"needs cold_eval 'item' or 'user' (it is {config['cold_eval']!r}) and a metric among {known} "
+                "(topk sets the cutoffs)"
+            )
+    elif validation_protocol(config) == "list":
         protocol, _, metric = config["valid_metric"].lower().partition(":")
         topk = config["list_topk"] or []
         known = [f"{name}@{k}" for name in ("ndcg", "recall", "gndcg") for k in topk] + ["gndcg"]
