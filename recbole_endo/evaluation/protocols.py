@@ -399,10 +399,11 @@ def validation_protocol(config):
 
 def check_evaluation_options(config, dataset):
     """Fail, naming the option, unless the extra protocols' options (``list_eval``, ``cold_eval``,
-    ``head_share`` and what they read, a list protocol's ``valid_metric``) are valid for
-    ``dataset``: checked before training, so a typo does not cost a run."""
-    if validation_protocol(config) == "cold":
-        stratum, _, metric = config["valid_metric"].lower().partition(":")
+    ``head_share`` and what they read, a ``valid_metric`` of a list protocol or a cold-start
+    stratum) are valid for ``dataset``: checked before training, so a typo does not cost a run."""
+    validated_by = validation_protocol(config)
+    if validated_by == "cold":
+        _, _, metric = config["valid_metric"].lower().partition(":")
         known = [f"{name}@{k}" for name in ("ndcg", "recall") for k in config["topk"]]
         if config["cold_eval"] == "none" or metric not in known:
             raise ValueError(
@@ -410,7 +411,7 @@ def check_evaluation_options(config, dataset):
                 f"needs cold_eval 'item' or 'user' (it is {config['cold_eval']!r}) and a metric among {known} "
                 "(topk sets the cutoffs)"
             )
-    elif validation_protocol(config) == "list":
+    elif validated_by == "list":
         protocol, _, metric = config["valid_metric"].lower().partition(":")
         topk = config["list_topk"] or []
         known = [f"{name}@{k}" for name in ("ndcg", "recall", "gndcg") for k in topk] + ["gndcg"]
