@@ -69,11 +69,11 @@ class PluginTrainerMixin:
             valid_score, self.valid_result = super()._valid_epoch(valid_data, show_progress)
         else:
             splits = [self.train_data._dataset, valid_data._dataset]
-            if protocol == "list" and self.validation_lists is None:  # they depend on the splits and the seed only
-                self.validation_lists = candidate_lists(self.config, splits)
             self.model.eval()
             with torch.no_grad():
                 if protocol == "list":
+                    if self.validation_lists is None:  # they depend on the splits and the seed only
+                        self.validation_lists = candidate_lists(self.config, splits)
                     self.valid_result = list_evaluation(self.config, self.model, splits, lists=self.validation_lists)
                 else:
                     self.valid_result = cold_start_evaluation(self.config, splits[0], full_ranking(self.model, splits))
