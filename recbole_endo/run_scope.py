@@ -13,11 +13,17 @@ the plugin starts (:func:`recbole_endo.quick_start.run_recbole_endo`, ``objectiv
   assignment and ``Series.agg(len)`` in its dataset code, torch's ``GradScaler`` in its trainer
   and ``sparse.FloatTensor`` in its graph models),
   which repeat on every run and say nothing about the user's data or code. Any other warning,
-  from RecBole or elsewhere, is shown.
+  from RecBole or elsewhere, is shown;
+- owns the console and file handlers that RecBole's ``init_logger`` adds to the root logger, and
+  closes and removes them when the run ends. ``init_logger`` adds them with
+  ``logging.basicConfig``, which does nothing while the root logger has handlers, so a second run
+  in one process (a ``--compare`` worker, a tuning study) wrote its lines into the first run's
+  log file and left its own empty.
 
 Everything is put back when the run ends, also when it fails.
 """
 
+import logging
 import os
 import warnings
 from contextlib import ExitStack, contextmanager
@@ -69,12 +75,26 @@ def _patched(owner, name, value):
 
 
 @contextmanager
+def _own_log_handlers():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in [handler for handler in root.handlers if handler not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+
+
+@contextmanager
 def plugin_run():
     """The scope of one run the plugin starts (see the module docstring); it nests."""
     with ExitStack() as stack:
         for module in ENSURE_DIR_MODULES:
             stack.enter_context(_patched(module, "ensure_dir", ensure_dir))
         stack.enter_context(_patched(recbole.trainer.trainer, "DistributedDataParallel", distributed_data_parallel))
+        stack.enter_context(_own_log_handlers())
         stack.enter_context(warnings.catch_warnings())
         for message, category in RECBOLE_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category, module=r"recbole\.")

@@ -109,3 +109,23 @@ def test_a_plugin_run_hides_recbole_known_warnings_only_and_restores_the_filters
     assert "a warning of the user's own code" in messages
     assert not [m for m in messages if "chained assignment" in m or "GradScaler" in m or "Series.agg" in m], messages
     assert warnings.filters == filters
+
+
+def test_each_plugin_run_in_one_process_writes_its_own_log_file(tmp_path):
+    """RecBole's init_logger adds its handlers with logging.basicConfig, a no-op once the root logger
+    has handlers: the second run's lines went into the first run's file, and its own stayed empty."""
+    python(
+        "import logging\n"
+        "from recbole_endo.quick_start import run_recbole_endo\n"
+        "for model in ('BPR', 'Pop'):\n"
+        f"    run_recbole_endo(model=model, {tiny_arguments(state='INFO', checkpoint_dir=str(tmp_path / 'saved'))})\n"
+        "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n",
+        tmp_path,
+    )
+    for model in ("BPR", "Pop"):
+        (log_file,) = (tmp_path / "log" / model).iterdir()
+        lines = log_file.read_text().splitlines()
+        assert sum("test result" in line for line in lines) == 1, (model, len(lines))
+        # RecBole names a checkpoint <model>-<time>.pth; one epoch saves once.
+        saved = [os.path.basename(line.split("Saving current: ")[1]) for line in lines if "Saving current: " in line]
+        assert [name.split("-")[0] for name in saved] == [model], (model, saved)
