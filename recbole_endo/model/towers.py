@@ -184,6 +184,8 @@ class FeatureEmbedding(nn.Module):
                 raise ValueError(f"field '{field}' has type {field_type.value}, which a feature tower cannot embed")
         if token_values:
             self.register_bags(token_values)
+        token_columns = torch.tensor([field in self.token_fields for field in self.fields])
+        self.register_buffer("token_columns", token_columns, persistent=False)
         self.output_size = len(self.fields) * embedding_size
 
     def register_bags(self, token_values):
@@ -228,8 +230,7 @@ class FeatureEmbedding(nn.Module):
         fill = torch.stack(
             [self.seen_mean(field) if field in self.token_fields else embedded.new_zeros(embedded.shape[-1]) for field in self.fields]
         )
-        token = torch.tensor([field in self.token_fields for field in self.fields], device=rows.device)
-        return torch.where((rows.unsqueeze(-1) & token).unsqueeze(-1), fill, embedded)
+        return torch.where((rows.unsqueeze(-1) & self.token_columns).unsqueeze(-1), fill, embedded)
 
     def pool_tokens(self, ids):
         """``[len(ids), token fields, embedding_size]``: each bag's mean row of :meth:`token_table`."""
