@@ -3,8 +3,9 @@
 Layering, lowest to highest precedence: RecBole's properties, the plugin's ``overall.yaml``, for a
 sequential model (RecBole's ``ModelType.SEQUENTIAL``) the plugin's ``sequential.yaml``, the
 plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, the tuned
-``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.experiments.tune`` writes (unless the option
-``tuned`` is False), then (as in RecBole) the user's ``config_file_list``, ``config_dict`` and
+``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.experiments.tune`` writes (the option
+``tuned``: False leaves it out; a folder reads ``<folder>/<Model>.yaml`` instead, for a protocol
+tuned apart, e.g. a sequential or cold-start split of the dataset), then (as in RecBole) the user's ``config_file_list``, ``config_dict`` and
 ``--key=value`` on the command line.
 
 The plugin's Config pickles as plain data (see :func:`restore_config`), so checkpoints load with
@@ -15,6 +16,7 @@ import numbers
 import os
 import sys
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,37 +32,50 @@ def properties_folder():
     return resources.files("recbole_endo.properties")
 
 
-def tuned_file(model, dataset):
-    """Where ``python -m recbole_endo.experiments.tune`` writes the best options of ``model`` on ``dataset``."""
-    return properties_folder() / "tuned" / dataset / f"{model}.yaml"
+def default_tuned_folder(dataset):
+    """The folder of tuned files for ``dataset`` unless a run or a study names another."""
+    return properties_folder() / "tuned" / dataset
+
+
+def tuned_file(model, dataset, folder=None):
+    """Where ``python -m recbole_endo.experiments.tune`` writes the best options of ``model`` on
+    ``dataset`` and a run reads them: ``<folder>/<Model>.yaml``, by default in :func:`default_tuned_folder`."""
+    return (default_tuned_folder(dataset) if folder is None else Path(folder)) / f"{model}.yaml"
 
 
 def is_sequential(model_class):
     return getattr(model_class, "type", None) == ModelType.SEQUENTIAL
 
 
-def plugin_property_files(model, model_class, dataset, tuned=True):
+def plugin_property_files(model, model_class, dataset, tuned_path=None):
     """The plugin's YAML files that exist for ``model`` (of class ``model_class``) on ``dataset``,
-    lowest precedence first; with ``tuned``, the tuned file last."""
+    lowest precedence first; the tuned file ``tuned_path`` last, when given."""
     root = properties_folder()
     candidates = [root / "overall.yaml"]
     if is_sequential(model_class):
         candidates.append(root / "sequential.yaml")
     candidates += [root / "model" / f"{model}.yaml", root / "dataset" / f"{dataset}.yaml"]
-    if tuned:
-        candidates.append(tuned_file(model, dataset))
+    if tuned_path is not None:
+        candidates.append(tuned_path)
     return [str(file) for file in candidates if file.is_file()]
 
 
 def layer_plugin_properties(config, model, model_class, dataset):
     """Layer the plugin's files over RecBole's; ``config.tuned_file`` is the tuned file layered, or None."""
     tuned = config.external_config_dict.get("tuned", True)
-    if not isinstance(tuned, bool):
-        raise ValueError(f"config option 'tuned' must be true or false, got {tuned!r}")
+    if isinstance(tuned, str):
+        if not os.path.isdir(tuned):
+            raise ValueError(
+                f"config option 'tuned' names the folder {tuned!r}, which does not exist: give the folder "
+                "python -m recbole_endo.experiments.tune --tuned_dir wrote, or true (properties/tuned/<dataset>/) or false"
+            )
+    elif not isinstance(tuned, bool):
+        raise ValueError(f"config option 'tuned' must be true, false or a folder of tuned files, got {tuned!r}")
+    tuned_path = None if tuned is False else tuned_file(model, dataset, None if tuned is True else tuned)
     config.tuned_file = None
-    for file in plugin_property_files(model, model_class, dataset, tuned):
+    for file in plugin_property_files(model, model_class, dataset, tuned_path):
         config_dict = config._update_internal_config_dict(file) or {}
-        if file == str(tuned_file(model, dataset)):
+        if tuned_path is not None and file == str(tuned_path):
             config.tuned_file = file
         elif file.endswith(f"{dataset}.yaml"):
             # RecBole lists a dataset file's keys as dataset parameters; keep them listed the same way.

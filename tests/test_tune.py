@@ -23,7 +23,7 @@ def tiny_search(tiny, tmp_path, trials, **kwargs):
     return tune(
         "TwoTowerSplit", tiny["dataset"], trials, str(tmp_path / "tune"), search_space=write_space(tmp_path / "space.yaml"),
         config_file_list=tiny["config_file_list"], config_dict={**tiny["config_dict"], "epochs": 2},
-        tuned_path=str(tmp_path / "tuned" / "TwoTowerSplit.yaml"), log=lambda *args, **kwargs: None, **kwargs,
+        tuned_dir=str(tmp_path / "tuned"), log=lambda *args, **kwargs: None, **kwargs,
     )
 
 
@@ -39,6 +39,7 @@ def test_an_interrupted_search_resumes_and_writes_the_best_trial_as_the_tuned_fi
     best = max(study.trials, key=lambda trial: trial.value)
     tuned_text = (tmp_path / "tuned" / "TwoTowerSplit.yaml").read_text()
     assert f"trial {best.number}" in tuned_text and "best of 3 trials" in tuned_text
+    assert f"in runs given --tuned={tmp_path / 'tuned'}." in tuned_text
     # each trial records the commit it ran at, and the tuned file names the best trial's
     assert all(trial.user_attrs["commit"] == (git_commit() or "unknown") for trial in study.trials)
     assert f"best trial run at commit {best.user_attrs['commit']}:" in tuned_text
@@ -80,7 +81,7 @@ def test_tuned_files_are_layered_after_the_dataset_file_unless_tuned_is_false(ti
     tuned = tmp_path / "tuned" / "tiny" / "TwoTowerSplit.yaml"
     tuned.parent.mkdir(parents=True)
     tuned.write_text("learning_rate: 0.0123\nembedding_size: 4\n")
-    monkeypatch.setattr(config_module, "tuned_file", lambda model, dataset: tmp_path / "tuned" / dataset / f"{model}.yaml")
+    monkeypatch.setattr(config_module, "default_tuned_folder", lambda dataset: tmp_path / "tuned" / dataset)
     config = Config(model="TwoTowerSplit", **tiny)
     assert config["learning_rate"] == 0.0123 and config.tuned_file == str(tuned)
     assert config["embedding_size"] == 8  # tests/data/tiny.yaml's: the user's files come after the tuned one
@@ -92,6 +93,30 @@ def test_tuned_files_are_layered_after_the_dataset_file_unless_tuned_is_false(ti
     caplog.set_level(logging.INFO)
     quick_start._build(config)
     assert f"tuned options layered after the dataset file: {tuned}" in caplog.text
+
+
+def test_a_folder_given_as_tuned_replaces_the_default_tuned_file(tiny, tmp_path, monkeypatch):
+    default = tmp_path / "tuned" / "tiny" / "TwoTowerSplit.yaml"
+    default.parent.mkdir(parents=True)
+    default.write_text("learning_rate: 0.0123\n")
+    monkeypatch.setattr(config_module, "default_tuned_folder", lambda dataset: tmp_path / "tuned" / dataset)
+    protocol = tmp_path / "sequential-tuned"
+    protocol.mkdir()
+    (protocol / "TwoTowerSplit.yaml").write_text("learning_rate: 0.0456\n")
+
+    def config(tuned):
+        return Config(model="TwoTowerSplit", **{**tiny, "config_dict": {**tiny["config_dict"], "tuned": tuned}})
+
+    assert config(True)["learning_rate"] == 0.0123
+    scoped = config(str(protocol))
+    assert scoped["learning_rate"] == 0.0456 and scoped.tuned_file == str(protocol / "TwoTowerSplit.yaml")
+    empty = tmp_path / "nothing-tuned"
+    empty.mkdir()
+    assert config(str(empty))["learning_rate"] == 0.001 and config(str(empty)).tuned_file is None
+    with pytest.raises(ValueError, match=r"option 'tuned' names the folder .*missing.*does not exist"):
+        config(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=r"option 'tuned' must be true, false or a folder"):
+        config(3)
 
 
 @pytest.mark.parametrize(

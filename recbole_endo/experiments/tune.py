@@ -29,6 +29,9 @@ holds ``--trials`` complete or pruned trials; a trial whose process was killed i
 best so far, seconds). At the end ``<output_dir>/<study name>.md`` lists every trial, and the
 best trial's parameters are written to ``properties/tuned/<dataset>/<Model>.yaml``, which every
 later run of that model on that dataset layers after the dataset file (``--tuned=false``: not).
+A protocol tuned apart from the dataset's standard one (a sequential or cold-start split of it)
+keeps its own files: ``--tuned_dir=FOLDER`` writes ``FOLDER/<Model>.yaml``, and runs given
+``--tuned=FOLDER`` read them.
 """
 
 import argparse
@@ -228,13 +231,15 @@ def summary_markdown(study, settings):
     return "\n".join(lines) + "\n"
 
 
-def write_tuned(path, study, model, dataset, params, metric):
-    """The best trial's ``params`` as the tuned file of ``model`` on ``dataset``."""
+def write_tuned(path, study, model, dataset, params, metric, tuned_dir=None):
+    """The best trial's ``params`` as the tuned file of ``model`` on ``dataset``, read by the runs
+    given ``--tuned=<tuned_dir>`` (by default, every run)."""
     best = study.best_trial
+    readers = "runs given --tuned=" + tuned_dir if tuned_dir else "every run; --tuned=false runs without it"
     header = (
         f"# Written by python -m recbole_endo.experiments.tune; best trial run at commit {best.user_attrs.get('commit', 'unknown')}: study '{study.study_name}', "
         f"best of {len(counted_trials(study))} trials, trial {best.number}, validation {metric} {best.value:.4f}.\n"
-        f"# Layered after properties/dataset/{dataset}.yaml for {model} on {dataset}; --tuned=false runs without it.\n"
+        f"# Layered after properties/dataset/{dataset}.yaml for {model} on {dataset} in {readers}.\n"
     )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open_replacing(path) as file:
@@ -242,9 +247,10 @@ def write_tuned(path, study, model, dataset, params, metric):
 
 
 def tune(model, dataset, trials, output_dir, storage=None, study_name=None, search_space=None,
-         config_file_list=None, config_dict=None, seed=0, tuned_path=None, log=print):
+         config_file_list=None, config_dict=None, seed=0, tuned_dir=None, log=print):
     """Run (or continue) the study until it holds ``trials`` complete or pruned trials; write the
-    summary and the tuned file. Returns the study."""
+    summary and the tuned file (in ``tuned_dir``, by default ``properties/tuned/<dataset>/``).
+    Returns the study."""
     config_dict = dict(config_dict or {})
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict={**config_dict, "tuned": False})
     space = read_search_space(search_space or str(search_space_file(model)), config)
@@ -290,9 +296,9 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
     except ValueError:
         log("no trial completed: no tuned file written", flush=True)
         return study
-    path = tuned_path or str(tuned_file(model, dataset))
+    path = str(tuned_file(model, dataset, tuned_dir))
     params = suggest(optuna.trial.FixedTrial(best.params), space)  # choices decoded as in the trial
-    write_tuned(path, study, model, dataset, params, metric)
+    write_tuned(path, study, model, dataset, params, metric, tuned_dir)
     log(f"best: trial {best.number}, validation {metric} {best.value:.4f}, {params}; written to {path}", flush=True)
     return study
 
@@ -309,6 +315,10 @@ def main(argv=None):
     parser.add_argument("--search_space", default=None, help="default: properties/search/<Model>.yaml")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files for every trial")
     parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
+    parser.add_argument(
+        "--tuned_dir", default=None,
+        help="folder of the tuned file (default: properties/tuned/<dataset>); runs read it with --tuned=FOLDER",
+    )
     args, config_args = parser.parse_known_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: they go in config_dict
     if args.trials < 1:
@@ -318,7 +328,7 @@ def main(argv=None):
             args.model, args.dataset, args.trials, args.output_dir or os.path.join("results", "tune", args.dataset),
             storage=args.storage, study_name=args.study_name, search_space=args.search_space,
             config_file_list=args.config_files.split() if args.config_files else None,
-            config_dict=options_from_args(config_args), seed=args.sampler_seed,
+            config_dict=options_from_args(config_args), seed=args.sampler_seed, tuned_dir=args.tuned_dir,
         )
     except ValueError as error:
         parser.error(str(error))
