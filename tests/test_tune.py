@@ -19,10 +19,10 @@ def write_space(path, text="learning_rate: {low: 0.001, high: 0.05, log: true}\n
     return str(path)
 
 
-def tiny_search(tiny, tmp_path, trials, **kwargs):
+def tiny_search(tiny, tmp_path, trials, config_dict=None, **kwargs):
     return tune(
         "TwoTowerSplit", tiny["dataset"], trials, str(tmp_path / "tune"), search_space=write_space(tmp_path / "space.yaml"),
-        config_file_list=tiny["config_file_list"], config_dict={**tiny["config_dict"], "epochs": 2},
+        config_file_list=tiny["config_file_list"], config_dict={**tiny["config_dict"], "epochs": 2, **(config_dict or {})},
         tuned_dir=str(tmp_path / "tuned"), log=lambda *args, **kwargs: None, **kwargs,
     )
 
@@ -146,15 +146,20 @@ def test_every_shipped_search_space_names_only_options_its_model_has(tiny):
         assert space, model
 
 
-def test_command_line_refuses_a_searched_option_also_fixed(tiny, tmp_path, capsys):
-    space = write_space(tmp_path / "space.yaml")
-    with pytest.raises(SystemExit):
-        main([
-            "--model=TwoTowerSplit", "--dataset=tiny", "--trials=1", f"--search_space={space}",
-            f"--config_files={tiny['config_file_list'][0]}", f"--data_path={tiny['config_dict']['data_path']}",
-            "--learning_rate=0.01",
-        ])
-    assert "both searched and fixed" in capsys.readouterr().err
+def test_an_option_fixed_on_the_command_line_is_taken_out_of_the_space(tiny, tmp_path, monkeypatch):
+    trained = []
+
+    def record(trial, model, dataset, config_file_list, config_dict, params):
+        trained.append({**config_dict, **params})
+        return 0.1
+
+    monkeypatch.setattr(tune_module, "train_on_validation", record)
+    study = tiny_search(tiny, tmp_path, 2, config_dict={"learning_rate": 0.0321})
+    assert [set(trial.params) for trial in study.trials] == [{"embedding_size"}] * 2
+    assert len(trained) == 2 and all(options["learning_rate"] == 0.0321 for options in trained)
+    assert "space.yaml less learning_rate;" in (tmp_path / "tune" / "TwoTowerSplit-tiny.md").read_text()
+    with pytest.raises(ValueError, match=r"every option of the search space is fixed"):
+        tiny_search(tiny, tmp_path, 1, config_dict={"learning_rate": 0.01, "embedding_size": 4})
 
 
 def test_recbole_hyper_tuning_runs_the_objective_function(tiny, tmp_path):

@@ -12,7 +12,9 @@ Search space: ``properties/search/<Model>.yaml``, one entry per option, e.g.::
     embedding_size: {choices: [32, 64, 128]}                 # one of these values (any YAML value)
 
 ``--search_space=FILE`` reads another file. Each option must be one the model's configuration
-knows. Any other ``--key=value`` is a RecBole config option fixed for every trial.
+knows. Any other ``--key=value`` is a RecBole config option fixed for every trial; one that the
+space searches is then taken out of it (e.g. ``--id_path=false`` beside ``--atom_dropout=0.5``,
+which refuses an id path).
 
 The first trial of a new study runs the model's defaults (those inside the space). A trial
 trains the model as a run does (the plugin's config layering, without a tuned file;
@@ -255,8 +257,9 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict={**config_dict, "tuned": False})
     space = read_search_space(search_space or str(search_space_file(model)), config)
     fixed = sorted(set(space) & set(config_dict))
-    if fixed:
-        raise ValueError(f"option(s) {fixed} are both searched and fixed on the command line: drop one")
+    space = {option: spec for option, spec in space.items() if option not in fixed}
+    if not space:
+        raise ValueError(f"every option of the search space is fixed ({fixed}): nothing is left to search")
     os.makedirs(output_dir, exist_ok=True)
     study_name = study_name or f"{model}-{dataset}"
     storage = storage or f"sqlite:///{os.path.abspath(os.path.join(output_dir, 'tune.db'))}"
@@ -268,7 +271,7 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
     metric = config["valid_metric"]
     remaining = trials - len(counted_trials(study))
     log(f"study '{study_name}' in {storage}: {len(study.trials)} trial(s) so far, {max(remaining, 0)} to run; "
-        f"{direction} validation {metric}", flush=True)
+        f"{direction} validation {metric}" + (f"; fixed, not searched: {', '.join(fixed)}" if fixed else ""), flush=True)
     if remaining > 0:
         started = time.perf_counter()
 
@@ -287,7 +290,8 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
     settings = (
         f"Study '{study_name}': {model} on {dataset}, {len(counted_trials(study))} complete or pruned trial(s) of "
         f"{trials} asked; TPE sampler (seed {seed}), median pruner; validation {metric} ({direction}); "
-        f"search space {search_space or search_space_file(model)}; fixed options {json.dumps(config_dict, sort_keys=True)}."
+        f"search space {search_space or search_space_file(model)}" + (f" less {', '.join(fixed)}" if fixed else "")
+        + f"; fixed options {json.dumps(config_dict, sort_keys=True)}."
     )
     with open_replacing(os.path.join(output_dir, f"{study_name}.md")) as file:
         file.write(summary_markdown(study, settings))
