@@ -3,10 +3,10 @@
 Layering, lowest to highest precedence: RecBole's properties, the plugin's ``overall.yaml``, for a
 sequential model (RecBole's ``ModelType.SEQUENTIAL``) the plugin's ``sequential.yaml``, the
 plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, the tuned
-``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.experiments.tune`` writes (the option
-``tuned``: False leaves it out; a folder reads ``<folder>/<Model>.yaml`` instead, for a protocol
-tuned apart, e.g. a sequential or cold-start split of the dataset), then (as in RecBole) the user's ``config_file_list``, ``config_dict`` and
-``--key=value`` on the command line.
+``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.experiments.tune`` writes (the
+option ``tuned``: False leaves it out; a folder reads ``<folder>/<Model>.yaml`` instead, for a
+protocol tuned apart, e.g. a sequential or cold-start split of the dataset), then (as in
+RecBole) the user's ``config_file_list``, ``config_dict`` and ``--key=value`` on the command line.
 
 The plugin's Config pickles as plain data (see :func:`restore_config`), so checkpoints load with
 torch's safe loader (``weights_only=True``); RecBole's own Config is left as it is.
