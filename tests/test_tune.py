@@ -19,10 +19,10 @@ def write_space(path, text="learning_rate: {low: 0.001, high: 0.05, log: true}\n
     return str(path)
 
 
-def tiny_search(tiny, tmp_path, trials, config_dict=None, **kwargs):
+def tiny_search(tiny, tmp_path, trials, **kwargs):
     return tune(
         "TwoTowerSplit", tiny["dataset"], trials, str(tmp_path / "tune"), search_space=write_space(tmp_path / "space.yaml"),
-        config_file_list=tiny["config_file_list"], config_dict={**tiny["config_dict"], "epochs": 2, **(config_dict or {})},
+        config_file_list=tiny["config_file_list"], config_dict={**tiny["config_dict"], "epochs": 2},
         tuned_dir=str(tmp_path / "tuned"), log=lambda *args, **kwargs: None, **kwargs,
     )
 
@@ -112,7 +112,8 @@ def test_a_folder_given_as_tuned_replaces_the_default_tuned_file(tiny, tmp_path,
     assert scoped["learning_rate"] == 0.0456 and scoped.tuned_file == str(protocol / "TwoTowerSplit.yaml")
     empty = tmp_path / "nothing-tuned"
     empty.mkdir()
-    assert config(str(empty))["learning_rate"] == 0.001 and config(str(empty)).tuned_file is None
+    untuned = config(str(empty))
+    assert untuned["learning_rate"] == 0.001 and untuned.tuned_file is None
     with pytest.raises(ValueError, match=r"option 'tuned' names the folder .*missing.*does not exist"):
         config(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match=r"option 'tuned' must be true, false or a folder"):
@@ -146,7 +147,7 @@ def test_every_shipped_search_space_names_only_options_its_model_has(tiny):
         assert space, model
 
 
-def test_an_option_fixed_on_the_command_line_is_taken_out_of_the_space(tiny, tmp_path, monkeypatch):
+def test_an_option_fixed_on_the_command_line_is_taken_out_of_the_space(tiny, tmp_path, monkeypatch, capsys):
     trained = []
 
     def record(trial, model, dataset, config_file_list, config_dict, params):
@@ -154,12 +155,20 @@ def test_an_option_fixed_on_the_command_line_is_taken_out_of_the_space(tiny, tmp
         return 0.1
 
     monkeypatch.setattr(tune_module, "train_on_validation", record)
-    study = tiny_search(tiny, tmp_path, 2, config_dict={"learning_rate": 0.0321})
+    command = [
+        "--model=TwoTowerSplit", "--dataset=tiny", f"--search_space={write_space(tmp_path / 'space.yaml')}",
+        f"--output_dir={tmp_path / 'tune'}", f"--config_files={tiny['config_file_list'][0]}",
+        f"--data_path={tiny['config_dict']['data_path']}",
+    ]
+    main([*command, "--trials=2", f"--tuned_dir={tmp_path / 'scoped'}", "--learning_rate=0.0321"])
+    study = optuna.load_study(study_name="TwoTowerSplit-tiny", storage=f"sqlite:///{tmp_path / 'tune' / 'tune.db'}")
     assert [set(trial.params) for trial in study.trials] == [{"embedding_size"}] * 2
     assert len(trained) == 2 and all(options["learning_rate"] == 0.0321 for options in trained)
     assert "space.yaml less learning_rate;" in (tmp_path / "tune" / "TwoTowerSplit-tiny.md").read_text()
-    with pytest.raises(ValueError, match=r"every option of the search space is fixed"):
-        tiny_search(tiny, tmp_path, 1, config_dict={"learning_rate": 0.01, "embedding_size": 4})
+    assert (tmp_path / "scoped" / "TwoTowerSplit.yaml").is_file()  # --tuned_dir: not properties/tuned/tiny/
+    with pytest.raises(SystemExit):
+        main([*command, "--trials=1", "--learning_rate=0.01", "--embedding_size=4"])
+    assert "every option of the search space is fixed" in capsys.readouterr().err
 
 
 def test_recbole_hyper_tuning_runs_the_objective_function(tiny, tmp_path):
