@@ -28,7 +28,13 @@ from recbole_endo.registry import get_model
 
 
 def properties_folder():
-    """The plugin's ``properties`` folder (in a source checkout, the repository's own)."""
+    """The plugin's ``properties`` folder: in a source checkout the one beside the imported package,
+    else the copy installed as ``recbole_endo.properties``."""
+    # An editable install maps recbole_endo.properties to the checkout it was installed from, so a
+    # second checkout (a git worktree running a table at another commit) would read the first's.
+    beside_package = Path(__file__).resolve().parent.parent / "properties"
+    if (beside_package / "overall.yaml").is_file():
+        return beside_package
     return resources.files("recbole_endo.properties")
 
 

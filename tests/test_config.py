@@ -1,5 +1,8 @@
 import io
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import recbole.utils
@@ -7,6 +10,7 @@ import torch
 from recbole.config import Config as RecBoleConfig
 from recbole.model.general_recommender import BPR
 
+import recbole_endo
 from recbole_endo import Config, TwoTowerConcat, TwoTowerSplit, get_model
 from recbole_endo.quick_start import run_recbole_endo
 
@@ -100,3 +104,16 @@ def test_progress_bars_show_in_a_terminal_only_unless_set(tiny, monkeypatch):
     assert Config(model="BPR", **tiny)["show_progress"] is True
     tiny["config_dict"]["show_progress"] = False
     assert Config(model="BPR", **tiny)["show_progress"] is False
+
+
+def test_a_second_checkout_reads_its_own_properties(tmp_path):
+    # A copy of the package and its properties stands in for a git worktree: an editable install
+    # points recbole_endo.properties at the first checkout, whose defaults the copy must not read.
+    checkout = Path(recbole_endo.__file__).resolve().parent.parent
+    shutil.copytree(checkout / "recbole_endo", tmp_path / "recbole_endo", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(checkout / "properties", tmp_path / "properties")
+    script = "import recbole_endo.config as c; print(c.properties_folder()); print(c.tuned_file('BPR', 'ml-100k'))"
+    lines = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert lines == [str(tmp_path / "properties"), str(tmp_path / "properties" / "tuned" / "ml-100k" / "BPR.yaml")]
