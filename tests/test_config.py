@@ -10,7 +10,6 @@ import torch
 from recbole.config import Config as RecBoleConfig
 from recbole.model.general_recommender import BPR
 
-import recbole_endo
 from recbole_endo import Config, TwoTowerConcat, TwoTowerSplit, get_model
 from recbole_endo.quick_start import run_recbole_endo
 
@@ -109,7 +108,7 @@ def test_progress_bars_show_in_a_terminal_only_unless_set(tiny, monkeypatch):
 def test_a_second_checkout_reads_its_own_properties(tmp_path):
     # A copy of the package and its properties stands in for a git worktree: an editable install
     # points recbole_endo.properties at the first checkout, whose defaults the copy must not read.
-    checkout = Path(recbole_endo.__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[1]
     shutil.copytree(checkout / "recbole_endo", tmp_path / "recbole_endo", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(checkout / "properties", tmp_path / "properties")
     script = "import recbole_endo.config as c; print(c.properties_folder()); print(c.tuned_file('BPR', 'ml-100k'))"
