@@ -116,6 +116,7 @@ def run_recbole_endo(
         queue: a multiprocessing queue to put the result on (for spawned processes).
         resume_file (str, optional): a checkpoint of an interrupted run with the same options to
             continue from (it is updated in place); the run ends as the uninterrupted one would.
+            This run's learning_rate and weight_decay may differ from the checkpoint's: it trains with its own.
 
     Returns:
         dict: best validation score and result, test result, epochs run, fit seconds, checkpoint.

@@ -99,12 +99,13 @@ class PluginTrainerMixin:
     def resume_checkpoint(self, resume_file):
         """Continue from ``resume_file``: weights, optimizer, early stopping, best validation
         result and epoch, loss history and, once ``fit`` starts, the random state. The run goes
-        on writing its best checkpoint to ``resume_file``. A checkpoint of another model, dataset
-        or seed (the seed fixes the split), or one with no epoch left to train, is refused
-        before anything is loaded."""
+        on writing its best checkpoint to ``resume_file``, and trains with this run's
+        ``learning_rate`` and ``weight_decay``. A checkpoint of another model, dataset, seed (the
+        seed fixes the split) or learner (its state is another optimizer's), or one with no epoch
+        left to train, is refused before anything is loaded."""
         resume_file = str(resume_file)
         checkpoint = read_checkpoint(resume_file, self.device)
-        for option in ("model", "dataset", "seed"):
+        for option in ("model", "dataset", "seed", "learner"):
             if checkpoint["config"][option] != self.config[option]:
                 raise ValueError(
                     f"checkpoint '{resume_file}' was trained with {option} {checkpoint['config'][option]!r}, "
@@ -126,7 +127,16 @@ class PluginTrainerMixin:
         self.best_epoch = checkpoint.get("best_epoch", checkpoint["epoch"])
         self.train_loss_dict = checkpoint["train_loss_dict"]
         load_weights(self.model, checkpoint)
+        # load_state_dict restores the optimizer's state (Adam's moment estimates and step counts),
+        # and with it each parameter group's settings as the checkpoint's run had them. The settings
+        # this run's config built (learning_rate, weight_decay) are put back, so the run trains with
+        # the options its config and log report: a run resumed at another learning rate continues
+        # its moments at that rate. (Another learner's state does not fit: it is refused above.)
+        groups = self.optimizer.param_groups
+        settings = [{key: value for key, value in group.items() if key != "params"} for group in groups]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
         self.resumed_random_state = checkpoint["random_state"]
         self.logger.info(set_color("Resuming", "blue") + f" from {resume_file} at epoch {self.start_epoch}")
 

@@ -65,11 +65,29 @@ def test_run_recbole_endo_resumes_into_the_interrupted_checkpoint_with_the_same_
         assert resumed[key] == straight[key], key
 
 
-def test_checkpoint_of_another_seed_is_refused(tiny):
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("seed", 7, "trained with seed 2020, this run has seed 7"), ("learner", "sgd", "this run has learner 'sgd'")],
+)
+def test_checkpoint_of_another_seed_or_learner_is_refused(tiny, option, value, message):
     interrupted, _ = fitted(tiny, "BPR", "interrupted", epochs=1)
-    trainer, _ = built(tiny, "BPR", "resumed", epochs=2, seed=7)
-    with pytest.raises(ValueError, match=r"trained with seed 2020, this run has seed 7"):
+    trainer, _ = built(tiny, "BPR", "resumed", epochs=2, **{option: value})
+    with pytest.raises(ValueError, match=message):
         trainer.resume_checkpoint(interrupted.saved_model_file)
+
+
+def test_resume_trains_with_its_configs_learning_rate_and_weight_decay_and_the_checkpoints_moments(tiny):
+    interrupted, _ = fitted(tiny, "BPR", "interrupted", epochs=1)
+    trainer, _ = built(tiny, "BPR", "interrupted", epochs=2, learning_rate=0.5, weight_decay=0.1)
+    trainer.resume_checkpoint(interrupted.saved_model_file)
+    saved = torch.load(interrupted.saved_model_file, weights_only=True)["optimizer"]
+    assert [(group["lr"], group["weight_decay"]) for group in saved["param_groups"]] != [(0.5, 0.1)]
+    assert [(group["lr"], group["weight_decay"]) for group in trainer.optimizer.param_groups] == [(0.5, 0.1)]
+    resumed = trainer.optimizer.state_dict()["state"]
+    assert resumed.keys() == saved["state"].keys()
+    for index, state in saved["state"].items():
+        for key, value in state.items():  # Adam's step count and moment estimates
+            assert torch.equal(resumed[index][key], value), key
 
 
 def test_trainer_with_a_fit_loop_of_its_own_still_writes_checkpoints(tiny):
