@@ -1,8 +1,10 @@
+import math
 import os
 
 import numpy as np
 import pytest
 import recbole.data
+import torch
 
 import recbole_endo
 from recbole_endo.data import coat
@@ -161,6 +163,23 @@ def test_real_coat(tmp_path):
     assert len(train) + len(valid) == observed
 
 
+@pytest.mark.skipif(not os.path.isdir(REAL_COAT), reason="raw Coat data not available")
+def test_real_coat_exposed_protocols(tmp_path):
+    from recbole_endo.evaluation.protocols import candidate_lists
+
+    config, splits = coat_splits(tmp_path, REAL_COAT, model="BPR")
+    counts = {}
+    for protocol in ("exposed", "exposed_unselected"):
+        users, items, grades = candidate_lists(config, splits, protocol)
+        counts[protocol] = (int((items > 0).sum()), int((grades > 0).any(1).sum()))
+    # Test ratings and users with a relevant item (rating >= 4): the variant drops the 366 random
+    # pairs the user also self-selected, and with them every relevant item of 12 users.
+    assert counts == {"exposed": (4640, 237), "exposed_unselected": (4274, 225)}
+    # Selection is unchanged: the held-out self-selected ratings share no pair with training.
+    validation = [candidate_lists(config, splits[:2], protocol) for protocol in ("exposed", "exposed_unselected")]
+    assert all(torch.equal(a, b) for a, b in zip(*validation))
+
+
 def test_missing_raw_dir_or_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         convert_coat(str(tmp_path / "nowhere"), str(tmp_path / "out"))
@@ -213,30 +232,85 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     assert {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)} == before
 
 
+# User 1 leaves item 4 unrated, so RecBole has a negative to sample for every user.
+SAMPLEABLE_TRAIN = [[3, 1, 4, 0, 5]] + TRAIN[1:]
+
+
+def coat_options(tmp_path, **options):
+    """Options of a run on Coat converted to ``tmp_path/out``, checkpoints under ``tmp_path``."""
+    return {"data_path": str(tmp_path / "out"), "checkpoint_dir": str(tmp_path / "saved"), "state": "ERROR", **options}
+
+
+def coat_splits(tmp_path, raw, model="TwoTowerSplit", **options):
+    """Config and RecBole (train, valid, test) datasets of Coat converted from ``raw``, with
+    Coat's properties file and ``options``."""
+    convert_coat(raw, str(tmp_path / "out"))
+    config = recbole_endo.Config(model=model, dataset="coat", config_dict=coat_options(tmp_path, **options))
+    dataset = recbole.data.create_dataset(config)
+    return config, [split._dataset for split in recbole.data.data_preparation(config, dataset)]
+
+
+def raw_lists(splits, lists):
+    """``{raw user: {raw item: grade}}`` of :func:`candidate_lists`'s padded lists."""
+    dataset = splits[0]
+    result = {}
+    for user, row_items, row_grades in zip(*(part.tolist() for part in lists)):
+        for item, grade in zip(row_items, row_grades):
+            if item:
+                result.setdefault(dataset.id2token("user_id", user), {})[dataset.id2token("item_id", item)] = grade
+    return result
+
+
 def test_exposed_protocol_on_a_coat_slice(tmp_path):
     from recbole_endo.evaluation.protocols import candidate_lists
     from recbole_endo.quick_start import run_recbole_endo
 
-    # User 1 leaves item 4 unrated, so RecBole has a negative to sample for every user.
-    train = [[3, 1, 4, 0, 5]] + TRAIN[1:]
-    convert_coat(make_raw(tmp_path / "raw", train=matrix_text(train)), str(tmp_path / "out"))
     options = {
-        "data_path": str(tmp_path / "out"), "checkpoint_dir": str(tmp_path / "saved"), "state": "ERROR",
         "epochs": 1, "train_batch_size": 4, "embedding_size": 4, "mlp_hidden_size": [8, 4],
         "topk": [5], "valid_metric": "NDCG@5",  # 5 items: RecBole's full ranking cannot cut at 10
     }
-    config = recbole_endo.Config(model="TwoTowerSplit", dataset="coat", config_dict=options)
-    dataset = recbole.data.create_dataset(config)
-    splits = [split._dataset for split in recbole.data.data_preparation(config, dataset)]
-    users, items, grades = candidate_lists(config, splits)
-    lists = {}
-    for user, row_items, row_grades in zip(users.tolist(), items.tolist(), grades.tolist()):
-        for item, grade in zip(row_items, row_grades):
-            if item:
-                lists.setdefault(dataset.id2token("user_id", user), {})[dataset.id2token("item_id", item)] = grade
-    # By hand from TRAIN/TEST: user 1's two test items are also in its self-selected ratings, and
-    # so is user 4's item 5; grade = max(0, rating - 3).
-    assert lists == {"2": {"1": 0, "4": 2}, "3": {"2": 0, "5": 0}, "4": {"4": 0}}
-    result = run_recbole_endo(model="TwoTowerSplit", dataset="coat", config_dict=options)["test_result"]
-    assert result["exposed:recall@5"] == 1.0  # user 2 is the one with a relevant item; both fit in a top 5
-    assert 0 < result["exposed:gndcg@5"] <= 1
+    config, splits = coat_splits(tmp_path, make_raw(tmp_path / "raw", train=matrix_text(SAMPLEABLE_TRAIN)), **options)
+    # By hand from TEST, grade = max(0, rating - 3): the standard protocol ranks every random test item.
+    assert raw_lists(splits, candidate_lists(config, splits)) == {
+        "1": {"3": 0, "5": 1}, "2": {"1": 0, "4": 2}, "3": {"2": 0, "5": 0}, "4": {"4": 0, "5": 0},
+    }
+    # The variant drops user 1's two test items and user 4's item 5, also in their self-selected ratings.
+    assert raw_lists(splits, candidate_lists(config, splits, "exposed_unselected")) == {
+        "2": {"1": 0, "4": 2}, "3": {"2": 0, "5": 0}, "4": {"4": 0},
+    }
+    run = run_recbole_endo(model="TwoTowerSplit", dataset="coat", config_dict=coat_options(tmp_path, **options))
+    result = run["test_result"]
+    # Coat's file reports both; every list fits in a top 5, so each relevant item is recalled.
+    assert result["exposed:recall@5"] == 1.0 and result["exposed_unselected:recall@5"] == 1.0
+    assert 0 < result["exposed:gndcg@5"] <= 1 and 0 < result["exposed_unselected:gndcg@5"] <= 1
+    # per user, over the users with a relevant item: users 1 and 2, and user 2 in the variant
+    assert sorted(run["per_user"]["exposed:ndcg@5"][0]) == ["1", "2"]
+    assert sorted(run["per_user"]["exposed_unselected:ndcg@5"][0]) == ["2"]
+
+
+def test_a_self_selected_random_item_is_ranked_by_the_standard_protocol_and_dropped_by_the_variant(tmp_path, monkeypatch):
+    from recbole_endo.evaluation import protocols
+
+    # User 2 self-selected items 2 and 5 (TRAIN) and gets random items 1 (rating 1), 4 (5) and 5 (4).
+    test = [[0] * 5, [1, 0, 0, 5, 4], [0] * 5, [0] * 5]
+    raw = make_raw(tmp_path / "raw", train=matrix_text(SAMPLEABLE_TRAIN), test=matrix_text(test))
+    config, splits = coat_splits(tmp_path, raw, list_topk=[1, 5])
+    dataset = splits[0]
+    scores = torch.zeros(dataset.user_num, dataset.item_num)
+    for item, score in {"1": 0.5, "4": 0.1, "5": 0.9}.items():
+        scores[:, dataset.token2id("item_id", item)] = score
+    monkeypatch.setattr(protocols, "score_test_rows", lambda model, splits, users: scores[users])
+    standard = protocols.list_evaluation(config, None, splits)
+    variant = protocols.list_evaluation(config, None, splits, protocol="exposed_unselected")
+
+    def dcg(gains):
+        return sum(gain / math.log2(rank + 2) for rank, gain in enumerate(gains))
+
+    # Standard: items 5, 1, 4 in score order, relevant (rating >= 4) first and third, grades 1, 0, 2.
+    assert standard["exposed:ndcg@1"] == 1.0
+    assert standard["exposed:ndcg@5"] == pytest.approx(dcg([1, 0, 1]) / dcg([1, 1]), abs=1e-4)
+    assert standard["exposed:gndcg@5"] == pytest.approx(dcg([1, 0, 3]) / dcg([3, 1]), abs=1e-4)
+    # Variant: item 5 is dropped (user 2 self-selected it), items 1, 4 remain.
+    assert variant["exposed_unselected:ndcg@1"] == 0.0
+    assert variant["exposed_unselected:ndcg@5"] == pytest.approx(dcg([0, 1]), abs=1e-4)
+    assert variant["exposed_unselected:gndcg@5"] == pytest.approx(dcg([0, 3]) / dcg([3]), abs=1e-4)

@@ -102,9 +102,11 @@ def tiny_splits(tiny, **options):
     return config, [train._dataset, valid._dataset, test._dataset]
 
 
-def test_exposed_lists_hold_unseen_test_items_graded_by_relevance_threshold(tiny):
+@pytest.mark.parametrize("protocol", ["exposed", "exposed_unselected"])
+def test_exposed_lists_hold_the_test_items_graded_by_relevance_threshold(tiny, protocol):
+    # exposed: every test item; exposed_unselected: those the user has in no earlier split.
     config, splits = tiny_splits(tiny, list_eval="exposed", relevance_threshold=4)
-    users, items, grades = candidate_lists(config, splits)
+    users, items, grades = candidate_lists(config, splits, protocol)
     test = splits[2].inter_feat
     for row, user in enumerate(users.tolist()):
         seen = set()
@@ -114,23 +116,21 @@ def test_exposed_lists_hold_unseen_test_items_graded_by_relevance_threshold(tiny
         expected = {
             item: max(0, int(rating) - 3)
             for item, rating in zip(test["item_id"][mine].tolist(), test["rating"][mine].tolist())
-            if item not in seen
+            if protocol == "exposed" or item not in seen
         }
         got = {item: grade for item, grade in zip(items[row].tolist(), grades[row].tolist()) if item != 0}
         assert got == expected
 
 
-def test_validation_lists_hold_the_validation_items_with_training_as_history(tiny):
+def test_validation_lists_hold_the_validation_items(tiny):
     config, splits = tiny_splits(tiny, list_eval="exposed", relevance_threshold=4)
     users, items, grades = candidate_lists(config, splits[:2])
-    train, valid = splits[0].inter_feat, splits[1].inter_feat
+    valid = splits[1].inter_feat
     assert sorted(users.tolist()) == sorted(set(valid["user_id"].tolist()))
     for row, user in enumerate(users.tolist()):
-        seen = set(train["item_id"][train["user_id"] == user].tolist())
         mine = valid["user_id"] == user
         expected = {item: max(0, int(rating) - 3)
-                    for item, rating in zip(valid["item_id"][mine].tolist(), valid["rating"][mine].tolist())
-                    if item not in seen}
+                    for item, rating in zip(valid["item_id"][mine].tolist(), valid["rating"][mine].tolist())}
         assert {item: grade for item, grade in zip(items[row].tolist(), grades[row].tolist()) if item != 0} == expected
 
 
@@ -151,7 +151,8 @@ def test_a_list_valid_metric_scores_validation_by_the_list_protocol_on_the_valid
 
 
 @pytest.mark.parametrize("valid_metric, list_eval", [("exposed:ndcg@5", "none"), ("sampled:ndcg@5", "exposed"),
-                                                     ("exposed:ndcg@7", "exposed")])
+                                                     ("exposed:ndcg@7", "exposed"),
+                                                     ("exposed_unselected:ndcg@5", "exposed")])
 def test_a_list_valid_metric_of_another_protocol_or_cutoff_is_refused(tiny, valid_metric, list_eval):
     tiny["config_dict"].update({"list_eval": list_eval, "valid_metric": valid_metric})
     with pytest.raises(ValueError, match=f"'valid_metric' is '{valid_metric}'"):
@@ -221,6 +222,8 @@ def test_grades_on_normalised_ratings_are_refused(model, options, option, tiny):
         ({"head_share": 1.5}, "'head_share'"),
         ({"list_eval": "sampled", "list_topk": [0, 5]}, "'list_topk'"),
         ({"list_eval": "exposed", "relevance_threshold": "four"}, "'relevance_threshold'"),
+        ({"exposed_unselected": True}, "'exposed_unselected' is True.*list_eval: exposed"),
+        ({"list_eval": "exposed", "exposed_unselected": "yes"}, "'exposed_unselected'"),
     ],
 )
 def test_bad_protocol_options_are_refused_before_training(tiny, monkeypatch, options, fault):

@@ -4,11 +4,13 @@
   graded by ``grade_thresholds`` (ml-100k: rating >= 3 → 2, else 1), plus ``list_negatives``
   items the user never interacted with (in any split), sampled uniformly with the run's seed,
   graded 0.
-- ``list_eval: exposed`` (the unbiased exposure test, such as Coat's): each test user's list is their
-  randomly exposed test items, graded ``max(0, rating − relevance_threshold + 1)``, so an item
-  is relevant when its rating reaches ``relevance_threshold``. Items the user also has in the
-  training or validation split are dropped from the list: the model has seen them with their
-  rating, so ranking them measures memory, not generalisation.
+- ``list_eval: exposed`` (the unbiased exposure test, such as Coat's): each test user's list is all
+  their randomly exposed test items, graded ``max(0, rating − relevance_threshold + 1)``, so an
+  item is relevant when its rating reaches ``relevance_threshold``: the standard protocol, the one
+  the debiasing literature's published numbers use. ``exposed_unselected: True`` reports beside it
+  the variant ``exposed_unselected``, whose lists drop the items the user also has in the training
+  or validation split (on Coat, the random items the user also self-selected): the model has seen
+  those pairs with their rating, so only the variant cannot be passed by remembering them.
 - ``head_share`` (popularity strata): full ranking over all items, history masked as RecBole
   masks it, where only the test items of one stratum count; the other stratum's test items are
   removed from the ranking, so neither stratum is penalised for the other's true items. Head =
@@ -49,6 +51,7 @@ from recbole_endo.model.towers import trained_entities
 from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
 
 LIST_PROTOCOLS = ("none", "sampled", "exposed")
+UNSELECTED = "exposed_unselected"  # the exposed test without the user's history pairs, reported beside it
 COLD_EVAL_ENTITIES = ("none", "item", "user")
 COLD_STRATA = ("cold", "warm")  # the key prefixes of cold_start_evaluation's metrics
 EXTRA_PROTOCOLS_OFF = {"list_eval": "none", "head_share": None, "cold_eval": "none"}
@@ -238,13 +241,15 @@ def _padded(lists, fill):
     return torch.tensor([list(row) + [fill] * (width - len(row)) for row in lists])
 
 
-def candidate_lists(config, splits):
-    """Per test user, ``(users, items, grades)`` of the ``list_eval`` protocol, padded with item
-    0 (RecBole's padding id) and grade 0: the lists of the test split (``splits[-1]``), with the
-    earlier splits as the users' history. Validation passes ``(train, valid)``: the lists of the
-    validation split, with the training split as history."""
+def candidate_lists(config, splits, protocol=None):
+    """Per test user, ``(users, items, grades)`` of the list protocol (``list_eval``'s, or
+    ``protocol``: ``exposed_unselected``), padded with item 0 (RecBole's padding id) and grade 0:
+    the lists of the test split (``splits[-1]``), with the earlier splits as the users' history.
+    Validation passes ``(train, valid)``: the lists of the validation split, with the training
+    split as history (Coat's training and validation ratings share no pair, so both exposed
+    protocols give it the same validation lists)."""
     *history_splits, test_split = splits
-    protocol = config["list_eval"]
+    protocol = protocol or config["list_eval"]
     users, items = _test_users_and_items(test_split)
     ratings = test_split.inter_feat[config["RATING_FIELD"]].float()
     if protocol == "sampled":
@@ -259,7 +264,7 @@ def candidate_lists(config, splits):
     grade_rows = [[] for _ in list_users]
     for user, item, grade in zip(users, items, grades):
         row = row_of[user]
-        if protocol == "exposed" and history[row, item]:
+        if protocol == UNSELECTED and history[row, item]:
             continue
         item_rows[row].append(int(item))
         grade_rows[row].append(int(grade))
@@ -276,17 +281,19 @@ def candidate_lists(config, splits):
     return torch.from_numpy(list_users), _padded(item_rows, 0), _padded(grade_rows, 0)
 
 
-def list_evaluation(config, model, splits, per_user=None, lists=None):
-    """Metrics of the ``list_eval`` protocol on the lists of :func:`candidate_lists` (or the
-    ``lists`` it returned for these splits before), keys prefixed by it (``exposed:ndcg@5``);
-    with a ``per_user`` dict, their per-user values go in it under the same keys."""
-    users, items, grades = candidate_lists(config, splits) if lists is None else lists
+def list_evaluation(config, model, splits, per_user=None, lists=None, protocol=None):
+    """Metrics of the list protocol (``list_eval``'s, or ``protocol``) on the lists of
+    :func:`candidate_lists` (or the ``lists`` it returned for these splits before), keys prefixed
+    by the protocol (``exposed:ndcg@5``, ``exposed_unselected:ndcg@5``); with a ``per_user``
+    dict, their per-user values go in it under the same keys."""
+    protocol = protocol or config["list_eval"]
+    users, items, grades = candidate_lists(config, splits, protocol) if lists is None else lists
     scores = score_test_rows(model, splits, users.numpy()).gather(1, items)
     scores[(items == 0)] = -torch.inf
     rows = {}
     result = rank_lists(scores, grades, config["list_topk"], users.numpy(), rows)
-    _prefixed(config["list_eval"], per_user, rows)
-    return OrderedDict((f"{config['list_eval']}:{key}", value) for key, value in result.items())
+    _prefixed(protocol, per_user, rows)
+    return OrderedDict((f"{protocol}:{key}", value) for key, value in result.items())
 
 
 def head_items(item_counts, head_share):
@@ -415,6 +422,11 @@ def check_evaluation_options(config, dataset):
         protocol, _, metric = config["valid_metric"].lower().partition(":")
         topk = config["list_topk"] or []
         known = [f"{name}@{k}" for name in ("ndcg", "recall", "gndcg") for k in topk] + ["gndcg"]
+        if protocol == UNSELECTED:
+            raise ValueError(
+                f"config option 'valid_metric' is {config['valid_metric']!r}: {UNSELECTED} is reported on the "
+                "test only; select on 'exposed:<metric>', whose validation lists are the held-out ratings"
+            )
         if protocol != config["list_eval"] or metric not in known:
             raise ValueError(
                 f"config option 'valid_metric' is {config['valid_metric']!r}: a list protocol's metric must be "
@@ -423,6 +435,13 @@ def check_evaluation_options(config, dataset):
             )
     if config["list_eval"] not in LIST_PROTOCOLS:
         raise ValueError(f"config option 'list_eval' is {config['list_eval']!r}; use one of {', '.join(LIST_PROTOCOLS)}")
+    if not isinstance(config[UNSELECTED], bool):
+        raise ValueError(f"config option '{UNSELECTED}' is {config[UNSELECTED]!r}; use True or False")
+    if config[UNSELECTED] and config["list_eval"] != "exposed":
+        raise ValueError(
+            f"config option '{UNSELECTED}' is True, which reports a variant of the exposed test beside it, "
+            f"but list_eval is {config['list_eval']!r}: set list_eval: exposed, or {UNSELECTED}: False"
+        )
     if config["cold_eval"] not in COLD_EVAL_ENTITIES:
         raise ValueError(f"config option 'cold_eval' is {config['cold_eval']!r}; use one of {', '.join(COLD_EVAL_ENTITIES)}")
     if config["head_share"] is not None:
@@ -453,12 +472,14 @@ def check_evaluation_options(config, dataset):
 
 
 def extra_evaluation(config, model, splits, per_user=None):
-    """The plugin's protocols that ``config`` switches on (``list_eval``, ``head_share``,
-    ``cold_eval``; their options checked by :func:`check_evaluation_options`). With a
+    """The plugin's protocols that ``config`` switches on (``list_eval`` and ``exposed_unselected``,
+    ``head_share``, ``cold_eval``; their options checked by :func:`check_evaluation_options`). With a
     ``per_user`` dict, each metric's per-user values go in it as ``key: (internal user ids, values)``."""
     result = OrderedDict()
     if config["list_eval"] != "none":
         result.update(list_evaluation(config, model, splits, per_user))
+    if config[UNSELECTED]:
+        result.update(list_evaluation(config, model, splits, per_user, protocol=UNSELECTED))
     if config["head_share"] is not None or config["cold_eval"] != "none":
         ranking = full_ranking(model, splits)
         if config["head_share"] is not None:
