@@ -6,6 +6,7 @@ import gzip
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from recbole_endo.experiments.compare import compare
 from recbole_endo.experiments.paired import format_difference, paired_difference, paired_values, read_paired
@@ -14,8 +15,9 @@ from recbole_endo.experiments.paired import format_difference, paired_difference
 def test_paired_values_match_users_by_seed_and_id():
     entry = {(1, "u2"): 0.5, (1, "u1"): 0.2, (2, "u1"): 0.4, (1, "u3"): 0.9}
     reference = {(1, "u1"): 0.1, (1, "u2"): 0.3, (2, "u1"): 0.1}  # no u3: it is not a pair
-    values, base, seeds = paired_values(entry, reference)
-    assert values.tolist() == [0.2, 0.5, 0.4] and base.tolist() == [0.1, 0.3, 0.1] and seeds == [1, 1, 2]
+    values, base, seeds, users = paired_values(entry, reference)
+    assert values.tolist() == [0.2, 0.5, 0.4] and base.tolist() == [0.1, 0.3, 0.1]
+    assert seeds == [1, 1, 2] and users == ["u1", "u2", "u1"]
 
 
 def test_seed_interval_is_a_student_t_interval_of_the_seeds_mean_differences():
@@ -27,7 +29,7 @@ def test_seed_interval_is_a_student_t_interval_of_the_seeds_mean_differences():
     half_width = 4.302653 * 0.2 / 3**0.5
     assert cell["seed_ci_low"] == pytest.approx(0.4 - half_width, abs=1e-6)
     assert cell["seed_ci_high"] == pytest.approx(0.4 + half_width, abs=1e-6)
-    # The pooled interval counts seed 1 twice; the seed interval includes 0, the pooled one does not.
+    # Without users each pair is its own user: that interval excludes 0, the seed interval does not.
     assert format_difference(cell, p_value=False) == (
         f"+0.3500 [{cell['ci_low']:+.4f}, {cell['ci_high']:+.4f}]*; seeds [{0.4 - half_width:+.4f}, {0.4 + half_width:+.4f}]"
     )
@@ -35,7 +37,43 @@ def test_seed_interval_is_a_student_t_interval_of_the_seeds_mean_differences():
     assert one_seed["seed_means"] == pytest.approx([0.2]) and one_seed["seed_ci_low"] is None
     steady = paired_difference(np.array([0.1, 0.3, 0.2]), np.zeros(3), seeds=[1, 1, 2])
     assert steady["seed_ci_low"] == steady["seed_ci_high"] == pytest.approx(0.2)
-    assert format_difference(steady).endswith("; seeds [+0.2000, +0.2000]†")
+    # Every seed the same: the interval has zero width, says so and is not marked, though it excludes 0.
+    assert format_difference(steady).endswith("; seeds [+0.2000, +0.2000] zero width")
+
+
+def test_users_count_once_through_their_mean_over_the_seeds_that_have_them():
+    # Seed 1: u1 +0.1, u2 −0.3; seed 2: u1 +0.3, u2 +0.1, u3 +0.6 (u3 is on seed 2's split only).
+    # Per-user means: u1 +0.2, u2 −0.1, u3 +0.6; their mean 0.7/3 (the 5 pairs' mean would be 0.16).
+    # Wilcoxon over the 3 means: |d| ranks 1 (u2, negative), 2, 3; negative rank sum 1, and of the
+    # 2^3 sign patterns 2 have one ≤ 1 ({}, {1}): p = 2 · 2/8 = 0.5, statistic min(1, 5) = 1.
+    # Bootstrap: a resample is all u2 (mean −0.1) or all u3 (+0.6) with chance 1/27 > 2.5 % each,
+    # so the 2.5th and 97.5th percentiles of the resampled means are −0.1 and +0.6.
+    differences = {(1, "u1"): 0.1, (1, "u2"): -0.3, (2, "u1"): 0.3, (2, "u2"): 0.1, (2, "u3"): 0.6}
+    values, base, seeds, users = paired_values(differences, dict.fromkeys(differences, 0.0))
+    cell = paired_difference(values, base, seeds, users)
+    assert cell["pairs"] == 5 and cell["mean"] == pytest.approx(0.7 / 3)
+    assert cell["p"] == pytest.approx(0.5)
+    assert scipy.stats.wilcoxon([0.2, -0.1, 0.6]).statistic == 1
+    assert cell["ci_low"] == pytest.approx(-0.1) and cell["ci_high"] == pytest.approx(0.6)
+    assert cell["seed_means"] == pytest.approx([-0.1, 1.0 / 3])
+
+
+def test_the_same_users_tiled_over_seeds_leave_the_interval_and_p_unchanged():
+    # A fixed split and two deterministic models: every seed repeats the same per-user differences.
+    rng = np.random.default_rng(3)
+    differences = rng.normal(0.01, 0.1, 60)
+    once = paired_difference(differences, np.zeros(60), [2020] * 60, [f"u{index}" for index in range(60)])
+    for copies in (2, 5):
+        seeds = [2020 + copy for copy in range(copies) for _ in range(60)]
+        users = [f"u{index}" for _ in range(copies) for index in range(60)]
+        tiled = paired_difference(np.tile(differences, copies), np.zeros(60 * copies), seeds, users)
+        # Equal up to the rounding of averaging identical copies (no ties among the differences).
+        for key in ("mean", "ci_low", "ci_high", "p"):
+            assert tiled[key] == pytest.approx(once[key], rel=1e-12, abs=1e-15), (copies, key)
+        assert tiled["seed_ci_low"] == tiled["seed_ci_high"] == pytest.approx(differences.mean())
+    # Pooling the pairs instead would narrow the interval: the per-user mean is what keeps it.
+    pooled = paired_difference(np.tile(differences, 5), np.zeros(300))
+    assert pooled["ci_high"] - pooled["ci_low"] < 0.6 * (once["ci_high"] - once["ci_low"])
 
 
 def test_mean_difference_and_exact_wilcoxon_p_equal_a_hand_computation():
@@ -93,9 +131,12 @@ def test_compare_keeps_per_user_values_that_average_to_the_reported_metrics(tiny
         for entry in ("BPR", "Pop")
     }
     assert by_entry["BPR"].keys() == by_entry["Pop"].keys()  # the same test users on each seed's split
-    difference = np.mean([by_entry["Pop"][key] - by_entry["BPR"][key] for key in by_entry["BPR"]])
+    users = {user for _, user in by_entry["BPR"]}
+    user_means = [
+        np.mean([by_entry["Pop"][key] - by_entry["BPR"][key] for key in by_entry["BPR"] if key[1] == user]) for user in users
+    ]
     assert int(cell["pairs"]) == len(by_entry["BPR"])
-    assert float(cell["mean difference"]) == pytest.approx(difference, abs=1e-9)
+    assert float(cell["mean difference"]) == pytest.approx(np.mean(user_means), abs=1e-9)
     assert float(cell["ci low"]) <= float(cell["mean difference"]) <= float(cell["ci high"])
     per_seed = [
         np.mean([by_entry["Pop"][key] - by_entry["BPR"][key] for key in by_entry["BPR"] if key[0] == seed]) for seed in ("1", "2")

@@ -3,9 +3,15 @@ metric, its 95 % bootstrap confidence interval and the Wilcoxon signed-rank p-va
 the same difference seed by seed, with a Student-t interval over the seeds.
 
 A pair is one user on one seed's split, where both models have a value of the metric (users
-matched by their raw id). Pairs of every seed are pooled: with three seeds a user counts three
-times, once per split, so the bootstrap interval is of the mean over users and seeds. It covers
-the users, not the randomness of training (initial weights, dropout, where early stopping lands),
+matched by their raw id). A user id names the same person on every seed's split, whether the
+seeds share one split (Coat's file) or each draws its own (ml-100k's random split), so a user's
+pairs are not independent draws: two deterministic models give the same difference on every seed
+of a fixed split, and pooling the pairs would count that user once per seed and narrow the
+interval and the p-value by copies alone. So each user's differences are first averaged over the
+seeds whose splits have the user, and the bootstrap and the Wilcoxon test run over those per-user
+means: each person counts once, and a user on fewer seeds' splits is still one unit (a cluster
+bootstrap of the pairs would weigh users by their number of seeds). That interval covers the
+users, not the randomness of training (initial weights, dropout, where early stopping lands),
 which moves a model's whole result on a seed at once: the seed interval treats each seed's mean
 difference as one draw, so it covers both, with as many draws as seeds.
 """
@@ -26,21 +32,31 @@ BOOTSTRAP_SEED = 0
 
 
 def paired_values(entry_rows, reference_rows):
-    """``(entry values, reference values, seeds)`` of the pairs: both arguments map ``(seed, user)``
-    to a value; pairs are the keys both hold, in sorted order; ``seeds`` holds each pair's seed."""
+    """``(entry values, reference values, seeds, users)`` of the pairs: both arguments map
+    ``(seed, user)`` to a value; pairs are the keys both hold, in sorted order; ``seeds`` and
+    ``users`` hold each pair's seed and user."""
     keys = sorted(set(entry_rows) & set(reference_rows))
     return (
         np.array([entry_rows[key] for key in keys], float),
         np.array([reference_rows[key] for key in keys], float),
         [seed for seed, _ in keys],
+        [user for _, user in keys],
     )
+
+
+def user_means(differences, users):
+    """Each user's mean of ``differences`` over its pairs (the seeds that have the user), in
+    sorted order of user."""
+    _, user_of_pair = np.unique(users, return_inverse=True)
+    return np.bincount(user_of_pair, weights=differences) / np.bincount(user_of_pair)
 
 
 def seed_differences(differences, seeds):
     """``{seed_means, seed_ci_low, seed_ci_high}``: the mean difference on each seed (in the order
     of ``seeds``' first appearance) and the two-sided Student-t ``CONFIDENCE`` interval of their
     mean, with ``seeds − 1`` degrees of freedom; the interval is None for fewer than two seeds,
-    and the point itself when every seed has the same mean."""
+    and the point itself (zero width) when every seed has the same mean, as two deterministic
+    models on one split give."""
     seed_means = [float(differences[[s == seed for s in seeds]].mean()) for seed in dict.fromkeys(seeds)]
     result = {"seed_means": seed_means, "seed_ci_low": None, "seed_ci_high": None}
     if len(seed_means) < 2:
@@ -53,28 +69,31 @@ def seed_differences(differences, seeds):
     return result
 
 
-def paired_difference(values, reference, seeds=None):
-    """``{pairs, mean, ci_low, ci_high, p}`` of ``values − reference`` per pair: the mean
-    difference, its percentile bootstrap interval (``BOOTSTRAP_RESAMPLES`` resamples of the pairs,
-    seeded) and the two-sided Wilcoxon signed-rank p-value (zero differences dropped; 1.0 when
-    every difference is zero). Fewer than two pairs: mean only, the rest None. With ``seeds``
-    (each pair's seed), also :func:`seed_differences`."""
+def paired_difference(values, reference, seeds=None, users=None):
+    """``{pairs, mean, ci_low, ci_high, p}`` of ``values − reference`` per pair, with ``users``
+    (each pair's user) first averaged per user (:func:`user_means`; without, each pair is its own
+    user): the mean of the users' differences, its percentile bootstrap interval
+    (``BOOTSTRAP_RESAMPLES`` resamples of the users, seeded) and the two-sided Wilcoxon
+    signed-rank p-value over them (zero differences dropped; 1.0 when every difference is zero).
+    Fewer than two users: mean only, the rest None. With ``seeds`` (each pair's seed), also
+    :func:`seed_differences`."""
     differences = np.asarray(values, float) - np.asarray(reference, float)
-    result = {"pairs": len(differences), "mean": float(differences.mean()) if len(differences) else None,
+    by_user = differences if users is None else user_means(differences, users)
+    result = {"pairs": len(differences), "mean": float(by_user.mean()) if len(by_user) else None,
               "ci_low": None, "ci_high": None, "p": None}
     if seeds is not None:
         result |= seed_differences(differences, seeds)
-    if len(differences) < 2:
+    if len(by_user) < 2:
         return result
-    if np.all(differences == differences[0]):  # no spread: the bootstrap interval is the point
-        result["ci_low"] = result["ci_high"] = float(differences[0])
+    if np.all(by_user == by_user[0]):  # no spread: the bootstrap interval is the point
+        result["ci_low"] = result["ci_high"] = float(by_user[0])
     else:
         interval = stats.bootstrap(
-            (differences,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
+            (by_user,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
             method="percentile", random_state=np.random.default_rng(BOOTSTRAP_SEED), batch=1000,
         ).confidence_interval
         result["ci_low"], result["ci_high"] = float(interval.low), float(interval.high)
-    result["p"] = 1.0 if not differences.any() else float(stats.wilcoxon(differences).pvalue)
+    result["p"] = 1.0 if not by_user.any() else float(stats.wilcoxon(by_user).pvalue)
     return result
 
 
@@ -87,8 +106,8 @@ def paired_table(per_user, reference, entries, metrics):
             continue
         table[entry] = {}
         for metric in metrics:
-            values, base, seeds = paired_values(per_user.get((entry, metric), {}), per_user.get((reference, metric), {}))
-            table[entry][metric] = paired_difference(values, base, seeds)
+            rows = per_user.get((entry, metric), {}), per_user.get((reference, metric), {})
+            table[entry][metric] = paired_difference(*paired_values(*rows))  # values, reference, seeds, users
     return table
 
 
@@ -99,7 +118,10 @@ def excludes_zero(low, high):
 def format_difference(cell, p_value=True):
     """``+0.0123 [+0.0050, +0.0190]* p 0.002; seeds [+0.0010, +0.0250]†``: the bootstrap interval
     (``*`` when it excludes 0), the p-value unless ``p_value`` is false, and the seed interval
-    when there is one (``†`` when it excludes 0); "—" without pairs."""
+    when there is one (``†`` when it excludes 0); "—" without pairs. A seed interval of zero
+    width (every seed the same mean difference, as of two deterministic models on one split) is
+    followed by "zero width" and never marked: seeds that cannot differ are no evidence that
+    training's randomness leaves the gap standing."""
     if cell["mean"] is None:
         return "—"
     if cell["ci_low"] is None:
@@ -109,7 +131,8 @@ def format_difference(cell, p_value=True):
         text += f" p {cell['p']:.3g}"
     if cell.get("seed_ci_low") is not None:
         low, high = cell["seed_ci_low"], cell["seed_ci_high"]
-        text += f"; seeds [{low:+.4f}, {high:+.4f}]{'†' if excludes_zero(low, high) else ''}"
+        mark = " zero width" if low == high else "†" if excludes_zero(low, high) else ""
+        text += f"; seeds [{low:+.4f}, {high:+.4f}]{mark}"
     return text
 
 
@@ -137,9 +160,10 @@ def paired_markdown(table, reference):
     metrics = ndcg_metrics(next(iter(table.values()), {}))
     header = ["model", *(f"Δ {metric}" for metric in metrics)]
     lines = [
-        f"Paired difference to `{reference}`: mean over test users and seeds [95 % bootstrap interval], "
-        "Wilcoxon signed-rank p; * the interval excludes 0; seeds: the Student-t interval over the "
-        "seeds' mean differences, † it excludes 0.",
+        f"Paired difference to `{reference}`: mean over test users of each user's mean over the seeds "
+        "[95 % bootstrap interval over users], Wilcoxon signed-rank p; * the interval excludes 0; "
+        "seeds: the Student-t interval over the seeds' mean differences, † it excludes 0 (zero width: "
+        "every seed the same, never marked).",
         "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
     ]
     for entry, cells in table.items():
