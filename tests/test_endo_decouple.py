@@ -27,7 +27,10 @@ def test_trains_with_every_component_finite_and_total_loss_falling(tiny, caplog)
     expected = {"rank"} | {
         f"{entity}_{name}"
         for entity in ("user", "item")
-        for name in ("stage1", "side_ssl", "atom_ssl", "cos_mean", "cos_min", "inside_margin")
+        for name in (
+            "stage1", "side_ssl", "atom_ssl", "side_ssl_fake_share", "atom_ssl_fake_share", "cos_mean", "cos_min",
+            "inside_margin",
+        )
     }
     for epoch in (0, 1):
         components = trainer.loss_component_history[epoch]
@@ -133,9 +136,9 @@ def test_endo_weight_averages_one_carries_no_gradient_and_falls_with_atom_side_s
     captured = {}
     ranking_loss = model.ranking_loss
 
-    def capture(user_repr, item_repr, grades, lower_grades=None, sample_weight=None):
+    def capture(user_repr, item_repr, grades, lower=None, sample_weight=None):
         captured["weight"] = sample_weight
-        return ranking_loss(user_repr, item_repr, grades, lower_grades, sample_weight)
+        return ranking_loss(user_repr, item_repr, grades, lower, sample_weight)
 
     monkeypatch.setattr(model, "ranking_loss", capture)
     batch = next(iter(train_data))
@@ -159,7 +162,7 @@ def test_unknown_sample_weight_is_refused_naming_the_option(tiny):
     [
         ('stage1_margin: "0.5"', r"'stage1_margin' must be a number in \[-1, 2\], got '0.5' \(str\)"),
         ("ssl_temperature: -0.1", r"'ssl_temperature' must be a number in \(0, inf\]"),
-        ("fake_negative_threshold: 1.5", r"'fake_negative_threshold' must be a number in \[-1, 1\]"),
+        ("ssl_dropout: 1.5", r"'ssl_dropout' must be a number in \[0, 1\]"),
         ("side_ssl_weight: -1", r"'side_ssl_weight'"),
         ("ssl_batch_size: 1.5", r"'ssl_batch_size' must be an integer"),
         ("mlp_hidden_size: [64, 0]", r"'mlp_hidden_size' must be a list of positive integers"),
@@ -225,3 +228,58 @@ def test_with_every_decoupling_term_off_and_the_same_weights_it_computes_what_tw
         assert torch.allclose(losses[0], losses[1], atol=1e-6)
     query = Interaction({"user_id": torch.tensor([1, 2, 3])})
     assert torch.allclose(split.eval().full_sort_predict(query), endo.eval().full_sort_predict(query), atol=1e-6)
+
+
+@pytest.mark.parametrize("dropout_prob, ssl_views", [(0.3, "dropout"), (0.3, "fields"), (0.0, "dropout")])
+def test_fake_negatives_of_repeated_entities_and_equal_sides_are_masked_whatever_the_dropout(tiny, dropout_prob, ssl_views):
+    """u1 and u2 have the same side fields (26-35, F, romance), as have u3 and u5 (18-25, M,
+    romance); u1 and i1 come twice. Each SSL problem's InfoNCE must leave exactly those pairs
+    out, as a hand computation over the captured views does."""
+    tiny["config_dict"].update({"dropout_prob": dropout_prob, "ssl_views": ssl_views})
+    _, model, _, (train_data, _, _) = _build(Config(model="EndoDecouple", **tiny))
+    dataset = train_data._dataset
+    users = torch.tensor([dataset.token2id("user_id", u) for u in ("u1", "u2", "u1", "u3", "u5", "u4")])
+    items = torch.tensor([dataset.token2id("item_id", i) for i in ("i1", "i2", "i1", "i3", "i4", "i5")])
+    batch = Interaction({
+        "user_id": users, "item_id": items, "neg_item_id": items.flip(0), "rating": torch.full((6,), 4.0)
+    })
+    captured = {}
+    ssl_losses = model.decoupling.ssl_losses
+
+    def capture(problems):
+        captured.update(problems)
+        return ssl_losses(problems)
+
+    model.decoupling.ssl_losses = capture
+    torch.manual_seed(0)
+    model.train()
+    model.calculate_loss(batch)
+    repeated = {(0, 2), (2, 0)}
+    same_user_side = {(i, j) for group in ((0, 1, 2), (3, 4)) for i in group for j in group if i != j}
+    fake = {"user_side_ssl": same_user_side, "user_atom_ssl": repeated, "item_side_ssl": repeated, "item_atom_ssl": repeated}
+    temperature = model.decoupling.temperature
+    for name, pairs in fake.items():
+        assert model.loss_components[f"{name}_fake_share"].item() == pytest.approx(len(pairs) / 30)
+        views = F.normalize(captured[name][0].detach(), dim=-1).tolist()
+        anchors, positives = views
+        cos = lambda x, y: sum(p * q for p, q in zip(x, y))  # noqa: E731 (unit vectors)
+        losses = []
+        for i, anchor in enumerate(anchors):
+            kept = [j for j in range(6) if (i, j) not in pairs]
+            denominator = sum(math.exp(cos(anchor, positives[j]) / temperature) for j in kept)
+            losses.append(-(cos(anchor, positives[i]) / temperature - math.log(denominator)))
+        assert model.loss_components[name].item() == pytest.approx(sum(losses) / 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("side_gradient", [True, False])
+def test_atom_ssl_reaches_the_side_branch_only_when_its_side_gradient_is_on(tiny, side_gradient):
+    tiny["config_dict"]["atom_ssl_side_gradient"] = side_gradient
+    _, model, _, _ = _build(Config(model="EndoDecouple", **tiny))
+    tower = model.towers["item"].train()
+    _, (_, problems, _) = model.decoupling.tower_terms(tower, torch.arange(1, 9))
+    # The atom SSL alone: the ranking loss and the other terms reach both branches anyway.
+    loss = model.decoupling.ssl_losses({"item_atom_ssl": problems["atom_ssl"]})[0]["item_atom_ssl"]
+    side, atom = (list(tower.mlps[group].parameters()) for group in ("side", "atom"))
+    gradients = torch.autograd.grad(loss, side + atom, allow_unused=True)
+    reached = [any(g is not None and g.abs().sum() > 0 for g in part) for part in (gradients[: len(side)], gradients[len(side):])]
+    assert reached == [side_gradient, True]

@@ -17,11 +17,15 @@ class DecouplingTerms:
 
     - **stage-1** (atoms sit around their side): ``mean(max(0, stage1_margin − cos(a, s))²)``;
     - **side SSL**: InfoNCE between two views of ``s`` (``ssl_views``, :class:`EndoTower`) through
-      the side projection head, in-batch negatives, those with cosine > ``fake_negative_threshold``
-      to the anchor's ``s`` masked out as fake (the same side value);
+      the side projection head, in-batch negatives;
     - **atom-orthogonal SSL**: the same on ``a⊥ = norm(a − (a·s)s)`` (``orthogonalize: False``:
-      on ``a``) through the atom's own head, fake negatives (the same atom repeated) masked by
-      cosine of ``a``;
+      on ``a``) through the atom's own head; ``atom_ssl_side_gradient: False`` makes ``s`` a
+      constant in ``a⊥``, so this term moves the atom branch only;
+    - **fake negatives** (``mask_fake_negatives``): in each SSL problem, an in-batch negative whose
+      fields of the problem's group have the anchor's values is masked out
+      (:meth:`EndoTower.value_classes`): for the side SSL an entity with the same side, for the
+      atom SSL the same entity repeated in the batch. Judged by the fields, not by the
+      representations, so dropout, the views or a float field cannot hide or invent one;
     - both SSL terms use the first ``ssl_batch_size`` auxiliary rows (RecBole shuffles batches,
       so a random subset), since InfoNCE's in-batch negatives cost rows² time and memory.
 
@@ -33,8 +37,9 @@ class DecouplingTerms:
         self.margin = number_option(config, "stage1_margin", -1, 2)
         self.weights = {name: number_option(config, f"{name}_weight", 0) for name in TERMS}
         self.temperature = number_option(config, "ssl_temperature", 0, low_open=True)
-        self.fake_threshold = number_option(config, "fake_negative_threshold", -1, 1)
+        self.mask_fake_negatives = bool(config["mask_fake_negatives"])
         self.orthogonalize = bool(config["orthogonalize"])
+        self.atom_ssl_side_gradient = bool(config["atom_ssl_side_gradient"])
         self.ssl_batch_size = number_option(config, "ssl_batch_size", 2, integer=True)
         number_option(config, "ssl_dropout", 0, 1)
         choice_option(config, "rank_representation", ("output", "side_orthogonal"))
@@ -49,8 +54,9 @@ class DecouplingTerms:
 
         Each of ``ids`` runs through the tower once, so a caller passing distinct ids lets repeated
         rows share its output; the SSL views are drawn per row. An SSL problem is
-        ``(views, reference)``: the two projected views of each SSL row ``[2, rows,
-        projection_size]`` and the representation whose cosines mark fake negatives."""
+        ``(views, keys)``: the two projected views of each SSL row ``[2, rows,
+        projection_size]`` and the rows' value classes, equal for fake negatives
+        (:meth:`EndoTower.value_classes`)."""
 
         def at(tensor, part=slice(None)):
             """``tensor``'s auxiliary rows ``part``: ``tensor`` has one row per id."""
@@ -65,42 +71,52 @@ class DecouplingTerms:
         if self.weights["stage1"]:
             losses["stage1"] = truncated_cosine_loss(cos, self.margin)
         ssl = slice(0, min(self.ssl_batch_size, len(cos)))
-        s, a = at(side, ssl), at(atom, ssl)
+        ssl_ids = at(ids, ssl)
         problems = {}
         if self.weights["side_ssl"]:
-            problems["side_ssl"] = tower.heads["side"](tower.views("side", at(embedded["side"], ssl))), s
+            views = tower.views("side", at(embedded["side"], ssl))
+            problems["side_ssl"] = tower.heads["side"](views), tower.value_classes("side", ssl_ids)
         if self.weights["atom_ssl"]:
             views = tower.views("atom", at(embedded["atom"], ssl))
             if self.orthogonalize:
-                views = orthogonal_component(views, s)
-            problems["atom_ssl"] = tower.heads["atom"](views), a
+                s = at(side, ssl)
+                views = orthogonal_component(views, s if self.atom_ssl_side_gradient else s.detach())
+            problems["atom_ssl"] = tower.heads["atom"](views), tower.value_classes("atom", ssl_ids)
         return tower.combine(ids, branches), (losses, problems, cos)
 
     def ssl_losses(self, problems):
-        """``{name: InfoNCE}`` of every SSL problem, solved as one batch: they all have the same
-        rows and sizes."""
+        """``({name: InfoNCE}, {name: share of fake negatives})`` of every SSL problem, solved as
+        one batch (they all have the same rows and sizes). The share counts the off-diagonal
+        entries that :func:`fake_negative_mask` marks, masked out or not (``mask_fake_negatives``),
+        so the diagnostic says how many negatives were fake either way."""
         if not problems:
-            return {}
-        views, references = (torch.stack(parts) for parts in zip(*problems.values()))
-        masks = fake_negative_mask(references, self.fake_threshold)
-        return dict(zip(problems, info_nce(views[:, 0], views[:, 1], self.temperature, masks).unbind()))
+            return {}, {}
+        views, keys = (torch.stack(parts) for parts in zip(*problems.values()))
+        masks = fake_negative_mask(keys)
+        rows = masks.shape[-1]
+        shares = masks.flatten(1).sum(1) / max(rows * (rows - 1), 1)
+        losses = info_nce(views[:, 0], views[:, 1], self.temperature, masks if self.mask_fake_negatives else None)
+        return dict(zip(problems, losses.unbind())), dict(zip(problems, shares.unbind()))
 
     def total(self, rank, terms):
         """``(total loss, components)``: ``rank`` plus every weighted term of ``terms``
         (``{entity: terms}``, the terms of :meth:`tower_terms`; a tower that is not
-        decoupled is left out), and the detached components a trainer logs: each loss, and per
-        tower the mean and minimum cos(a, s) and the share of rows inside the stage-1 margin."""
+        decoupled is left out), and the detached components a trainer logs: each loss, each SSL
+        problem's share of fake negatives, and per tower the mean and minimum cos(a, s) and the
+        share of rows inside the stage-1 margin."""
         losses, problems = {}, {}
         for entity, (tower_losses, tower_problems, _) in terms.items():
             losses |= {f"{entity}_{name}": loss for name, loss in tower_losses.items()}
             problems |= {f"{entity}_{name}": problem for name, problem in tower_problems.items()}
-        losses |= self.ssl_losses(problems)
+        ssl_losses, fake_shares = self.ssl_losses(problems)
+        losses |= ssl_losses
         total = rank
         # Detached tensors, not floats: .item() would wait for the device once per component.
         components = {"rank": rank.detach()}
         for name, loss in losses.items():
             total = total + self.weights[name.split("_", 1)[1]] * loss
             components[name] = loss.detach()
+        components |= {f"{name}_fake_share": share for name, share in fake_shares.items()}
         for entity, (_, _, cos) in terms.items():
             cos = cos.detach()
             components[f"{entity}_cos_mean"] = cos.mean()

@@ -371,6 +371,10 @@ class EndoTower(SplitTower):
         self.field_views = config["ssl_views"] == "fields"
         size = config["mlp_hidden_size"][-1]
         self.heads = nn.ModuleDict({group: mlp([size, size, config["projection_size"]]) for group in FIELD_GROUPS})
+        table = dataset.get_user_feature() if entity == "user" else dataset.get_item_feature()
+        for group in FIELD_GROUPS:
+            values = torch.cat([table[field].double().reshape(len(table), -1) for field in fields[group]], dim=1)
+            self.register_buffer(f"{group}_value_class", values.unique(dim=0, return_inverse=True)[1], persistent=False)
 
     def combine(self, ids, branches):
         if not self.side_orthogonal_ranking:
@@ -378,6 +382,12 @@ class EndoTower(SplitTower):
         side, atom = (F.normalize(branches[group], dim=-1) for group in ("side", "atom"))
         representation = self.rank_log_scale.exp() * (side + self.atom_log_weight.exp() * orthogonal_component(atom, side))
         return self.add_id_path(ids, representation)
+
+    def value_classes(self, group, ids):
+        """The class of each of ``ids`` among the entities by their ``group`` fields' values: two
+        entities have the same class when every field of the group has the same value (an atom
+        group with the id field: when they are the same entity)."""
+        return getattr(self, f"{group}_value_class")[ids]
 
     def views(self, group, embedded):
         """Two stochastic views of each row of a group's field embeddings, through its branch in
