@@ -20,10 +20,9 @@ def unit(*rows):
     return F.normalize(torch.tensor(rows, dtype=torch.float), dim=-1)
 
 
-def test_fake_negative_mask_removes_exactly_the_same_side_negatives():
-    # rows 0 and 2 share a side value; row 1 is close to them (cos 0.98) but not the same
-    side = unit([1.0, 0.0], [0.98, math.sqrt(1 - 0.98**2)], [1.0, 0.0], [0.0, 1.0])
-    mask = fake_negative_mask(side, threshold=0.99)
+def test_fake_negative_mask_removes_exactly_the_negatives_with_the_anchors_key():
+    # rows 0 and 2 share a side value (key 7), rows 1 and 3 have values of their own
+    mask = fake_negative_mask(torch.tensor([7, 3, 7, 5]))
     expected = torch.zeros(4, 4, dtype=torch.bool)
     expected[0, 2] = expected[2, 0] = True
     assert torch.equal(mask, expected)
@@ -106,46 +105,66 @@ def test_graded_bpr_with_equal_grades_is_plain_bpr():
     assert math.isclose(graded_bpr_loss(pos, neg, torch.ones(3)).item(), plain.item(), rel_tol=1e-6)
 
 
-def test_within_user_pairs_add_the_higher_over_lower_pair_weighted_by_gain_difference():
-    # row 0: grade 2 over a negative (score 1 vs 0) and over the user's grade-1 item (1 vs 0.5);
-    # row 1: grade 1, no lower-graded item (lower grade = its own): only its negative pair counts.
+def test_within_user_pairs_add_the_higher_over_lower_pair_weighted_by_gain_difference_and_count():
+    # row 0: grade 2 over a negative (score 1 vs 0) and over one of the user's 3 grade-1 items
+    # (1 vs 0.5), which stands for all 3; row 1: grade 1, no lower-graded item (count 0).
     pos, neg = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0])
-    lower_score, lower_grade = torch.tensor([0.5, 9.0]), torch.tensor([1, 1])
-    loss = graded_bpr_loss(pos, neg, torch.tensor([2, 1]), None, lower_score, lower_grade, within_user_weight=0.5)
+    lower_score, lower_grade, lower_count = torch.tensor([0.5, 9.0]), torch.tensor([1, 1]), torch.tensor([3, 0])
+    loss = graded_bpr_loss(pos, neg, torch.tensor([2, 1]), None, lower_score, lower_grade, lower_count, 0.5)
     ls = lambda x: math.log(1 / (1 + math.exp(-x)))  # noqa: E731
     scale = (3 + 1) / 2  # mean gain of the negative pairs
     negatives = -(3 * ls(1.0) + 1 * ls(2.0)) / 2
-    within = -(0.5 * (3 - 1) * ls(0.5) + 0) / 2
+    within = -(0.5 * (3 - 1) * 3 * ls(0.5) + 0) / 2
     assert math.isclose(loss.item(), (negatives + within) / scale, rel_tol=1e-6)
     # weight 0 is the positive-vs-negative objective alone
     alone = graded_bpr_loss(pos, neg, torch.tensor([2, 1]))
-    assert graded_bpr_loss(pos, neg, torch.tensor([2, 1]), None, lower_score, lower_grade, 0.0) == alone
+    assert graded_bpr_loss(pos, neg, torch.tensor([2, 1]), None, lower_score, lower_grade, lower_count, 0.0) == alone
 
 
-def test_lower_grade_sampler_draws_only_the_same_users_lower_graded_items_uniformly():
-    # user 1: items 10 (grade 1), 11 (grade 1), 12 (grade 2); user 2: item 20 (grade 2) only
-    users = torch.tensor([1, 2, 1, 1])
-    items = torch.tensor([12, 20, 10, 11])
-    grades = torch.tensor([2, 2, 1, 1])
-    sampler = LowerGradeSampler(users, items, grades, n_users=3)
+def test_within_user_pairs_drawn_by_the_sampler_sum_in_expectation_to_every_pair_of_different_grades():
+    # Three users, ratings graded with thresholds [3, 5] (grades 1, 2, 3; gains 1, 3, 7):
+    # user 1: items 1 (rating 5, grade 3), 2 (4, grade 2), 3 (2, grade 1), 4 (1, grade 1);
+    # user 2: items 5 (3, grade 2), 6 (1, grade 1); user 3: item 7 (4, grade 2) alone.
+    users = torch.tensor([1, 1, 1, 1, 2, 2, 3])
+    items = torch.tensor([1, 2, 3, 4, 5, 6, 7])
+    grades = grade_labels(torch.tensor([5.0, 4.0, 2.0, 1.0, 3.0, 1.0, 4.0]), [3, 5])
+    scores = torch.zeros(4, 8)
+    scores[1, 1:5] = torch.tensor([2.0, 1.0, 0.5, -1.0])
+    scores[2, 5:7] = torch.tensor([0.3, 0.8])
+    scores[3, 7] = 1.0
+    ls = lambda x: math.log(1 / (1 + math.exp(-x)))  # noqa: E731
+    # Every ordered pair of different grades of a user, by hand: (gain difference, score difference)
+    pairs = [(7 - 3, 1.0), (7 - 1, 1.5), (7 - 1, 3.0), (3 - 1, 0.5), (3 - 1, 2.0), (3 - 1, -0.5)]
+    full_sum = sum(-weight * ls(gap) for weight, gap in pairs)
+
+    sampler = LowerGradeSampler(users, items, grades, n_users=4)
     torch.manual_seed(0)
-    drawn, drawn_grade = sampler(torch.tensor([1] * 4000), torch.tensor([2] * 4000))
-    assert set(drawn.tolist()) == {10, 11} and drawn_grade.eq(1).all()
-    assert abs((drawn == 10).float().mean().item() - 0.5) < 0.03
-    # a grade-1 row of user 1 and a grade-2 row of user 2 have no lower-graded item: item 0, own grade
-    none, none_grade = sampler(torch.tensor([1, 2, 0]), torch.tensor([1, 2, 1]))
-    assert none.tolist() == [0, 0, 0] and none_grade.tolist() == [1, 2, 1]
+    draws = 4000
+    rows = users.repeat(draws)
+    lower, lower_grade, lower_count = sampler(rows, grades.repeat(draws))
+    assert lower_count[:7].tolist() == [3, 2, 0, 0, 1, 0, 0]  # items of a lower grade, per row
+    pos = scores[rows, items.repeat(draws)]
+    no_negative_pair = pos  # a negative scored as the positive: its pair is the same log 2 in both losses
+    with_within, without = (
+        graded_bpr_loss(pos, no_negative_pair, grades.repeat(draws), None, scores[rows, lower], lower_grade,
+                        lower_count, within_user_weight)
+        for within_user_weight in (1.0, 0.0)
+    )
+    scale = grades.repeat(draws).float().exp2().sub(1).mean().item()
+    # The loss is a mean over rows, divided by the negative pairs' mean gain: undo both, per draw.
+    within_per_draw = (with_within - without).item() * scale * len(rows) / draws
+    assert math.isclose(within_per_draw, full_sum, rel_tol=0.03)
 
 
 def test_info_nce_and_fake_masks_of_stacked_problems_equal_each_problem_solved_alone():
     torch.manual_seed(0)
     anchors, positives = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
-    references = torch.randn(3, 6, 4)
-    references[1, 4] = references[1, 2]  # a fake negative in the second problem only
-    masks = fake_negative_mask(references, 0.99)
+    keys = torch.arange(18).view(3, 6)
+    keys[1, 4] = keys[1, 2]  # a fake negative in the second problem only
+    masks = fake_negative_mask(keys)
     assert masks.shape == (3, 6, 6) and masks[1, 2, 4] and masks[1, 4, 2] and masks.sum() == 2
     for problem in range(3):
-        assert torch.equal(masks[problem], fake_negative_mask(references[problem], 0.99))
+        assert torch.equal(masks[problem], fake_negative_mask(keys[problem]))
     stacked = info_nce(anchors, positives, 0.2, masks)
     alone = torch.stack([info_nce(anchors[i], positives[i], 0.2, masks[i]) for i in range(3)])
     assert stacked.shape == (3,)

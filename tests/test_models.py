@@ -152,7 +152,7 @@ def test_within_user_sampler_holds_the_training_split_only(tiny):
     assert sorted(sampler.items.tolist()) == sorted(train["item_id"].tolist())
     # every drawn item is one of the user's training items rated below 3 (grade 1)
     users = train["user_id"][train["rating"] >= 3]
-    items, grades = sampler(users, torch.full_like(users, 2))
+    items, grades, _ = sampler(users, torch.full_like(users, 2))
     low = {(int(u), int(i)) for u, i, r in zip(train["user_id"], train["item_id"], train["rating"]) if r < 3}
     assert all((int(u), int(i)) in low for u, i, g in zip(users, items, grades) if g == 1)
     assert all(i == 0 for i, g in zip(items.tolist(), grades.tolist()) if g == 2)

@@ -94,7 +94,7 @@ class EndoDecouple(FeatureTowerRecommender):
     def calculate_loss(self, interaction):
         user_repr, user_terms = self.auxiliary("user", interaction[self.USER_ID])
         grades = self.grades(interaction)
-        items, lower_grades = self.ranked_items(interaction, grades)
+        items, lower = self.ranked_items(interaction, grades)
         count = len(grades)  # the positives come first; the auxiliary terms cover them only
         item_repr, item_terms = self.auxiliary("item", items[:count], items[count:])
         if self.sample_weight == "endo":
@@ -102,7 +102,7 @@ class EndoDecouple(FeatureTowerRecommender):
             weight = batch_normalised(torch.exp(-self.endo_eta * item_cos))
         else:
             weight = self.pair_weight(interaction)
-        rank = self.ranking_loss(user_repr, item_repr, grades, lower_grades, weight)
+        rank = self.ranking_loss(user_repr, item_repr, grades, lower, weight)
         terms = {entity: terms for entity, terms in (("user", user_terms), ("item", item_terms)) if terms}
         total, self.loss_components = self.decoupling.total(rank, terms)
         return total

@@ -24,10 +24,12 @@ class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
     RecBole-sampled negative and, when ``within_user_weight`` > 0, with one observed training item
     of the same user and a lower grade, drawn uniformly (:class:`LowerGradeSampler`); a pair
     weighs its gain difference (2^grade − 1), a within-user pair ``within_user_weight`` times it
-    (:func:`graded_bpr_loss`). ``grade_thresholds: []`` gives every positive grade 1 (plain BPR);
-    non-empty thresholds need the rating field (``RATING_FIELD``) loaded from the .inter file, or
-    the model refuses to build. ``sample_weight: ipw`` multiplies each pair by
-    the classic inverse propensity ``popularity(item)^-ipw_eta``, normalised to mean 1 in the batch.
+    and times the number of lower-graded items it was drawn from, so that in expectation every
+    within-user pair counts once (:func:`graded_bpr_loss`). ``grade_thresholds: []`` gives every
+    positive grade 1 (plain BPR); non-empty thresholds need the rating field (``RATING_FIELD``)
+    loaded from the .inter file, or the model refuses to build. ``sample_weight: ipw`` multiplies
+    each pair by the classic inverse propensity ``popularity(item)^-ipw_eta``, normalised to mean 1
+    in the batch.
     """
 
     input_type = InputType.PAIRWISE
@@ -99,22 +101,23 @@ class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
         return batch_normalised(self.item_popularity[interaction[self.ITEM_ID]] ** -self.ipw_eta)
 
     def ranked_items(self, interaction, grades):
-        """``(item ids, lower grades)``: the batch's positives, their sampled negatives and, with
+        """``(item ids, lower)``: the batch's positives, their sampled negatives and, with
         ``within_user_weight``, one training item of the same user and a lower grade per row
-        (:class:`LowerGradeSampler`), concatenated in that order; the lower items' grades, or None."""
+        (:class:`LowerGradeSampler`), concatenated in that order; ``lower``, the drawn items'
+        ``(grades, counts)``, or None."""
         items = [interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]]
         if not self.within_user_weight:
             return torch.cat(items), None
-        lower, lower_grades = self.lower_grade_sampler(interaction[self.USER_ID], grades)
-        return torch.cat(items + [lower]), lower_grades
+        drawn, *lower = self.lower_grade_sampler(interaction[self.USER_ID], grades)
+        return torch.cat(items + [drawn]), lower
 
-    def ranking_loss(self, user_repr, item_repr, grades, lower_grades=None, sample_weight=None):
-        """Graded BPR of the batch; ``item_repr``: the representations of :meth:`ranked_items`."""
+    def ranking_loss(self, user_repr, item_repr, grades, lower=None, sample_weight=None):
+        """Graded BPR of the batch; ``item_repr`` and ``lower``: the representations and the
+        lower-graded items' ``(grades, counts)`` of :meth:`ranked_items`."""
         pos_score, neg_score, *lower_score = ((user_repr * part).sum(-1) for part in item_repr.split(len(user_repr)))
-        lower_score = lower_score[0] if lower_score else None
-        return graded_bpr_loss(
-            pos_score, neg_score, grades, sample_weight, lower_score, lower_grades, self.within_user_weight
-        )
+        if lower is None:
+            return graded_bpr_loss(pos_score, neg_score, grades, sample_weight)
+        return graded_bpr_loss(pos_score, neg_score, grades, sample_weight, *lower_score, *lower, self.within_user_weight)
 
     def distinct(self, ids):
         """``(distinct ids, where each of ids is among them)``, or ``(ids, None)`` when the model
@@ -133,9 +136,9 @@ class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
     def calculate_loss(self, interaction):
         (user_repr,) = self.tower_rows("user", interaction[self.USER_ID])
         grades = self.grades(interaction)
-        items, lower_grades = self.ranked_items(interaction, grades)
+        items, lower = self.ranked_items(interaction, grades)
         (item_repr,) = self.tower_rows("item", items)
-        loss = self.ranking_loss(user_repr, item_repr, grades, lower_grades, self.pair_weight(interaction))
+        loss = self.ranking_loss(user_repr, item_repr, grades, lower, self.pair_weight(interaction))
         # Detached tensors, not floats: .item() would wait for the device once per component.
         self.loss_components = {"rank": loss.detach()}
         return loss

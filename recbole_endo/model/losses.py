@@ -20,15 +20,13 @@ def orthogonal_component(a, s):
     return F.normalize(a - (a * s).sum(-1, keepdim=True) * s, dim=-1)
 
 
-def fake_negative_mask(reference, threshold):
-    """``[..., batch, batch]`` True where an in-batch negative is a fake one: another row whose
-    reference representation has cosine > ``threshold`` with the anchor's (the same side value,
-    or the same atom repeated in the batch). The diagonal (the positive) is never masked.
-    Leading dimensions of ``reference`` (``[..., batch, dim]``) are independent problems."""
-    reference = F.normalize(reference.detach(), dim=-1)
-    rows = reference.shape[-2]
-    diagonal = torch.eye(rows, dtype=torch.bool, device=reference.device)
-    return (reference @ reference.transpose(-1, -2) > threshold) & ~diagonal
+def fake_negative_mask(keys):
+    """``[..., batch, batch]`` True where an in-batch negative is a fake one: another row with the
+    anchor's key (``keys`` ``[..., batch]``: the same entity repeated in the batch, or the same
+    side value). The diagonal (the positive) is never masked. Leading dimensions are independent
+    problems."""
+    diagonal = torch.eye(keys.shape[-1], dtype=torch.bool, device=keys.device)
+    return (keys.unsqueeze(-1) == keys.unsqueeze(-2)) & ~diagonal
 
 
 def info_nce(anchor, positive, temperature, mask=None):
@@ -70,23 +68,26 @@ def gain(grade):
 
 
 def graded_bpr_loss(pos_score, neg_score, pos_grade, sample_weight=None, lower_score=None, lower_grade=None,
-                    within_user_weight=0.0):
+                    lower_count=None, within_user_weight=0.0):
     r"""BPR over every ordered pair of different grades that a batch row offers, each pair weighted
     by its gain difference (:func:`gain`) times its sample weight.
 
     Row ``i`` is a positive of grade ``pos_grade[i]``: its pair with a sampled negative weighs
-    :math:`(2^{g^+} - 1) - 0`; with ``lower_score`` and ``lower_grade`` it has a second pair, with
-    an observed item of the same user and a lower grade, weighing
-    ``within_user_weight`` :math:`\cdot ((2^{g^+} - 1) - (2^{g^-} - 1))` (a row without such an item
-    gives ``lower_grade == pos_grade``: weight 0). Every weight is divided by the mean weight of
-    the row's negative pairs, so the loss stays on BPR's scale and ``within_user_weight: 0`` is the
-    positive-vs-negative objective alone. All grades equal and no within-user pair → plain BPR."""
+    :math:`(2^{g^+} - 1) - 0`. With ``lower_score``, ``lower_grade`` and ``lower_count`` it stands
+    too for its pairs with every observed item of the same user and a lower grade, of which it
+    holds one drawn uniformly among ``lower_count[i]``: that pair weighs
+    ``within_user_weight`` :math:`\cdot ((2^{g^+} - 1) - (2^{g^-} - 1))` times ``lower_count[i]``,
+    so that its expectation over the draw is the sum over all of them, as the objective counts
+    every pair (a row without such an item has ``lower_count == 0``: weight 0). Every weight is
+    divided by the batch's mean weight of the negative pairs, so the loss stays on BPR's scale
+    and ``within_user_weight: 0`` is the positive-vs-negative objective alone. All grades equal
+    and no within-user pair → plain BPR."""
     sample_weight = torch.ones_like(pos_score) if sample_weight is None else sample_weight
     weight = gain(pos_grade) * sample_weight
     scale = weight.mean()
     loss = -(weight * F.logsigmoid(pos_score - neg_score)).mean()
     if within_user_weight:
-        within = within_user_weight * (gain(pos_grade) - gain(lower_grade)) * sample_weight
+        within = within_user_weight * (gain(pos_grade) - gain(lower_grade)) * lower_count * sample_weight
         loss = loss - (within * F.logsigmoid(pos_score - lower_score)).mean()
     return loss / scale
 
@@ -114,15 +115,16 @@ class LowerGradeSampler(nn.Module):
         self.register_buffer("grades", grades, persistent=False)
 
     def forward(self, users, grades):
-        """``(items, their grades)`` for each row; a row whose user has no lower-graded item gets
-        item 0 (RecBole's padding item) and its own grade, so its pair weighs 0."""
+        """``(items, their grades, counts)`` for each row: the drawn item, its grade and how many
+        items it was drawn from (the user's items of a lower grade); a row whose user has none
+        gets item 0 (RecBole's padding item), its own grade and count 0."""
         grades = grades.clamp(max=self.lower_counts.shape[1] - 1)
         lower = self.lower_counts[users, grades]
         found = lower > 0
         offset = (torch.rand(len(users), device=users.device) * lower).long().clamp(max=lower - 1).clamp(min=0)
         position = torch.where(found, self.starts[users] + offset, 0)
         items = torch.where(found, self.items[position], 0)
-        return items, torch.where(found, self.grades[position], grades)
+        return items, torch.where(found, self.grades[position], grades), lower
 
 
 def batch_normalised(weight):
