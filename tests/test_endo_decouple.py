@@ -283,3 +283,14 @@ def test_atom_ssl_reaches_the_side_branch_only_when_its_side_gradient_is_on(tiny
     gradients = torch.autograd.grad(loss, side + atom, allow_unused=True)
     reached = [any(g is not None and g.abs().sum() > 0 for g in part) for part in (gradients[: len(side)], gradients[len(side):])]
     assert reached == [side_gradient, True]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shared_projection_heads_are_one_module_whose_parameters_train_once(tiny, shared):
+    tiny["config_dict"]["share_projection_heads"] = shared
+    _, model, _, _ = _build(Config(model="EndoDecouple", **tiny))
+    heads = model.towers["item"].heads
+    assert (heads["side"] is heads["atom"]) == shared
+    # mlp_hidden_size [16, 8], projection 64: a head is Linear(8, 8) and Linear(8, 64)
+    head_size = (8 * 8 + 8) + (8 * 64 + 64)
+    assert sum(p.numel() for p in heads.parameters()) == head_size * (1 if shared else 2)

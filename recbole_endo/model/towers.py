@@ -336,7 +336,8 @@ RANK_SCALE_INIT = 2.0
 
 class EndoTower(SplitTower):
     """A split tower with the design's self-supervised parts: two stochastic views of a group's field
-    embeddings, and one projection head per SSL task (side, atom), not shared.
+    embeddings, and one projection head per SSL task (side, atom), not shared
+    (``share_projection_heads: True``: one head for both, the ablation of the design log's v2).
 
     Views (``ssl_views``): ``dropout``, each view an independent dropout of the embeddings;
     ``fields``, each row's fields split at random into two complementary non-empty sets, one per
@@ -370,7 +371,10 @@ class EndoTower(SplitTower):
         self.view_dropout = nn.Dropout(config["ssl_dropout"])
         self.field_views = config["ssl_views"] == "fields"
         size = config["mlp_hidden_size"][-1]
-        self.heads = nn.ModuleDict({group: mlp([size, size, config["projection_size"]]) for group in FIELD_GROUPS})
+        heads = [mlp([size, size, config["projection_size"]]) for _ in FIELD_GROUPS]
+        if config["share_projection_heads"]:  # the design log's first version, before its v2 fix
+            heads = [heads[0]] * len(FIELD_GROUPS)
+        self.heads = nn.ModuleDict(dict(zip(FIELD_GROUPS, heads)))
         table = dataset.get_user_feature() if entity == "user" else dataset.get_item_feature()
         for group in FIELD_GROUPS:
             values = torch.cat([table[field].double().reshape(len(table), -1) for field in fields[group]], dim=1)
