@@ -67,7 +67,8 @@ def plugin_property_files(model, model_class, dataset, tuned_path=None):
 
 
 def layer_plugin_properties(config, model, model_class, dataset):
-    """Layer the plugin's files over RecBole's; ``config.tuned_file`` is the tuned file layered, or None."""
+    """Layer the plugin's files over RecBole's (and :func:`sample_bpr_negatives`); ``config.tuned_file``
+    is the tuned file layered, or None."""
     tuned = config.external_config_dict.get("tuned", True)
     if isinstance(tuned, str):
         if not os.path.isdir(tuned):
@@ -88,6 +89,28 @@ def layer_plugin_properties(config, model, model_class, dataset):
             config.parameters["Dataset"] += [
                 key for key in config_dict if key not in config.parameters["Dataset"]
             ]
+    sample_bpr_negatives(config, model_class)
+
+
+def sample_bpr_negatives(config, model_class):
+    """A model that ranks a BPR target against RecBole's sampled negative (the plugin's SASRecs, whose
+    files turn the sampler off for their default CE, as RecBole requires) gets RecBole's default
+    sampler with ``loss_type`` BPR; options that turn it off themselves are refused here, before
+    data loading, rather than by a KeyError on the negatives the batches lack."""
+    options = {**config.internal_config_dict, **config.external_config_dict}
+    if not getattr(model_class, "bpr_reads_sampled_negative", False) or options.get("loss_type") != "BPR":
+        return
+    sampler = options.get("train_neg_sample_args")
+    if not (sampler in (None, "None") or isinstance(sampler, dict) and sampler.get("distribution") in (None, "None")):
+        return
+    if "train_neg_sample_args" in config.external_config_dict:
+        raise ValueError(
+            "config option 'loss_type' BPR ranks each target against a sampled negative item, but "
+            f"'train_neg_sample_args' is {sampler!r}, which samples none: leave the option out (BPR then "
+            "samples RecBole's default, one uniform negative), give a distribution ({distribution: "
+            "uniform, sample_num: 1}), or train with loss_type CE"
+        )
+    config.internal_config_dict["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
 
 
 def options_from_args(args):

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from recbole.config import Config as RecBoleConfig
 from recbole.data.interaction import Interaction
 
 from recbole_endo import Config, EndoSASRec, SplitSASRec, get_trainer
@@ -51,12 +52,23 @@ def test_asking_for_sampled_negatives_with_ce_is_refused_as_recbole_refuses_it(t
 
 
 @pytest.mark.parametrize("name", SEQUENTIAL_MODELS)
+@pytest.mark.parametrize("config_class", [Config, RecBoleConfig])
+def test_bpr_samples_recboles_default_negative_and_is_refused_without_a_sampler(name, config_class, seq_tiny):
+    # The model's file turns the sampler off for its default CE: BPR alone must turn it back on.
+    seq_tiny["config_dict"]["loss_type"] = "BPR"
+    sampler = config_class(model=name, **seq_tiny)["train_neg_sample_args"]
+    assert (sampler["distribution"], sampler["sample_num"]) == ("uniform", 1)
+    for no_sampler in (None, {"distribution": None}):
+        seq_tiny["config_dict"]["train_neg_sample_args"] = no_sampler
+        with pytest.raises(ValueError, match=r"'loss_type' BPR ranks .* but 'train_neg_sample_args' is"):
+            config_class(model=name, **seq_tiny)
+
+
+@pytest.mark.parametrize("name", SEQUENTIAL_MODELS)
 @pytest.mark.parametrize("loss_type", ["CE", "BPR"])
 def test_two_epochs_train_with_every_loss_component_finite(name, loss_type, seq_tiny):
-    options = {"loss_type": loss_type}
-    if loss_type == "BPR":
-        options["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
-    model, trainer, (train_data, valid_data, test_data) = built(name, seq_tiny, **options)
+    # Only the loss type is given: BPR samples its negatives as RecBole does by default.
+    model, trainer, (train_data, valid_data, test_data) = built(name, seq_tiny, loss_type=loss_type)
     trainer.fit(train_data, valid_data)
     components = trainer.loss_component_history[1]
     expected = {"rank"}

@@ -36,8 +36,8 @@ class SplitSASRec(EvaluationCache, SASRec):
     whatever they hold); the sequence representation is the encoder's output at the last step, and
     an item's score its dot product with the item's tower output. ``loss_type`` as SASRec's: ``CE`` over all items (each
     training step runs the tower over every item, as SASRec's softmax reads every item
-    embedding), or ``BPR`` against RecBole's sampled negative (the tower runs over the batch's
-    distinct items).
+    embedding), or ``BPR`` against RecBole's sampled negative (``train_neg_sample_args``; the tower
+    runs over the batch's distinct items).
 
     Hyper-parameters: SASRec's (``n_layers``, ``n_heads``, ``hidden_size``, ``inner_size``,
     ``hidden_dropout_prob``, ``attn_dropout_prob``, ``hidden_act``, ``layer_norm_eps``,
@@ -55,6 +55,8 @@ class SplitSASRec(EvaluationCache, SASRec):
     """
 
     tower_class = SplitTower
+    # BPR ranks each target against RecBole's sampled negative: config.sample_bpr_negatives sees to one.
+    bpr_reads_sampled_negative = True
     # The tower looks item features up by id: RecBole need not join them into batches (fast_path.py).
     reads_joined_features = False
 
