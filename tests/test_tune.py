@@ -2,6 +2,7 @@
 never read during a search, search spaces checked. No timing is asserted."""
 
 import logging
+import re
 
 import optuna
 import pytest
@@ -9,9 +10,16 @@ import sqlalchemy
 import yaml
 
 from recbole_endo import Config, config as config_module, quick_start
+from recbole_endo.config import properties_folder
 from recbole_endo.experiments import tune as tune_module
-from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.experiments.tune import main, read_search_space, tune
+
+
+@pytest.fixture(autouse=True)
+def clean_checkout(monkeypatch):
+    """The tuner refuses a checkout with uncommitted changes: the tests tune as at a clean commit,
+    whatever state the checkout that runs them is in."""
+    monkeypatch.setattr(tune_module, "git_commit", lambda: "abc1234")
 
 
 def write_space(path, text="learning_rate: {low: 0.001, high: 0.05, log: true}\nembedding_size: {choices: [4, 8]}\n"):
@@ -41,8 +49,8 @@ def test_an_interrupted_search_resumes_and_writes_the_best_trial_as_the_tuned_fi
     assert f"trial {best.number}" in tuned_text and "best of 3 trials" in tuned_text
     assert f"in runs given --tuned={tmp_path / 'tuned'}." in tuned_text
     # each trial records the commit it ran at, and the tuned file names the best trial's
-    assert all(trial.user_attrs["commit"] == (git_commit() or "unknown") for trial in study.trials)
-    assert f"best trial run at commit {best.user_attrs['commit']}:" in tuned_text
+    assert all(trial.user_attrs["commit"] == "abc1234" for trial in study.trials)
+    assert tuned_text.startswith("# Written by python -m recbole_endo.experiments.tune; best trial run at commit abc1234:")
     assert yaml.safe_load(tuned_text) == best.params
     summary = (tmp_path / "tune" / "TwoTowerSplit-tiny.md").read_text()
     assert "3 complete or pruned trial(s) of 3 asked" in summary
@@ -169,6 +177,33 @@ def test_an_option_fixed_on_the_command_line_is_taken_out_of_the_space(tiny, tmp
     with pytest.raises(SystemExit):
         main([*command, "--trials=1", "--learning_rate=0.01", "--embedding_size=4"])
     assert "every option of the search space is fixed" in capsys.readouterr().err
+
+
+def test_a_dirty_checkout_is_refused_unless_allowed_and_then_recorded(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tune_module, "git_commit", lambda: "abc1234-dirty")
+    monkeypatch.setattr(tune_module, "train_on_validation", lambda *args: 0.1)
+    command = [
+        "--model=TwoTowerSplit", "--dataset=tiny", f"--search_space={write_space(tmp_path / 'space.yaml')}",
+        f"--output_dir={tmp_path / 'tune'}", f"--config_files={tiny['config_file_list'][0]}",
+        f"--data_path={tiny['config_dict']['data_path']}", "--trials=1", f"--tuned_dir={tmp_path / 'tuned'}",
+    ]
+    with pytest.raises(SystemExit):
+        main(command)
+    error = capsys.readouterr().err
+    assert "uncommitted changes at commit abc1234" in error and "pass --allow_dirty" in error
+    assert not (tmp_path / "tune").exists()  # no study, no trial
+    main([*command, "--allow_dirty"])
+    study = optuna.load_study(study_name="TwoTowerSplit-tiny", storage=f"sqlite:///{tmp_path / 'tune' / 'tune.db'}")
+    assert study.trials[0].user_attrs["commit"] == "abc1234-dirty"
+    assert "best trial run at commit abc1234-dirty:" in (tmp_path / "tuned" / "TwoTowerSplit.yaml").read_text()
+
+
+def test_every_shipped_tuned_file_names_the_tuner_as_it_is_run():
+    files = sorted((properties_folder() / "tuned").glob("*/*.yaml"))
+    assert files
+    for path in files:
+        header = path.read_text().splitlines()[0]
+        assert re.match(r"# Written by python -m ([\w.]+)", header)[1] == tune_module.__name__, path
 
 
 def test_recbole_hyper_tuning_runs_the_objective_function(tiny, tmp_path):

@@ -34,6 +34,11 @@ later run of that model on that dataset layers after the dataset file (``--tuned
 A protocol tuned apart from the dataset's standard one (a sequential or cold-start split of it)
 keeps its own files: ``--tuned_dir=FOLDER`` writes ``FOLDER/<Model>.yaml``, and runs given
 ``--tuned=FOLDER`` read them.
+
+Provenance: each trial records the commit of the plugin's checkout it ran at, and the tuned file
+names the best trial's. A checkout with uncommitted changes to tracked files is refused before
+the study opens, since no commit holds the code its trials would run; ``--allow_dirty`` tunes
+anyway, and the trials and the tuned file then say ``<commit>-dirty``.
 """
 
 import argparse
@@ -249,10 +254,17 @@ def write_tuned(path, study, model, dataset, params, metric, tuned_dir=None):
 
 
 def tune(model, dataset, trials, output_dir, storage=None, study_name=None, search_space=None,
-         config_file_list=None, config_dict=None, seed=0, tuned_dir=None, log=print):
+         config_file_list=None, config_dict=None, seed=0, tuned_dir=None, allow_dirty=False, log=print):
     """Run (or continue) the study until it holds ``trials`` complete or pruned trials; write the
     summary and the tuned file (in ``tuned_dir``, by default ``properties/tuned/<dataset>/``).
-    Returns the study."""
+    A checkout with uncommitted changes is refused unless ``allow_dirty``. Returns the study."""
+    commit = git_commit() or "unknown"  # a study may be resumed at another commit: each trial records its own
+    if commit.endswith("-dirty") and not allow_dirty:
+        raise ValueError(
+            f"the plugin's checkout has uncommitted changes at commit {commit[:-len('-dirty')]}: a tuned file "
+            "names the commit its trials ran at, and none holds this code. Commit the changes, or pass "
+            f"--allow_dirty to tune anyway (the trials and the tuned file then record {commit})"
+        )
     config_dict = dict(config_dict or {})
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict={**config_dict, "tuned": False})
     space = read_search_space(search_space or str(search_space_file(model)), config)
@@ -274,8 +286,6 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
         f"{direction} validation {metric}" + (f"; fixed, not searched: {', '.join(fixed)}" if fixed else ""), flush=True)
     if remaining > 0:
         started = time.perf_counter()
-
-        commit = git_commit() or "unknown"  # a study may be resumed at another commit: each trial records its own
 
         def objective(trial):
             trial.set_user_attr("commit", commit)
@@ -323,6 +333,10 @@ def main(argv=None):
         "--tuned_dir", default=None,
         help="folder of the tuned file (default: properties/tuned/<dataset>); runs read it with --tuned=FOLDER",
     )
+    parser.add_argument(
+        "--allow_dirty", action="store_true",
+        help="tune in a checkout with uncommitted changes; the trials and the tuned file record <commit>-dirty",
+    )
     args, config_args = parser.parse_known_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: they go in config_dict
     if args.trials < 1:
@@ -333,6 +347,7 @@ def main(argv=None):
             storage=args.storage, study_name=args.study_name, search_space=args.search_space,
             config_file_list=args.config_files.split() if args.config_files else None,
             config_dict=options_from_args(config_args), seed=args.sampler_seed, tuned_dir=args.tuned_dir,
+            allow_dirty=args.allow_dirty,
         )
     except ValueError as error:
         parser.error(str(error))
