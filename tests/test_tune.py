@@ -1,8 +1,11 @@
 """The tuner on the tiny data: resumable studies, tuned files the runner layers, the test split
 never read during a search, search spaces checked. No timing is asserted."""
 
+import importlib.util
 import logging
 import re
+import shutil
+import subprocess
 
 import optuna
 import pytest
@@ -11,7 +14,7 @@ import yaml
 
 from recbole_endo import Config, config as config_module, quick_start
 from recbole_endo.config import properties_folder
-from recbole_endo.experiments import tune as tune_module
+from recbole_endo.experiments import provenance, tune as tune_module
 from recbole_endo.experiments.tune import main, read_search_space, tune
 
 
@@ -242,3 +245,26 @@ def test_a_process_that_loses_the_race_to_create_a_new_database_opens_the_study(
     study = tune_module.open_study("BPR-tiny", url, "maximize", seed=0)
     assert calls == [url, url]
     assert study.study_name == "BPR-tiny" and optuna.load_study(study_name="BPR-tiny", storage=url).direction.name == "MAXIMIZE"
+
+
+def test_a_commit_is_dirty_for_changed_code_not_for_what_runs_write(tmp_path):
+    """The tuner writes its study database and summaries into the tracked results/ folder: that
+    must not mark the next study's commit dirty, but a changed source file must."""
+    package = tmp_path / "recbole_endo"
+    package.mkdir()
+    shutil.copy(provenance.__file__, package / "provenance.py")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "tune.db").write_text("study 1")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    spec = importlib.util.spec_from_file_location("copied_provenance", package / "provenance.py")
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "results" / "tune.db").write_text("study 1, study 2")
+    assert copied.git_commit() == commit
+    with open(package / "provenance.py", "a") as file:
+        file.write("# changed\n")
+    assert copied.git_commit() == f"{commit}-dirty"

@@ -8,17 +8,25 @@ import subprocess
 import recbole
 import torch
 
+# Folders of the checkout that runs write into: a change there leaves the computation as committed.
+OUTPUT_FOLDERS = ("results", "docs")
+
 
 def git_commit():
     """The commit of the plugin's source checkout that runs (with ``-dirty`` for uncommitted
-    changes to tracked files), or None when it is not a git checkout."""
+    changes to tracked files outside ``results/`` and ``docs/``), or None when it is not a git
+    checkout. Those two folders hold what runs write (the tuner's tracked study database, tuned
+    summaries, tables), not what they compute: counting them marked every study after a
+    session's first one dirty."""
     source = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=source, capture_output=True, text=True, check=True
         ).stdout.strip()
+        outputs = [f":(top,exclude){folder}" for folder in OUTPUT_FOLDERS]
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *outputs],
+            cwd=source, capture_output=True, text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
