@@ -30,11 +30,11 @@ def write_space(path, text="learning_rate: {low: 0.001, high: 0.05, log: true}\n
     return str(path)
 
 
-def tiny_search(tiny, tmp_path, trials, **kwargs):
+def tiny_search(tiny, tmp_path, trials, log=lambda *args, **kwargs: None, **kwargs):
     return tune(
         "TwoTowerSplit", tiny["dataset"], trials, str(tmp_path / "tune"), search_space=write_space(tmp_path / "space.yaml"),
         config_file_list=tiny["config_file_list"], config_dict={**tiny["config_dict"], "epochs": 2},
-        tuned_dir=str(tmp_path / "tuned"), log=lambda *args, **kwargs: None, **kwargs,
+        tuned_dir=str(tmp_path / "tuned"), log=log, **kwargs,
     )
 
 
@@ -201,6 +201,97 @@ def test_a_dirty_checkout_is_refused_unless_allowed_and_then_recorded(tiny, tmp_
     assert "best trial run at commit abc1234-dirty:" in (tmp_path / "tuned" / "TwoTowerSplit.yaml").read_text()
 
 
+def fake_training(monkeypatch):
+    """Trials without training: a trial scores its learning rate. Returns the trials trained."""
+    trained = []
+
+    def record(trial, model, dataset, config_file_list, config_dict, params):
+        trained.append(params)
+        return params["learning_rate"]
+
+    monkeypatch.setattr(tune_module, "train_on_validation", record)
+    return trained
+
+
+def tiny_command(tiny, tmp_path, *options):
+    return [
+        "--model=TwoTowerSplit", "--dataset=tiny", f"--search_space={write_space(tmp_path / 'space.yaml')}",
+        f"--config_files={tiny['config_file_list'][0]}", f"--data_path={tiny['config_dict']['data_path']}", *options,
+    ]
+
+
+def snapshot(*folders):
+    """Every file under ``folders``: its path and contents."""
+    return {str(path): path.read_bytes() for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_search_given_an_output_dir_writes_nothing_into_the_repository(tiny, tmp_path, monkeypatch, capsys):
+    fake_training(monkeypatch)
+    repository = properties_folder().parent
+    watched = (properties_folder() / "tuned", repository / "results" / "tune")
+    before = snapshot(*watched)
+    assert any("properties/tuned/" in path for path in before)  # the shipped files are watched
+    main(tiny_command(tiny, tmp_path, f"--output_dir={tmp_path / 'out'}", "--trials=2"))
+    assert snapshot(*watched) == before
+    assert not (properties_folder() / "tuned" / "tiny").exists()
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["TwoTowerSplit-tiny.md", "tune.db", "tuned"]
+    tuned = tmp_path / "out" / "tuned" / "TwoTowerSplit.yaml"
+    assert f"in runs given --tuned={tmp_path / 'out' / 'tuned'}." in tuned.read_text()
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert f"written to {tuned}: runs read it with --tuned={tmp_path / 'out' / 'tuned'}; rerun this command with --promote" in last
+    # a run does not read it unless told to
+    config = Config(model="TwoTowerSplit", **tiny)
+    assert config.tuned_file is None and config["learning_rate"] == 0.001
+    told = Config(model="TwoTowerSplit", **{**tiny, "config_dict": {**tiny["config_dict"], "tuned": str(tuned.parent)}})
+    assert told.tuned_file == str(tuned) and told["learning_rate"] == yaml.safe_load(tuned.read_text())["learning_rate"]
+
+
+def test_the_default_output_dir_is_under_the_working_directory_and_ignored_by_git(tiny, tmp_path, monkeypatch):
+    fake_training(monkeypatch)
+    main(tiny_command(tiny, tmp_path, "--trials=1"))  # the tests run in tmp_path
+    assert (tmp_path / "saved" / "tune" / "tiny" / "tune.db").is_file()
+    assert (tmp_path / "saved" / "tune" / "tiny" / "tuned" / "TwoTowerSplit.yaml").is_file()
+    if shutil.which("git") is None or not (properties_folder().parent / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "-C", str(properties_folder().parent), "check-ignore", "-q", tune_module.default_output_dir("coat") + "/tune.db"]
+    )
+    assert ignored.returncode == 0
+
+
+def test_promote_writes_the_best_trial_to_the_folder_every_run_reads(tiny, tmp_path, monkeypatch, capsys):
+    trained = fake_training(monkeypatch)
+    monkeypatch.setattr(config_module, "default_tuned_folder", lambda dataset: tmp_path / "properties" / dataset)
+    command = tiny_command(tiny, tmp_path, f"--output_dir={tmp_path / 'out'}", "--trials=3")
+    main(command)
+    assert len(trained) == 3 and not (tmp_path / "properties").exists()
+    main([*command, "--promote"])  # the study holds its trials: promoting runs none
+    assert len(trained) == 3
+    promoted = tmp_path / "properties" / "tiny" / "TwoTowerSplit.yaml"
+    kept = tmp_path / "out" / "tuned" / "TwoTowerSplit.yaml"
+    assert yaml.safe_load(promoted.read_text()) == yaml.safe_load(kept.read_text())
+    assert "for TwoTowerSplit on tiny in every run; --tuned=false runs without it" in promoted.read_text()
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        f"written to {promoted}: every run of TwoTowerSplit on tiny now layers it (--tuned=false: not)"
+    )
+    config = Config(model="TwoTowerSplit", **tiny)
+    assert config.tuned_file == str(promoted)
+    with pytest.raises(SystemExit):
+        main([*command, "--promote", f"--tuned_dir={tmp_path / 'other'}"])
+    assert "--promote writes properties/tuned/tiny/" in capsys.readouterr().err
+
+
+def test_the_opening_line_counts_the_trials_the_study_holds(tiny, tmp_path, monkeypatch):
+    fake_training(monkeypatch)
+    lines = []
+    tiny_search(tiny, tmp_path, trials=2, log=lambda line, **kwargs: lines.append(line))
+    # a new study holds no trial: its queued defaults trial is waiting, not done
+    assert "in sqlite:///" in lines[0] and ": 0 complete or pruned trial(s) (and 1 waiting) so far, 2 to run;" in lines[0]
+    lines.clear()
+    tiny_search(tiny, tmp_path, trials=3, log=lambda line, **kwargs: lines.append(line))
+    assert ": 2 complete or pruned trial(s) so far, 1 to run;" in lines[0]
+
+
 def test_every_shipped_tuned_file_names_the_tuner_as_it_is_run():
     files = sorted((properties_folder() / "tuned").glob("*/*.yaml"))
     assert files
@@ -248,13 +339,16 @@ def test_a_process_that_loses_the_race_to_create_a_new_database_opens_the_study(
 
 
 def test_a_commit_is_dirty_for_changed_code_not_for_what_runs_write(tmp_path):
-    """The tuner writes its study database and summaries into the tracked results/ folder: that
-    must not mark the next study's commit dirty, but a changed source file must."""
+    """The tuner continues the project's studies in the tracked results/ folder when told
+    (--output_dir=results/tune/<dataset>): that must not mark the next study's commit dirty, but a
+    changed source file must."""
     package = tmp_path / "recbole_endo"
     package.mkdir()
     shutil.copy(provenance.__file__, package / "provenance.py")
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "tune.db").write_text("study 1")
+    (tmp_path / "properties" / "tuned").mkdir(parents=True)
+    (tmp_path / "properties" / "tuned" / "BPR.yaml").write_text("learning_rate: 0.01")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
@@ -264,6 +358,7 @@ def test_a_commit_is_dirty_for_changed_code_not_for_what_runs_write(tmp_path):
     spec.loader.exec_module(copied)
     commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     (tmp_path / "results" / "tune.db").write_text("study 1, study 2")
+    (tmp_path / "properties" / "tuned" / "BPR.yaml").write_text("learning_rate: 0.02")
     assert copied.git_commit() == commit
     with open(package / "provenance.py", "a") as file:
         file.write("# changed\n")

@@ -9,13 +9,14 @@ import recbole
 import torch
 
 # Folders of the checkout that runs write into: a change there leaves the computation as committed.
-OUTPUT_FOLDERS = ("results", "docs")
+# A tuned file is the tuner's output; a run that layers one records its header (tuned_origin).
+OUTPUT_FOLDERS = ("results", "docs", "properties/tuned")
 
 
 def git_commit():
     """The commit of the plugin's source checkout that runs (with ``-dirty`` for uncommitted
-    changes to tracked files outside ``results/`` and ``docs/``), or None when it is not a git
-    checkout. Those two folders hold what runs write (the tuner's tracked study database, tuned
+    changes to tracked files outside ``OUTPUT_FOLDERS``), or None when it is not a git checkout.
+    Those folders hold what runs write (the tuner's tracked study database and tuned files,
     summaries, tables), not what they compute: counting them marked every study after a
     session's first one dirty."""
     source = os.path.dirname(os.path.abspath(__file__))
