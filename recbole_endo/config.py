@@ -3,7 +3,7 @@
 Layering, lowest to highest precedence: RecBole's properties, the plugin's ``overall.yaml``, for a
 sequential model (RecBole's ``ModelType.SEQUENTIAL``) the plugin's ``sequential.yaml``, the
 plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, the tuned
-``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.experiments.tune`` writes (the
+``tuned/<dataset>/<Model>.yaml`` that ``python -m recbole_endo.experiments.tune --promote`` writes (the
 option ``tuned``: False leaves it out; a folder reads ``<folder>/<Model>.yaml`` instead, for a
 protocol tuned apart, e.g. a sequential or cold-start split of the dataset), then (as in
 RecBole) the user's ``config_file_list``, ``config_dict`` and ``--key=value`` on the command line.
@@ -74,7 +74,8 @@ def layer_plugin_properties(config, model, model_class, dataset):
         if not os.path.isdir(tuned):
             raise ValueError(
                 f"config option 'tuned' names the folder {tuned!r}, which does not exist: give the folder "
-                "python -m recbole_endo.experiments.tune --tuned_dir wrote, or true (properties/tuned/<dataset>/) or false"
+                "python -m recbole_endo.experiments.tune wrote (<output_dir>/tuned, or its --tuned_dir), or true "
+                "(properties/tuned/<dataset>/) or false"
             )
     elif not isinstance(tuned, bool):
         raise ValueError(f"config option 'tuned' must be true, false or a folder of tuned files, got {tuned!r}")

@@ -25,15 +25,22 @@ epoch (after 5 finished trials and 5 validations). A trial whose loss turns non-
 with the reason, and the search goes on.
 
 Study: named ``<Model>-<dataset>`` (``--study_name``), stored at ``sqlite:///<output_dir>/tune.db``
-unless ``--storage`` gives an SQLAlchemy URL. Rerunning the command continues the study until it
-holds ``--trials`` complete or pruned trials; a trial whose process was killed is retried once
-(Optuna's heartbeat). Each finished trial prints one line (number, parameters, validation score,
-best so far, seconds). At the end ``<output_dir>/<study name>.md`` lists every trial, and the
-best trial's parameters are written to ``properties/tuned/<dataset>/<Model>.yaml``, which every
-later run of that model on that dataset layers after the dataset file (``--tuned=false``: not).
-A protocol tuned apart from the dataset's standard one (a sequential or cold-start split of it)
-keeps its own files: ``--tuned_dir=FOLDER`` writes ``FOLDER/<Model>.yaml``, and runs given
-``--tuned=FOLDER`` read them.
+unless ``--storage`` gives an SQLAlchemy URL; ``--output_dir`` is by default
+``saved/tune/<dataset>`` under the working directory (ignored by git, as RecBole's checkpoints in
+``saved/``). Rerunning the command continues the study until it holds ``--trials`` complete or
+pruned trials; a trial whose process was killed is retried once (Optuna's heartbeat). Each
+finished trial prints one line (number, parameters, validation score, best so far, seconds). At
+the end ``<output_dir>/<study name>.md`` lists every trial, and the best trial's parameters are
+written to ``<output_dir>/tuned/<Model>.yaml``, which a run reads only when given
+``--tuned=<output_dir>/tuned``: a search changes no other run. ``--promote`` writes it to
+``properties/tuned/<dataset>/<Model>.yaml`` instead, which every later run of that model on that
+dataset layers after the dataset file (``--tuned=false``: not); rerunning a finished study's
+command with ``--promote`` runs no trial and promotes its best. ``--tuned_dir=FOLDER`` writes
+``FOLDER/<Model>.yaml`` (runs given ``--tuned=FOLDER`` read it), e.g. for a protocol tuned apart
+from the dataset's standard one (a sequential or cold-start split of it). The studies the
+project's tables were tuned with are in ``results/tune/<dataset>/``: ``--output_dir=results/tune/<dataset>``
+(or ``--storage=sqlite:///results/tune/<dataset>/tune.db``) continues one, and with ``--promote``
+updates the shipped tuned file.
 
 Provenance: each trial records the commit of the plugin's checkout it ran at, and the tuned file
 names the best trial's. A checkout with uncommitted changes to tracked files is refused before
@@ -66,6 +73,13 @@ PRUNER_WARMUP_STEPS = 5
 HEARTBEAT_SECONDS = 60
 # The trials that count towards --trials.
 COUNTED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def default_output_dir(dataset):
+    """Where a study's database, summary and tuned file go unless ``--output_dir`` says: under
+    ``saved/`` in the working directory, which git ignores, so that a search writes nothing into
+    the project's tracked files."""
+    return os.path.join("saved", "tune", dataset)
 
 
 def search_space_file(model):
@@ -206,6 +220,18 @@ def counted_trials(study):
     return study.get_trials(deepcopy=False, states=COUNTED_STATES)
 
 
+def holdings(study):
+    """What the study holds, for the line a search opens with: its complete or pruned trials (those
+    that count towards ``--trials``), then any others by state (failed, running in another
+    process, waiting: a new study's queued defaults)."""
+    others = {}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state not in COUNTED_STATES:
+            others[trial.state.name.lower()] = others.get(trial.state.name.lower(), 0) + 1
+    text = f"{len(counted_trials(study))} complete or pruned trial(s)"
+    return text + (f" (and {', '.join(f'{count} {state}' for state, count in others.items())})" if others else "")
+
+
 def progress_line(study, trial):
     """One line per finished trial: number, state, parameters, score, best so far, seconds."""
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -240,7 +266,7 @@ def summary_markdown(study, settings):
 
 def write_tuned(path, study, model, dataset, params, metric, tuned_dir=None):
     """The best trial's ``params`` as the tuned file of ``model`` on ``dataset``, read by the runs
-    given ``--tuned=<tuned_dir>`` (by default, every run)."""
+    given ``--tuned=<tuned_dir>`` (``tuned_dir`` None: the promoted file, read by every run)."""
     best = study.best_trial
     readers = "runs given --tuned=" + tuned_dir if tuned_dir else "every run; --tuned=false runs without it"
     header = (
@@ -254,10 +280,16 @@ def write_tuned(path, study, model, dataset, params, metric, tuned_dir=None):
 
 
 def tune(model, dataset, trials, output_dir, storage=None, study_name=None, search_space=None,
-         config_file_list=None, config_dict=None, seed=0, tuned_dir=None, allow_dirty=False, log=print):
+         config_file_list=None, config_dict=None, seed=0, tuned_dir=None, promote=False, allow_dirty=False, log=print):
     """Run (or continue) the study until it holds ``trials`` complete or pruned trials; write the
-    summary and the tuned file (in ``tuned_dir``, by default ``properties/tuned/<dataset>/``).
-    A checkout with uncommitted changes is refused unless ``allow_dirty``. Returns the study."""
+    summary and the tuned file: in ``tuned_dir`` when given, else with ``promote`` in
+    ``properties/tuned/<dataset>/`` (read by every run), else in ``<output_dir>/tuned/``. A
+    checkout with uncommitted changes is refused unless ``allow_dirty``. Returns the study."""
+    if promote and tuned_dir is not None:
+        raise ValueError(
+            f"--promote writes properties/tuned/{dataset}/, which every run reads, and --tuned_dir names "
+            f"another folder ({tuned_dir}): give one of them"
+        )
     commit = git_commit() or "unknown"  # a study may be resumed at another commit: each trial records its own
     if commit.endswith("-dirty") and not allow_dirty:
         raise ValueError(
@@ -282,7 +314,7 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
         study.enqueue_trial(default_params(space, config))
     metric = config["valid_metric"]
     remaining = trials - len(counted_trials(study))
-    log(f"study '{study_name}' in {storage}: {len(study.trials)} trial(s) so far, {max(remaining, 0)} to run; "
+    log(f"study '{study_name}' in {storage}: {holdings(study)} so far, {max(remaining, 0)} to run; "
         f"{direction} validation {metric}" + (f"; fixed, not searched: {', '.join(fixed)}" if fixed else ""), flush=True)
     if remaining > 0:
         started = time.perf_counter()
@@ -310,10 +342,20 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
     except ValueError:
         log("no trial completed: no tuned file written", flush=True)
         return study
+    if promote:
+        readers = f"every run of {model} on {dataset} now layers it (--tuned=false: not)"
+    elif tuned_dir is not None:
+        readers = f"runs read it with --tuned={tuned_dir}"
+    else:
+        tuned_dir = os.path.join(output_dir, "tuned")
+        readers = (
+            f"runs read it with --tuned={tuned_dir}; rerun this command with --promote to write it to "
+            f"{tuned_file(model, dataset)}, which every run of {model} on {dataset} reads"
+        )
     path = str(tuned_file(model, dataset, tuned_dir))
     params = suggest(optuna.trial.FixedTrial(best.params), space)  # choices decoded as in the trial
     write_tuned(path, study, model, dataset, params, metric, tuned_dir)
-    log(f"best: trial {best.number}, validation {metric} {best.value:.4f}, {params}; written to {path}", flush=True)
+    log(f"best: trial {best.number}, validation {metric} {best.value:.4f}, {params}; written to {path}: {readers}", flush=True)
     return study
 
 
@@ -323,7 +365,10 @@ def main(argv=None):
     parser.add_argument("--model", "-m", required=True, help="the model to tune")
     parser.add_argument("--dataset", "-d", required=True, help="the dataset to tune it on")
     parser.add_argument("--trials", type=int, required=True, help="complete or pruned trials the study should hold")
-    parser.add_argument("--output_dir", default=None, help="where tune.db and the summary go (default: results/tune/<dataset>)")
+    parser.add_argument(
+        "--output_dir", default=None,
+        help="where tune.db, the summary and tuned/<Model>.yaml go (default: saved/tune/<dataset>, ignored by git)",
+    )
     parser.add_argument("--storage", default=None, help="SQLAlchemy URL of the study database (default: sqlite in output_dir)")
     parser.add_argument("--study_name", default=None, help="default: <Model>-<dataset>")
     parser.add_argument("--search_space", default=None, help="default: properties/search/<Model>.yaml")
@@ -331,7 +376,12 @@ def main(argv=None):
     parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
     parser.add_argument(
         "--tuned_dir", default=None,
-        help="folder of the tuned file (default: properties/tuned/<dataset>); runs read it with --tuned=FOLDER",
+        help="folder of the tuned file (default: <output_dir>/tuned); runs read it with --tuned=FOLDER",
+    )
+    parser.add_argument(
+        "--promote", action="store_true",
+        help="write the best trial to properties/tuned/<dataset>/<Model>.yaml, which every run of the model on "
+        "the dataset reads; a finished study's command rerun with it runs no trial",
     )
     parser.add_argument(
         "--allow_dirty", action="store_true",
@@ -343,11 +393,11 @@ def main(argv=None):
         parser.error("--trials must be at least 1")
     try:
         tune(
-            args.model, args.dataset, args.trials, args.output_dir or os.path.join("results", "tune", args.dataset),
+            args.model, args.dataset, args.trials, args.output_dir or default_output_dir(args.dataset),
             storage=args.storage, study_name=args.study_name, search_space=args.search_space,
             config_file_list=args.config_files.split() if args.config_files else None,
             config_dict=options_from_args(config_args), seed=args.sampler_seed, tuned_dir=args.tuned_dir,
-            allow_dirty=args.allow_dirty,
+            promote=args.promote, allow_dirty=args.allow_dirty,
         )
     except ValueError as error:
         parser.error(str(error))
