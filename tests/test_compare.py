@@ -4,7 +4,9 @@ import os
 import pytest
 
 from recbole_endo.experiments import compare as compare_module
-from recbole_endo.experiments.compare import compare, markdown_table, parse_entry, plot_labels, split_entries, summarise
+from recbole_endo.experiments.compare import (
+    compare, markdown_table, panel_labels, parse_entry, plot_labels, split_entries, summarise, summary_figure,
+)
 
 
 def test_entries_split_on_commas_outside_brackets():
@@ -154,6 +156,31 @@ def test_plot_labels_leave_out_the_options_a_models_entries_share_and_shorten_th
         "TwoTowerSplit", "Endo[stage1=0]", "Endo[stage1=0.25;margin=0.5]",
         "BPR[learning_rat" + "…" + "ecay=1.0e-06;embedding_size=32]",  # 16 + 1 + 31 characters
         "Pop", "Pop[x=1]",
+    ]
+
+
+def test_the_validation_score_is_labelled_validation_and_has_no_paired_panel():
+    """A comparison's columns hold each run's best validation score as ``valid <metric>`` beside the
+    test metrics; it has no per-user values, so no paired difference."""
+    metrics = ["valid ndcg@10", "ndcg@10", "exposed:ndcg@10"]
+    table = {"B": {"ndcg@10": {}, "exposed:ndcg@10": {}, "recall@10": {}}}
+    assert panel_labels(metrics, table, "A") == [
+        ("validation ndcg@10 at the best epoch: mean ± std over seeds", None),
+        ("test ndcg@10: mean ± std over seeds", "paired Δ ndcg@10 to A, 95 % interval"),
+        ("test exposed:ndcg@10: mean ± std over seeds", "paired Δ exposed:ndcg@10 to A, 95 % interval"),
+    ]
+    assert panel_labels(metrics) == [
+        ("validation ndcg@10 at the best epoch: mean ± std over seeds", None),
+        ("test ndcg@10: mean ± std over seeds", None),
+        ("test exposed:ndcg@10: mean ± std over seeds", None),
+    ]
+    # the figure uses them: the validation row's paired panel is switched off
+    cell = {"mean": 0.01, "ci_low": 0.0, "ci_high": 0.02}
+    summary = {entry: {"valid ndcg@10": (0.3, 0.01), "ndcg@10": (0.2, 0.01)} for entry in ("A", "B")}
+    axes = summary_figure(summary, ["valid ndcg@10", "ndcg@10"], {"B": {"ndcg@10": cell}}, "A").axes
+    assert [(axis.get_xlabel(), axis.axison) for axis in axes] == [
+        ("validation ndcg@10 at the best epoch: mean ± std over seeds", True), ("", False),
+        ("test ndcg@10: mean ± std over seeds", True), ("paired Δ ndcg@10 to A, 95 % interval", True),
     ]
 
 

@@ -160,10 +160,28 @@ def plot_labels(entries):
     return labels
 
 
+def panel_labels(metrics, table=None, reference=None):
+    """Per plotted metric, the x-axis labels of its row: the mean ± std over seeds (of the test
+    split, or of the validation split for the ``valid <metric>`` column, each run's best
+    validation score) and, with a paired ``table``, the paired difference to ``reference``; None
+    where no entry has paired values of the metric (validation: no per-user values are kept), and
+    that panel is left out."""
+    labels = []
+    for metric in metrics:
+        if metric.startswith("valid "):
+            left = f"validation {metric[len('valid '):]} at the best epoch: mean ± std over seeds"
+        else:
+            left = f"test {metric}: mean ± std over seeds"
+        paired = bool(table) and any(metric in cells for cells in table.values())
+        labels.append((left, f"paired Δ {metric} to {reference}, 95 % interval" if paired else None))
+    return labels
+
+
 def summary_figure(summary, metrics, table=None, reference=None):
-    """``summary.png``: per NDCG metric, each entry's mean ± std over seeds and, with a
-    ``reference``, each other entry's paired difference to it with its 95 % interval, the
-    reference marked (a Figure built without pyplot, as the goal-2 plots)."""
+    """``summary.png``: per NDCG metric (the validation score's among them), each entry's mean ±
+    std over seeds and, with a ``reference``, each other entry's paired difference to it with its
+    95 % interval (test metrics only), the reference marked (a Figure built without pyplot, as the
+    goal-2 plots); :func:`panel_labels` names the axes."""
     from matplotlib.figure import Figure
 
     metrics = ndcg_metrics(metrics) or metrics[:1]
@@ -173,7 +191,7 @@ def summary_figure(summary, metrics, table=None, reference=None):
     figure = Figure(figsize=(6 * columns, 0.45 * len(entries) * len(metrics) + 1.2 * len(metrics)))
     axes = figure.subplots(len(metrics), columns, squeeze=False)
     positions = range(len(entries))
-    for row, metric in enumerate(metrics):
+    for row, (metric, (left_label, right_label)) in enumerate(zip(metrics, panel_labels(metrics, table, reference))):
         cells = [summary[entry][metric] or (float("nan"), 0.0) for entry in entries]
         colours = ["tab:red" if entry == reference else "tab:blue" for entry in entries]
         left = axes[row][0]
@@ -181,9 +199,12 @@ def summary_figure(summary, metrics, table=None, reference=None):
             left.errorbar([mean], [position], xerr=[std], fmt="o", color=colour, capsize=3)
         left.set_yticks(list(positions), labels)
         left.invert_yaxis()
-        left.set_xlabel(f"test {metric}: mean ± std over seeds")
+        left.set_xlabel(left_label)
         if table:
             right = axes[row][1]
+            if right_label is None:
+                right.set_axis_off()
+                continue
             for position, entry in enumerate(entries):
                 cell = table.get(entry, {}).get(metric)
                 if entry == reference or not cell or cell["ci_low"] is None:
@@ -193,7 +214,7 @@ def summary_figure(summary, metrics, table=None, reference=None):
             right.axvline(0.0, color="tab:red", linewidth=1)
             right.set_yticks(list(positions), labels)
             right.set_ylim(left.get_ylim())
-            right.set_xlabel(f"paired Δ {metric} to {reference}, 95 % interval")
+            right.set_xlabel(right_label)
     figure.tight_layout()
     return figure
 
