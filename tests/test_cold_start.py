@@ -231,15 +231,28 @@ def test_nothing_changes_when_every_entity_is_trained(tiny, name):
 @pytest.mark.parametrize(
     "name, entity", [("TwoTowerSplit", "item"), ("BPR", "item"), ("TwoTowerSplit", "user"), ("Random", "item")]
 )
-def test_runs_report_cold_and_warm_metrics(tiny, cold_items, name, entity):
+def test_runs_report_each_stratum_over_the_users_the_split_files_put_in_it(tiny, cold_items, name, entity):
     if entity == "user":
         folder = write_cold_start_split(TINY_DIR, "tiny", os.path.dirname(cold_items), entity="user")
     else:
         folder = cold_items
-    result = run_recbole_endo(model=name, **tiny_cold(tiny, folder, entity, cold_eval=entity, epochs=1))["test_result"]
-    for key in ("cold:ndcg@10", "cold:recall@10", "warm:ndcg@10", "warm:recall@20"):
-        assert 0.0 <= result[key] <= 1.0, key
-    assert result[f"cold:{entity}s"] >= 1
+    run = run_recbole_endo(model=name, **tiny_cold(tiny, folder, entity, cold_eval=entity, epochs=1))
+    result, per_user = run["test_result"], run["per_user"]
+    # By hand from the written files: a test row is cold when its item (user) has no training row.
+    files = split_files(folder, entity)
+    column = 1 if entity == "item" else 0
+    trained = {row[column] for row in files["train"][1]}
+    test = files["test"][1]
+    cold_rows = [row for row in test if row[column] not in trained]
+    assert result[f"cold:{entity}s"] == len({row[column] for row in cold_rows}) >= 1
+    # Each stratum is averaged over the users with a test row of it, and only over them.
+    users = {"cold": {row[0] for row in cold_rows}, "warm": {row[0] for row in test if row[column] in trained}}
+    for stratum in ("cold", "warm"):
+        for metric in ("ndcg@10", "recall@10", "ndcg@20", "recall@20"):
+            key = f"{stratum}:{metric}"
+            names, values = per_user[key]
+            assert set(names) == users[stratum] and len(names) == len(users[stratum]), key
+            assert result[key] == pytest.approx(sum(values) / len(values), abs=1e-4), key
 
 
 def test_pop_counts_training_interactions_and_gives_cold_items_no_count(tiny, cold_items):

@@ -3,6 +3,7 @@ towers computed once per evaluation, loss components read once per epoch."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 from recbole.model.context_aware_recommender import FM
 from recbole.model.general_recommender import BPR, LightGCN
@@ -103,13 +104,37 @@ def test_user_and_item_towers_are_cached_for_one_evaluation_only(tiny):
     assert not torch.allclose(cached, after)
 
 
-def test_loss_components_are_kept_as_tensors_and_logged_as_epoch_means(tiny):
+def test_loss_components_are_kept_as_tensors_and_logged_as_epoch_means(tiny, monkeypatch):
     _, model, trainer, (train_data, _, _) = build(tiny, "EndoDecouple")
+    calculate_loss = model.calculate_loss
+    reported = []
+
+    def numbered(interaction):
+        """The model's loss, its components kept, plus two whose epoch means are known by hand:
+        ``batch``, a tensor holding the batch's number, and ``rows``, a float of its row count."""
+        loss = calculate_loss(interaction)
+        reported.append(dict(model.loss_components))
+        model.loss_components = {
+            **model.loss_components, "batch": torch.tensor(float(len(reported) - 1)), "rows": float(len(interaction)),
+        }
+        return loss
+
+    monkeypatch.setattr(model, "calculate_loss", numbered)
     trainer._train_epoch(train_data, 0)
-    assert all(torch.is_tensor(value) and not value.requires_grad for value in model.loss_components.values())
+    assert all(torch.is_tensor(value) and not value.requires_grad for batch in reported for value in batch.values())
     means = trainer.loss_component_history[0]
     assert all(isinstance(value, float) for value in means.values())
-    assert set(means) == set(model.loss_components)
+    assert set(means) == set(reported[0]) | {"batch", "rows"}
+    # tiny: 510 training rows (RecBole's 0.8 of each user's rows, of 600) in batches of 128, so 4
+    # batches of 128, 128, 128 and 126 rows. The epoch mean is the mean over batches, each batch
+    # once whatever its size: batch numbers 0..3 average 1.5, row counts 510 / 4 = 127.5.
+    # (Weighted by rows they would give (128 + 2 * 128 + 3 * 126) / 510 = 1.494 and
+    # (3 * 128^2 + 126^2) / 510 = 127.506; the last batch's alone, 3 and 126.)
+    assert [len(batch) for batch in train_data] == [128, 128, 128, 126] and len(reported) == 4
+    assert means["batch"] == pytest.approx(1.5)
+    assert means["rows"] == pytest.approx(127.5)
+    for name in reported[0]:  # the model's own components, by the same rule
+        assert means[name] == pytest.approx(sum(batch[name].item() for batch in reported) / 4, rel=1e-6), name
 
 
 def test_a_non_finite_loss_names_its_component_and_batch(tiny, monkeypatch):
@@ -130,39 +155,104 @@ def test_a_non_finite_loss_names_its_component_and_batch(tiny, monkeypatch):
         trainer._train_epoch(train_data, 0)
 
 
-@pytest.mark.parametrize("model", ["TwoTowerSplit", "TwoTowerConcat", "EndoDecouple"])
-def test_towers_run_once_per_distinct_id_with_the_same_loss_and_gradients(tiny, model):
-    name = model
+def rank_loss_row_by_row(model, batch):
+    """The batch's graded BPR worked out one row at a time: each row's user, positive and negative
+    item run through their towers alone (a batch of one id), so no row shares a tower call with
+    another. tiny.yaml's grade_thresholds [3]: a positive rated 3 or more has grade 2 (gain
+    2^2 - 1 = 3), else grade 1 (gain 1); the loss is -sum(gain * log sigmoid(pos - neg)) / sum(gain)
+    (every pair weighs its gain, the weights normalised to mean 1; no sample weight)."""
+    terms, gains = [], []
+    for user, item, negative, rating in zip(batch["user_id"], batch["item_id"], batch["neg_item_id"], batch["rating"]):
+        user_repr = model.towers["user"](user.view(1))[0]
+        pos, neg = ((user_repr * model.towers["item"](one.view(1))[0]).sum() for one in (item, negative))
+        gain = 3.0 if rating >= 3 else 1.0
+        terms.append(gain * F.logsigmoid(pos - neg))
+        gains.append(gain)
+    return -torch.stack(terms).sum() / sum(gains)
+
+
+def gradients(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["TwoTowerSplit", "TwoTowerConcat", "EndoDecouple"])
+def test_towers_run_once_per_distinct_id_with_the_loss_and_gradients_of_every_row_run_alone(tiny, name):
     _, model, _, (train_data, _, _) = build(tiny, name)
-    assert model.deduplicate
+    assert model.deduplicate  # tiny: no dropout
     batch = next(iter(train_data))
+    items = torch.cat([batch["item_id"], batch["neg_item_id"]])
+    assert len(items.unique()) < len(items)  # the batch repeats items: there is something to share
     rows = []
     tower = model.towers["item"]
     embedding = tower.embeddings["atom"] if hasattr(tower, "embeddings") else tower.embedding
     hook = embedding.register_forward_hook(lambda module, args, output: rows.append(len(args[0])))
-    results = []
-    for deduplicate in (True, False):
-        model.deduplicate = deduplicate
-        model.zero_grad()
-        torch.manual_seed(0)  # the same SSL dropout views
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        results.append((loss.detach(), grads))
+    model.train()
+    torch.manual_seed(0)  # EndoDecouple's SSL dropout views
+    loss = model.calculate_loss(batch)
+    loss.backward()
     hook.remove()
+    assert rows == [len(items.unique())]  # one item-tower call, each distinct item once
+    fast_grads, rank = gradients(model), model.loss_components["rank"]
+
+    model.zero_grad()
+    by_hand = rank_loss_row_by_row(model, batch)
+    assert torch.allclose(rank, by_hand.detach(), atol=1e-6)
+    if name != "EndoDecouple":  # the ranking loss is the whole loss: its gradients, row by row
+        by_hand.backward()
+        assert torch.allclose(loss.detach(), by_hand.detach(), atol=1e-6)
+        hand_grads = gradients(model)
+        assert fast_grads.keys() == hand_grads.keys()
+        assert all(torch.allclose(fast_grads[key], hand_grads[key], atol=1e-6) for key in hand_grads), [
+            key for key in hand_grads if not torch.allclose(fast_grads[key], hand_grads[key], atol=1e-6)
+        ]
+        return
+    # EndoDecouple's decoupling terms cover the batch's rows, a repeated item once per row (its
+    # SSL views drawn per row): the whole loss and its gradients are those of the towers run on
+    # every row (the positives, which the terms cover, in one call, the negatives in another).
+    model.deduplicate = False
+    model.zero_grad()
+    torch.manual_seed(0)
+    rows.clear()
+    hook = embedding.register_forward_hook(lambda module, args, output: rows.append(len(args[0])))
+    every_row = model.calculate_loss(batch)
+    every_row.backward()
+    hook.remove()
+    assert rows == [len(batch["item_id"]), len(batch["neg_item_id"])]
+    assert torch.allclose(loss.detach(), every_row.detach(), atol=1e-6)
+    slow_grads = gradients(model)
+    assert fast_grads.keys() == slow_grads.keys()
+    assert all(torch.allclose(fast_grads[key], slow_grads[key], atol=1e-6) for key in slow_grads)
+
+
+def test_towers_with_dropout_run_on_every_row_each_with_a_mask_of_its_own(tiny):
+    """With dropout a repeated item must not share one tower call: its rows would share one
+    dropout mask. The item tower sees every row (positives and negatives), and two rows of one
+    item come out different."""
+    _, model, _, (train_data, _, _) = build(tiny, "TwoTowerSplit", dropout_prob=0.5)
+    batch = next(iter(train_data))
     items = torch.cat([batch["item_id"], batch["neg_item_id"]])
-    # deduplicated: the distinct ids in one call; else every row, in one call (EndoDecouple: the
-    # positives, which its auxiliary terms cover, then the others)
-    positives, negatives = len(batch["item_id"]), len(batch["neg_item_id"])
-    calls = [positives, negatives] if name == "EndoDecouple" else [positives + negatives]
-    assert rows == [len(items.unique()), *calls]
-    assert len(items.unique()) < len(items)
-    (fast_loss, fast_grads), (loss, grads) = results
-    assert torch.allclose(fast_loss, loss, atol=1e-6)
-    assert fast_grads.keys() == grads.keys()
-    assert all(torch.allclose(fast_grads[name], grads[name], atol=1e-6) for name in grads)
-
-
-def test_towers_with_dropout_run_on_every_row(tiny):
-    _, model, _, _ = build(tiny, "TwoTowerSplit", dropout_prob=0.1)
-    assert not model.deduplicate
+    tower = model.towers["item"]
+    rows, calls = [], []
+    hooks = [
+        tower.embeddings["atom"].register_forward_hook(lambda module, args, output: rows.append(len(args[0]))),
+        tower.register_forward_hook(lambda module, args, output: calls.append((args[0], output.detach()))),
+    ]
+    model.train()
+    torch.manual_seed(0)
+    model.calculate_loss(batch)
+    for hook in hooks:
+        hook.remove()
+    assert sum(rows) == len(items) > len(items.unique())
+    ids, outputs = (torch.cat(parts) for parts in zip(*calls))
+    assert torch.equal(ids.sort().values, items.sort().values)
+    values, counts = ids.unique(return_counts=True)
+    repeated = values[counts >= 2]
+    assert len(repeated) > 0
+    for item in repeated.tolist():
+        first, second = outputs[ids == item][:2]
+        assert not torch.allclose(first, second, atol=1e-4), item
+    # Without dropout, the same rows of one item are equal: the difference above is the masks'.
+    model.eval()
+    with torch.no_grad():
+        again = tower(torch.full((2,), repeated[0].item()))
+    assert torch.equal(again[0], again[1])

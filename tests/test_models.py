@@ -1,6 +1,7 @@
 import math
 import os
 import pickle
+from collections import Counter
 
 import pytest
 import torch
@@ -20,12 +21,31 @@ def build_model(name, tiny):
 
 
 @pytest.mark.parametrize("name", PLUGIN_MODELS + ["BPR"])
-def test_model_trains_and_tests_on_tiny_data(name, tiny):
+def test_model_trains_and_its_test_ndcg_is_each_users_ndcg_by_hand(name, tiny):
     result = run_recbole_endo(model=name, **tiny)
     assert result["epochs"] == 2
-    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
-    assert all(math.isfinite(value) for value in result["test_result"].values())
-    assert os.path.isfile(result["checkpoint"])
+    users, values = result["per_user"]["ndcg@10"]
+    assert len(users) == 40 and result["test_result"]["ndcg@10"] == pytest.approx(sum(values) / 40, abs=1e-4)
+    # Each user's NDCG@10 by hand from the best checkpoint's scores: the user's training and
+    # validation items leave the ranking (as does the padding id 0), the test items are the
+    # relevant ones; DCG = sum of 1 / log2(rank + 1) over the relevant items of the top 10, over
+    # the ideal DCG of min(10, test items) relevant items ranked first.
+    _, model, _, train_data, valid_data, test_data = load_data_and_model(result["checkpoint"])
+    splits = [data._dataset for data in (train_data, valid_data, test_data)]
+    dataset = splits[0]
+    model.eval()
+    for token, value in zip(users, values):
+        user = int(dataset.token2id("user_id", token))
+        train_items, valid_items, test_items = (
+            set(split.inter_feat["item_id"][split.inter_feat["user_id"] == user].tolist()) for split in splits
+        )
+        with torch.no_grad():
+            scores = model.full_sort_predict(Interaction({"user_id": torch.tensor([user])})).view(-1).clone()
+        scores[sorted(train_items | valid_items | {0})] = -math.inf
+        top = scores.argsort(descending=True)[:10].tolist()
+        dcg = sum(1 / math.log2(rank + 2) for rank, item in enumerate(top) if item in test_items)
+        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(10, len(test_items))))
+        assert value == pytest.approx(dcg / ideal, abs=1e-6), token
 
 
 @pytest.mark.parametrize("name", PLUGIN_MODELS)
@@ -105,17 +125,44 @@ def test_same_seed_gives_identical_metrics(name, tiny):
     assert first["best_valid_result"] == second["best_valid_result"]
 
 
-def test_ipw_pair_weight_is_inverse_popularity_with_mean_one(tiny):
-    tiny["config_dict"].update({"sample_weight": "ipw", "ipw_eta": 0.5})
+def test_ipw_weighs_each_pair_of_the_ranking_loss_by_its_items_inverse_training_count(tiny):
+    # eta 1 and plain BPR (every positive grade 1): a pair of item i weighs 1 / (1 + n_i), n_i the
+    # item's training interactions, normalised to mean 1 over the batch.
+    tiny["config_dict"].update({"sample_weight": "ipw", "ipw_eta": 1.0, "grade_thresholds": []})
     config = Config(model="TwoTowerSplit", **tiny)
     train_data, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)  # the initial weights, so the scores below are the same on every run
     model = TwoTowerSplit(config, train_data._dataset)
-    items = torch.tensor([1, 2, 3, 4])
-    counts = torch.tensor([train_data._dataset.item_counter[int(item)] for item in items], dtype=torch.float)
-    weight = model.pair_weight(Interaction({"item_id": items}))
-    expected = (1 + counts) ** -0.5
-    assert torch.allclose(weight, expected / expected.mean())
-    assert weight.mean().item() == pytest.approx(1.0)
+    counts = Counter(train_data._dataset.inter_feat["item_id"].tolist())  # counted from the split's rows
+    popular = max(counts, key=counts.get)
+    rare = min(counts, key=counts.get)
+    n_popular, n_rare = counts[popular], counts[rare]
+    assert n_popular > n_rare
+    items = torch.tensor([popular, rare, popular])
+    raw = torch.tensor([1 / (1 + n_popular), 1 / (1 + n_rare), 1 / (1 + n_popular)])
+    assert torch.allclose(model.pair_weight(Interaction({"item_id": items})), raw / raw.mean())
+
+    # The weights reach the loss: one user, the popular item against the rare one and the rare
+    # against the popular, so the pairs' score differences are d and -d. By hand,
+    # -(w_p log sigmoid(d) + w_r log sigmoid(-d)) / (w_p + w_r), w = 1 / (1 + n); unweighted pairs
+    # would give -(log sigmoid(d) + log sigmoid(-d)) / 2, d (w_r - w_p) / (2 (w_p + w_r)) away
+    # (log sigmoid(d) - log sigmoid(-d) = d).
+    users = torch.tensor([1, 1])
+    with torch.no_grad():  # scores 30 times the initial ones: d far from 0
+        for parameter in model.towers["user"].output.parameters():
+            parameter.mul_(30.0)
+    batch = Interaction({"user_id": users, "item_id": torch.tensor([popular, rare]), "neg_item_id": torch.tensor([rare, popular])})
+    model.train()
+    loss = model.calculate_loss(batch)
+    with torch.no_grad():
+        d = float(model.forward(users[:1], torch.tensor([popular])) - model.forward(users[:1], torch.tensor([rare])))
+    log_sigmoid = lambda x: -math.log1p(math.exp(-x))  # noqa: E731
+    weights = [1 / (1 + n_popular), 1 / (1 + n_rare)]
+    by_hand = -(weights[0] * log_sigmoid(d) + weights[1] * log_sigmoid(-d)) / sum(weights)
+    assert abs(d) > 0.5
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+    unweighted = -(log_sigmoid(d) + log_sigmoid(-d)) / 2
+    assert abs(by_hand - unweighted) > 0.1  # what a loss that dropped the weights would be off by
 
 
 def test_graded_labels_without_a_rating_field_are_refused_and_empty_thresholds_mean_binary_bpr(tiny):

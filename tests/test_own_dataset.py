@@ -2,6 +2,7 @@
 from the loaded features, grades default to plain BPR, and a tower without side fields runs."""
 
 import logging
+import math
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ from conftest import DATA_DIR
 from recbole_endo import Config
 from recbole_endo.model import MODELS
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
-from recbole_endo.model.towers import derive_endo_fields
+from recbole_endo.model.towers import FeatureEmbedding, derive_endo_fields
 from recbole_endo.quick_start import _build, run_recbole_endo
 
 # RecBole's own model-test style: its atomic files, every float normalised, no plugin option.
@@ -96,5 +97,19 @@ def test_endo_weight_without_item_side_fields_is_refused_before_training(without
 
 @pytest.mark.parametrize("name", ["TwoTowerConcat", "TwoTowerSplit"])
 def test_without_an_item_file_the_two_towers_run_with_an_id_item_tower(name, without_item_file):
-    result = run_recbole_endo(model=name, **without_item_file)
-    assert all(torch.isfinite(torch.tensor(value)) for value in result["test_result"].values())
+    _, model, trainer, (train_data, valid_data, test_data) = _build(Config(model=name, **without_item_file))
+    assert model.endo_fields["item"] == {"atom": ["item_id"], "side": []}
+    tower = model.towers["item"]
+    (embedding,) = [module for module in tower.modules() if isinstance(module, FeatureEmbedding)]
+    assert embedding.fields == ["item_id"]
+    trainer.fit(train_data, valid_data, saved=False)
+    assert math.isfinite(trainer.train_loss_dict[0])
+    assert all(math.isfinite(value) for value in trainer.evaluate(test_data, load_best_model=False).values())
+    # An id tower: an item's representation is read from its own id row, and from no other's.
+    # Moving item 3's row moves item 3 alone (in training mode, where no unseen id is replaced by the mean).
+    model.train()
+    with torch.no_grad():
+        before = tower(torch.arange(model.n_items))
+        embedding.encoders["item_id"].weight[3] += 1.0
+        moved = (tower(torch.arange(model.n_items)) - before).abs().sum(1) > 1e-6
+    assert moved.nonzero().flatten().tolist() == [3]

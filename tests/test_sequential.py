@@ -66,9 +66,30 @@ def test_bpr_samples_recboles_default_negative_and_is_refused_without_a_sampler(
 
 @pytest.mark.parametrize("name", SEQUENTIAL_MODELS)
 @pytest.mark.parametrize("loss_type", ["CE", "BPR"])
-def test_two_epochs_train_with_every_loss_component_finite(name, loss_type, seq_tiny):
-    # Only the loss type is given: BPR samples its negatives as RecBole does by default.
-    model, trainer, (train_data, valid_data, test_data) = built(name, seq_tiny, loss_type=loss_type)
+def test_the_rank_loss_is_ce_over_every_item_or_bpr_against_the_sampled_negative_and_trains(name, loss_type, seq_tiny):
+    # Only the loss type is given: BPR samples its negatives as RecBole does by default. No
+    # dropout in the encoder, so a training step's sequence representations can be recomputed.
+    model, trainer, (train_data, valid_data, test_data) = built(
+        name, seq_tiny, loss_type=loss_type, hidden_dropout_prob=0.0, attn_dropout_prob=0.0
+    )
+    batch = next(iter(train_data))
+    model.train()
+    model.calculate_loss(batch)
+    with torch.no_grad():
+        # By hand: every item through the tower, each sequence through the encoder over its steps'
+        # representations, and a row's score of item j the dot product with item j's.
+        items = model.item_tower(torch.arange(model.n_items))
+        item_seq, targets = batch[model.ITEM_SEQ], batch[model.POS_ITEM_ID]
+        scores = model.forward(item_seq, batch[model.ITEM_SEQ_LEN], items[item_seq]) @ items.T
+        target = scores.gather(1, targets.unsqueeze(1)).squeeze(1)
+        if loss_type == "CE":  # softmax over every item: -log(e^target / sum_j e^j)
+            by_hand = (torch.logsumexp(scores, 1) - target).mean()
+        else:  # the target against the row's sampled negative, as RecBole's BPRLoss counts it:
+            # -log(1e-10 + sigmoid(target - negative)), a row's loss capped at -log(1e-10) = 23.0
+            negative = scores.gather(1, batch[model.NEG_ITEM_ID].unsqueeze(1)).squeeze(1)
+            by_hand = -torch.log(1e-10 + torch.sigmoid(target - negative)).mean()
+    assert model.loss_components["rank"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+
     trainer.fit(train_data, valid_data)
     components = trainer.loss_component_history[1]
     expected = {"rank"}
@@ -79,11 +100,33 @@ def test_two_epochs_train_with_every_loss_component_finite(name, loss_type, seq_
     assert all(math.isfinite(value) for value in trainer.evaluate(test_data).values())
 
 
-def test_atom_dropout_trains_with_every_loss_component_finite(seq_tiny):
-    model, trainer, (train_data, valid_data, test_data) = built("EndoSASRec", seq_tiny, atom_dropout=0.5)
-    trainer.fit(train_data, valid_data, saved=False)
-    assert all(math.isfinite(value) for value in trainer.loss_component_history[1].values())
-    assert all(math.isfinite(value) for value in trainer.evaluate(test_data, load_best_model=False).values())
+def test_atom_dropout_trains_each_item_from_its_side_alone_and_scores_it_with_its_atoms(seq_tiny):
+    """i3 and i11 share their side (class drama) and differ in their atoms (id and title words).
+    With atom_dropout 1.0 a training step embeds every item's atoms as a new item's, so the item
+    representations it scores with (its steps' and its candidates') are equal for the two; with
+    0.0 they differ; and evaluation never drops an atom, whatever atom_dropout says."""
+    found = {}
+    for atom_dropout in (1.0, 0.0):
+        model, _, (train_data, _, _) = built("EndoSASRec", seq_tiny, atom_dropout=atom_dropout, **SIDE_CLASS_ONLY)
+        i3, i11 = (int(train_data._dataset.token2id("item_id", item)) for item in ("i3", "i11"))
+        item_terms, stepped = model.item_terms, {}
+
+        def capture(ids, target_rows):
+            reprs, terms = item_terms(ids, target_rows)
+            stepped.update(zip(ids.tolist(), reprs.detach()))
+            return reprs, terms
+
+        model.item_terms = capture
+        model.train()
+        model.calculate_loss(next(iter(train_data)))  # CE: the step represents every item
+        model.eval()
+        with torch.no_grad():
+            scored = model.all_item_representations()
+        found[atom_dropout] = (stepped[i3], stepped[i11]), (scored[i3], scored[i11])
+    (trained, evaluated), (kept, evaluated_kept) = found[1.0], found[0.0]
+    assert torch.allclose(*trained, atol=1e-6)
+    assert not torch.allclose(*kept, atol=1e-3)
+    assert not torch.allclose(*evaluated, atol=1e-3) and not torch.allclose(*evaluated_kept, atol=1e-3)
 
 
 def sequences(model, rows):
@@ -196,13 +239,38 @@ def test_popularity_strata_of_a_sequential_model_rank_as_recbole_sequential_full
         assert value == pytest.approx(value_of[user], abs=1e-6)
 
 
-@pytest.mark.parametrize("option, value, key", [
-    ("list_eval", "sampled", "sampled:gndcg@10"), ("cold_eval", "item", "warm:ndcg@10"), ("head_share", 0.5, "tail:ndcg@10"),
-])
-def test_the_extra_protocols_score_each_users_sequence(option, value, key, seq_tiny):
-    seq_tiny["config_dict"][option] = value
-    result = run_recbole_endo(model="SplitSASRec", **seq_tiny)
-    assert 0.0 <= result["test_result"][key] <= 1.0
+# head_share 1.0: every trained item is in the head; of tiny's 40 test targets 15 are head items
+# and 25 never trained (tail), so both strata have users (at 0.5 no test target is in the head).
+@pytest.mark.parametrize("option, value", [("list_eval", "sampled"), ("cold_eval", "item"), ("head_share", 1.0)])
+def test_the_extra_protocols_score_each_users_test_sequence(option, value, seq_tiny, monkeypatch):
+    """An oracle in the model's place scores a test row's own target 1 and every other item 0
+    when it is given that row's sequence (the user's items before the test target); any other
+    sequence (the user's validation row, another user's row) scores 0 everywhere. A protocol
+    that scores each user's test sequence ranks every target first: each of its ranking metrics
+    is 1, by hand (one relevant item at rank 1); scored from another row, far less."""
+    _, _, (_, _, test_data) = built("SplitSASRec", seq_tiny)
+    test = test_data._dataset.inter_feat
+    target_of = {}
+    for sequence, length, target in zip(test["item_id_list"], test["item_length"], test["item_id"]):
+        target_of[tuple(sequence[:length].tolist())] = int(target)
+    assert len(target_of) == len(test) == 40  # one test row per user, no two with one sequence
+
+    def oracle(self, interaction):
+        scores = torch.zeros(len(interaction[self.ITEM_SEQ]), self.n_items)
+        for row, (sequence, length) in enumerate(zip(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])):
+            target = target_of.get(tuple(sequence[:length].tolist()))
+            if target is not None:
+                scores[row, target] = 1.0
+        return scores
+
+    monkeypatch.setattr(SplitSASRec, "full_sort_predict", oracle)
+    seq_tiny["config_dict"].update({option: value, "epochs": 1})
+    result = run_recbole_endo(model="SplitSASRec", **seq_tiny)["test_result"]
+    assert result["ndcg@10"] == 1.0  # RecBole's own full sort of the test rows, as a check of the oracle
+    prefix = {"list_eval": ("sampled",), "cold_eval": ("cold", "warm"), "head_share": ("head", "tail")}[option]
+    ranking = {key: value for key, value in result.items() if key.split(":")[0] in prefix and not key.endswith("items")}
+    assert len(ranking) >= 4, sorted(result)
+    assert ranking == dict.fromkeys(ranking, 1.0)
 
 
 def test_the_extra_protocols_need_one_test_row_per_user_for_a_sequential_model(seq_tiny):

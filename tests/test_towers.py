@@ -21,10 +21,35 @@ def tiny_dataset(tiny):
     return training_dataset(Config(model="TwoTowerSplit", **tiny))
 
 
-def test_embedding_shape_is_batch_by_fields_by_size(tiny_dataset):
-    embedding = FeatureEmbedding(tiny_dataset, "item", ["item_id", "title", "class", "price"], 8)
-    assert embedding(torch.tensor([1, 2, 3])).shape == (3, 4, 8)
+def numbered(embedding):
+    """``embedding`` with every field's encoder set so that the field embeds as its number, by
+    hand: a token field's rows all hold its number, a float field maps any value to it (weight 0)."""
+    number = {"item_id": 1.0, "title": 2.0, "class": 3.0, "price": 4.0}
+    with torch.no_grad():
+        for field, encoder in embedding.encoders.items():
+            if isinstance(encoder, torch.nn.Linear):
+                encoder.weight.zero_()
+                encoder.bias.fill_(number[field])
+            else:
+                encoder.weight.fill_(number[field])
+    return embedding
+
+
+def test_each_field_embeds_on_its_own_axis_in_the_order_given(tiny_dataset):
+    fields = ["item_id", "title", "class", "price"]
+    items = torch.tensor([int(tiny_dataset.token2id("item_id", item)) for item in ("i1", "i2", "i3")])
+    embedding = numbered(FeatureEmbedding(tiny_dataset, "item", fields, 8))
     assert embedding.output_size == 32
+    # i1, i2 and i3 have an id, a title, a class and a price: axis k holds field k's number.
+    by_hand = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1).expand(3, 4, 8)
+    assert torch.equal(embedding(items), by_hand)
+    # i10's title is empty (the generator leaves every tenth one so): its title axis is zeros.
+    empty = embedding(torch.tensor([int(tiny_dataset.token2id("item_id", "i10"))]))
+    assert torch.equal(empty[0, :, 0], torch.tensor([1.0, 0.0, 3.0, 4.0]))
+    # Another order of the same fields puts each field on its axis of that order, the float
+    # field (price) first and the token fields after it.
+    reordered = numbered(FeatureEmbedding(tiny_dataset, "item", ["price", "class", "item_id", "title"], 8))
+    assert torch.equal(reordered(items)[0, :, 0], torch.tensor([4.0, 3.0, 1.0, 2.0]))
 
 
 def test_token_seq_is_mean_of_non_padding_tokens_and_empty_cell_is_zero(tiny_dataset):
@@ -69,12 +94,15 @@ def test_one_lookup_for_all_fields_equals_each_field_embedded_on_its_own(tiny_da
     assert embedding(ids[[1, 2, 3, 4]].view(2, 2)).shape == (2, 2, len(fields), 4)
 
 
-def test_float_field_is_a_linear_map_of_its_value(tiny_dataset):
+def test_float_field_is_a_linear_map_of_the_value_in_the_file(tiny_dataset):
     embedding = FeatureEmbedding(tiny_dataset, "item", ["price"], 4)
-    linear = embedding.encoders["price"]
-    price = tiny_dataset.get_item_feature()["price"][5]
-    expected = linear.weight[:, 0] * price + linear.bias
-    assert torch.allclose(embedding(torch.tensor([5]))[0, 0], expected)
+    with torch.no_grad():
+        embedding.encoders["price"].weight.copy_(torch.tensor([[1.0], [2.0], [0.0], [-1.0]]))
+        embedding.encoders["price"].bias.copy_(torch.tensor([0.5, 0.0, 3.0, 0.0]))
+    items = torch.tensor([int(tiny_dataset.token2id("item_id", item)) for item in ("i1", "i2")])
+    # tiny.item: i1 costs 11.79, i2 9.35; each output is weight * price + bias, worked out by hand.
+    by_hand = torch.tensor([[12.29, 23.58, 3.0, -11.79], [9.85, 18.70, 3.0, -9.35]])
+    assert torch.allclose(embedding(items)[:, 0], by_hand, atol=1e-5)
 
 
 def test_missing_field_error_names_field_and_file(tiny_dataset):
