@@ -60,13 +60,12 @@ def test_truncated_cosine_loss_is_zero_above_margin_and_squared_gap_below():
     assert math.isclose(truncated_cosine_loss((below * s).sum(-1), 0.5).item(), expected, rel_tol=1e-5)
 
 
-def test_orthogonal_component_is_orthogonal_to_side_and_unit_length():
-    torch.manual_seed(0)
-    a = F.normalize(torch.randn(16, 8), dim=-1)
-    s = F.normalize(torch.randn(16, 8), dim=-1)
-    a_perp = orthogonal_component(a, s)
-    assert torch.allclose((a_perp * s).sum(-1), torch.zeros(16), atol=1e-6)
-    assert torch.allclose(a_perp.norm(dim=-1), torch.ones(16), atol=1e-6)
+def test_orthogonal_component_is_the_atoms_unit_part_orthogonal_to_its_side():
+    # a = (1, 1, 0)/sqrt2 against s = (1, 0, 0): a - (a.s)s = (0, 1/sqrt2, 0), normalised (0, 1, 0);
+    # a = (0.6, 0, 0.8) against s = (0, 0, 1): (0.6, 0, 0) -> (1, 0, 0)
+    a = unit([1.0, 1.0, 0.0], [0.6, 0.0, 0.8])
+    s = unit([1.0, 0.0, 0.0], [0.0, 0.0, 1.0])
+    assert torch.allclose(orthogonal_component(a, s), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), atol=1e-6)
 
 
 def test_batch_normalised_weights_average_one_and_carry_no_gradient():
