@@ -7,6 +7,10 @@ under SASRec's encoder; SideProfile is their content-based floor."""
 from recbole_endo.model.endo_decouple import EndoDecouple
 from recbole_endo.model.endo_sasrec import EndoSASRec
 from recbole_endo.model.item_mean_rating import ItemMeanRating
+from recbole_endo.model.mf import MF
+from recbole_endo.model.mf_dr import MFDR
+from recbole_endo.model.mf_ips import MFIPS
+from recbole_endo.model.rel_mf import RelMF
 from recbole_endo.model.side_profile import SideProfile
 from recbole_endo.model.split_sasrec import SplitSASRec
 from recbole_endo.model.two_tower_concat import TwoTowerConcat
@@ -15,4 +19,5 @@ from recbole_endo.model.two_tower_split import TwoTowerSplit
 MODELS = {
     model.__name__: model
     for model in (EndoDecouple, TwoTowerConcat, TwoTowerSplit, ItemMeanRating, EndoSASRec, SplitSASRec, SideProfile)
+    + (MF, MFIPS, MFDR, RelMF)  # propensity debiasing and its MF backbone (issue 34)
 }

@@ -1,0 +1,90 @@
+"""MFDR: matrix factorisation trained by doubly robust joint learning (DR-JL).
+
+Reference: Xiaojie Wang, Rui Zhang, Yu Sun and Jianzhong Qi, "Doubly Robust Joint Learning for
+Recommendation on Data Missing Not at Random", ICML 2019.
+"""
+
+import torch
+
+from recbole_endo.model.mf import MF, BiasedMF
+from recbole_endo.model.options import number_option
+from recbole_endo.model.propensity import item_counts, observed_share_propensity, propensity_from_config
+
+
+class MFDR(MF):
+    r"""A prediction model (biased MF, scoring :math:`\hat r_{ui}`; it ranks) and an error
+    imputation model (a second biased MF, imputing ratings :math:`\tilde r_{ui}`), learned jointly.
+
+    Errors: :math:`e_{ui} = (r_{ui} - \hat r_{ui})^2` on the observed pairs, imputed errors
+    :math:`\hat e_{ui} = (\hat r_{ui} - \tilde r_{ui})^2` on any pair: the imputation model
+    imputes the rating and the error is the prediction's loss against it, as the public DR-JL
+    implementations do. An imputed error that did not depend on :math:`\hat r` would add a
+    constant to the prediction model's loss, whose gradient would then be IPS's.
+
+    - Prediction model, the DR estimate of the mean error over all pairs D:
+      :math:`\frac{1}{|D|} \left[ \sum_{D} \hat e_{ui} + \sum_{O_{ui} = 1} \frac{e_{ui} - \hat e_{ui}}{p_{ui}} \right]`.
+    - Imputation model: :math:`\frac{1}{|D|} \sum_{O_{ui} = 1} \frac{(e_{ui} - \hat e_{ui})^2}{p_{ui}}`
+      (the paper's :math:`\sum_O (e - \hat e)^2 / p`, scaled as the DR term).
+
+    "All pairs": each batch of observed ratings draws ``all_pairs_ratio`` times its size of
+    pairs uniformly from the whole matrix (users and items uniform over the ids, padding
+    excluded; observed pairs can be drawn, as they belong to D). With N training ratings,
+    :math:`\text{mean}_{S} \hat e + \frac{N}{|D|}\, \text{mean}_{B} (e - \hat e)/p` estimates the
+    DR sum without bias, ``S`` the drawn pairs and ``B`` the batch; the imputation loss likewise.
+
+    Alternation: RecBole's trainer calls ``calculate_loss`` once per batch and steps one
+    optimizer over all parameters. The loss returned is ``(dr_loss, imputation_loss)`` (RecBole
+    sums the tuple and logs each part), where the DR loss reads the imputed ratings detached and
+    the imputation loss reads the prediction detached (the observed error too). Each model's
+    parameters thus get gradients from their own objective only, and one step updates both: the
+    paper's alternating updates, one step of each per batch, taken together rather than one after
+    the other (the imputation step sees the prediction before this batch's update). Adam's
+    per-parameter steps make the two losses' scales independent; ``learning_rate`` and
+    ``weight_decay`` are shared.
+
+    Propensities (``propensity``): as MFIPS's (:class:`~recbole_endo.model.mf_ips.MFIPS`); they
+    must be probabilities here, since the DR term weighs propensity-weighted terms against
+    unweighted ones. Options: ``properties/model/MFDR.yaml``.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        items = dataset.inter_feat[self.ITEM_ID]
+        users = self.n_users - 1  # internal id 0 is RecBole's padding
+        self.propensity = propensity_from_config(
+            config,
+            dataset,
+            lambda: observed_share_propensity(item_counts(items, self.n_items), users),
+            type(self).__name__,
+        )
+        self.all_pairs_ratio = number_option(config, "all_pairs_ratio", 1, integer=True)
+        self.observed_share = len(items) / (users * (self.n_items - 1))
+        self.imputation = BiasedMF(self.n_users, self.n_items, self.embedding_size, self.mean_rating)
+
+    def sample_pairs(self, count):
+        """``count`` pairs drawn uniformly from the whole matrix (ids from 1: 0 is padding)."""
+        users = torch.randint(1, self.n_users, (count,), device=self.device)
+        items = torch.randint(1, self.n_items, (count,), device=self.device)
+        return users, items
+
+    def dr_losses(self, interaction, sampled_users, sampled_items):
+        """``(dr_loss, imputation_loss)`` of the batch with the drawn pairs of the whole matrix."""
+        user, item = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        rating = interaction[self.RATING].float()
+        prediction, imputed = self.mf(user, item), self.imputation(user, item)
+        weight = 1.0 / self.propensity(user, item)
+        error = (rating - prediction) ** 2
+        # The prediction model's objective: the imputed ratings are targets here, not trained.
+        imputed_error = (prediction - imputed.detach()) ** 2
+        sampled_imputed = self.imputation(sampled_users, sampled_items).detach()
+        sampled_error = (self.mf(sampled_users, sampled_items) - sampled_imputed) ** 2
+        dr_loss = sampled_error.mean() + self.observed_share * ((error - imputed_error) * weight).mean()
+        # The imputation model's objective: the prediction (and so the observed error) is fixed here.
+        fixed = prediction.detach()
+        imputation_error = (fixed - imputed) ** 2
+        imputation_loss = self.observed_share * (((rating - fixed) ** 2 - imputation_error) ** 2 * weight).mean()
+        return dr_loss, imputation_loss
+
+    def calculate_loss(self, interaction):
+        users, items = self.sample_pairs(len(interaction[self.USER_ID]) * self.all_pairs_ratio)
+        return self.dr_losses(interaction, users, items)
