@@ -4,6 +4,7 @@ decoupling terms (``decoupling``) and the option checks (``options``). The gener
 share the two-tower frame; the sequential ones (EndoSASRec, SplitSASRec) put the item tower
 under SASRec's encoder; SideProfile is their content-based floor."""
 
+from recbole_endo.model.dice import DICE
 from recbole_endo.model.endo_decouple import EndoDecouple
 from recbole_endo.model.endo_sasrec import EndoSASRec
 from recbole_endo.model.item_mean_rating import ItemMeanRating
@@ -19,5 +20,6 @@ from recbole_endo.model.two_tower_split import TwoTowerSplit
 MODELS = {
     model.__name__: model
     for model in (EndoDecouple, TwoTowerConcat, TwoTowerSplit, ItemMeanRating, EndoSASRec, SplitSASRec, SideProfile)
+    + (DICE,)  # popularity debiasing (issue 34)
     + (MF, MFIPS, MFDR, RelMF)  # propensity debiasing and its MF backbone (issue 34)
 }
