@@ -11,6 +11,7 @@ from recbole_endo.model.item_mean_rating import ItemMeanRating
 from recbole_endo.model.mf import MF
 from recbole_endo.model.mf_dr import MFDR
 from recbole_endo.model.mf_ips import MFIPS
+from recbole_endo.model.pda import PDA
 from recbole_endo.model.rel_mf import RelMF
 from recbole_endo.model.side_profile import SideProfile
 from recbole_endo.model.split_sasrec import SplitSASRec
@@ -20,6 +21,6 @@ from recbole_endo.model.two_tower_split import TwoTowerSplit
 MODELS = {
     model.__name__: model
     for model in (EndoDecouple, TwoTowerConcat, TwoTowerSplit, ItemMeanRating, EndoSASRec, SplitSASRec, SideProfile)
-    + (DICE,)  # popularity debiasing (issue 34)
+    + (DICE, PDA)  # popularity debiasing (issue 34)
     + (MF, MFIPS, MFDR, RelMF)  # propensity debiasing and its MF backbone (issue 34)
 }
