@@ -8,6 +8,7 @@ from recbole_endo.model.dice import DICE
 from recbole_endo.model.endo_decouple import EndoDecouple
 from recbole_endo.model.endo_sasrec import EndoSASRec
 from recbole_endo.model.item_mean_rating import ItemMeanRating
+from recbole_endo.model.macr import MACR
 from recbole_endo.model.mf import MF
 from recbole_endo.model.mf_dr import MFDR
 from recbole_endo.model.mf_ips import MFIPS
@@ -21,6 +22,6 @@ from recbole_endo.model.two_tower_split import TwoTowerSplit
 MODELS = {
     model.__name__: model
     for model in (EndoDecouple, TwoTowerConcat, TwoTowerSplit, ItemMeanRating, EndoSASRec, SplitSASRec, SideProfile)
-    + (DICE, PDA)  # popularity debiasing (issue 34)
+    + (DICE, PDA, MACR)  # popularity debiasing (issue 34)
     + (MF, MFIPS, MFDR, RelMF)  # propensity debiasing and its MF backbone (issue 34)
 }
