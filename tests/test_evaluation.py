@@ -1,4 +1,5 @@
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from recbole.evaluator import metric_types
 from recbole.evaluator.collector import DataStruct
 from recbole.evaluator.evaluator import Evaluator
 
-from recbole_endo import Config
+from recbole_endo import Config, quick_start
 from recbole_endo import trainer as trainer_module
 from recbole_endo.evaluation.metrics import GradedNDCG
 from recbole_endo.evaluation.protocols import (
@@ -19,6 +20,7 @@ from recbole_endo.evaluation.protocols import (
     stratum_metrics,
 )
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
+from recbole_endo.registry import get_model
 
 INF = float("inf")
 
@@ -180,23 +182,172 @@ def test_unknown_list_protocol_names_the_option(tiny):
         run_recbole_endo(model="BPR", **{**tiny, "config_dict": {**tiny["config_dict"], "list_eval": "random"}})
 
 
+def run_splits(monkeypatch):
+    """Filled, when the next run builds them, with its (train, valid, test) split datasets."""
+    splits = []
+
+    def preparing(config, dataset):
+        loaders = data_preparation(config, dataset)
+        splits[:] = [loader._dataset for loader in loaders]
+        return loaders
+
+    monkeypatch.setattr(quick_start, "data_preparation", preparing)
+    return splits
+
+
+def ratings_by_user(split):
+    """``{user: {item: rating}}`` of a split's rows."""
+    inter = split.inter_feat
+    by_user = {}
+    for user, item, rating in zip(inter["user_id"].tolist(), inter["item_id"].tolist(), inter["rating"].tolist()):
+        by_user.setdefault(user, {})[item] = rating
+    return by_user
+
+
+def scored_by(monkeypatch, name, user_scores):
+    """Every evaluation of model ``name`` (RecBole's full sort, the plugin's protocols) scores a
+    user's items ``user_scores(user)``, an ``[n_items]`` tensor; training is the model's own."""
+
+    def full_sort_predict(self, interaction):
+        return torch.stack([user_scores(int(user)) for user in interaction[self.USER_ID]]).to(self.device)
+
+    monkeypatch.setattr(get_model(name), "full_sort_predict", full_sort_predict)
+
+
+def hand_head(train, head_share):
+    """The head by hand: the fewest most-trained items that hold ``head_share`` of the training rows."""
+    ranked = Counter(train.inter_feat["item_id"].tolist()).most_common()
+    total = sum(count for _, count in ranked)
+    n_head = next(n for n in range(1, len(ranked) + 1) if sum(count for _, count in ranked[:n]) >= head_share * total)
+    assert ranked[n_head - 1][1] > ranked[n_head][1]  # no tie at the boundary: no tie-break decides the head
+    return {item for item, _ in ranked[:n_head]}
+
+
+HEAD_SHARE = 0.5  # on the tiny split: 14 items, the 14th above the 15th; a user has test items in both strata
+
+
+@pytest.mark.parametrize("scoring", ["oracle", "anti_oracle", "head_only", "tail_first"])
 @pytest.mark.parametrize("name", ["TwoTowerSplit", "BPR"])
-def test_runs_report_the_extra_protocols(name, tiny):
-    options = {**tiny["config_dict"], "list_eval": "sampled", "list_negatives": 20, "head_share": 0.5}
+def test_runs_score_each_users_own_test_items_by_the_extra_protocols(name, scoring, tiny, monkeypatch):
+    """The model's scores are replaced by ones built from the run's own split; with each of them
+    the sampled list protocol and the head/tail strata give values known by hand:
+
+    - ``oracle``: the user's test items score 1 + rating, every other item 0. Each list and each
+      stratum ranks its relevant items first, the better rated first: every metric is 1.
+    - ``anti_oracle``: the test items score -(1 + rating). Every list has its 20 negatives and
+      every stratum more than 20 other items above them: every metric at a cutoff is 0, and the
+      sampled lists' graded NDCG over the whole list is, by hand, each user's test grades at ranks
+      21, 22 (the lower grade first) against the ideal order.
+    - ``head_only``: the head test items (the head counted by hand from the training split) score
+      as the oracle's, the tail test items as the anti-oracle's: every head metric is 1, every tail
+      metric 0, as only the hand-counted head gives.
+    - ``tail_first``: tail test items 10 + rating, head test items 1 + rating: the head stratum
+      ranks its items first only if the tail's test items leave its ranking: every metric is 1.
+
+    ``head:items`` is the hand-counted head's size in every run."""
+    splits = run_splits(monkeypatch)
+    head_of = {}
+
+    def user_scores(user):
+        if not head_of:
+            head_of["head"] = hand_head(splits[0], HEAD_SHARE)
+            head_of["test"] = ratings_by_user(splits[2])
+        scores = torch.zeros(splits[0].item_num)
+        for item, rating in head_of["test"].get(user, {}).items():
+            head = item in head_of["head"]
+            scores[item] = {"oracle": 1 + rating, "anti_oracle": -1 - rating, "head_only": 1 + rating if head else -1 - rating,
+                            "tail_first": 1 + rating if head else 10 + rating}[scoring]
+        return scores
+
+    scored_by(monkeypatch, name, user_scores)
+    options = {**tiny["config_dict"], "list_eval": "sampled", "list_negatives": 20, "head_share": HEAD_SHARE}
     result = run_recbole_endo(model=name, **{**tiny, "config_dict": options})["test_result"]
-    for key in ("sampled:ndcg@5", "sampled:recall@10", "sampled:gndcg@10", "sampled:gndcg", "head:ndcg@10", "tail:recall@10"):
-        assert 0.0 <= result[key] <= 1.0, key
-    assert result["head:items"] >= 1
+    train, valid, test = splits
+    head = hand_head(train, HEAD_SHARE)
+    assert result["head:items"] == len(head)
+    sampled = {f"sampled:{metric}@{k}" for metric in ("ndcg", "recall", "gndcg") for k in (5, 10)} | {"sampled:gndcg"}
+    strata = {f"{stratum}:{metric}@{k}" for stratum in ("head", "tail") for metric in ("ndcg", "recall") for k in (10, 20)}
+    assert set(result) >= sampled | strata
+    heads = {key: result[key] for key in strata if key.startswith("head:")}
+    tails = {key: result[key] for key in strata if key.startswith("tail:")}
+    test_items = ratings_by_user(test)
+    if scoring == "oracle":
+        assert result["ndcg@10"] == 1.0  # RecBole's own full sort, as a check of the oracle
+        assert {key: result[key] for key in sampled | strata} == dict.fromkeys(sampled | strata, 1.0)
+    elif scoring == "anti_oracle":
+        assert result["ndcg@10"] == 0.0
+        at_cutoffs = (sampled - {"sampled:gndcg"}) | strata
+        assert {key: result[key] for key in at_cutoffs} == dict.fromkeys(at_cutoffs, 0.0)
+        interacted = {}
+        for split in splits:
+            for user, ratings in ratings_by_user(split).items():
+                interacted.setdefault(user, set()).update(ratings)
+        values = []
+        for user, ratings in test_items.items():
+            grades = sorted(2 if rating >= 3 else 1 for rating in ratings.values())  # grade_thresholds [3]
+            negatives = min(20, train.item_num - 1 - len(interacted[user]))
+            dcg = sum((2**grade - 1) * discount(negatives + 1 + at) for at, grade in enumerate(grades))
+            idcg = sum((2**grade - 1) * discount(1 + at) for at, grade in enumerate(reversed(grades)))
+            values.append(dcg / idcg)
+        assert result["sampled:gndcg"] == pytest.approx(sum(values) / len(values), abs=1e-4)
+    elif scoring == "head_only":
+        assert heads == dict.fromkeys(heads, 1.0) and tails == dict.fromkeys(tails, 0.0)
+    else:
+        # the check needs a user whose test items are in both strata (the tiny split has one)
+        assert any(set(ratings) & head and set(ratings) - head for ratings in test_items.values())
+        assert heads == dict.fromkeys(heads, 1.0) and tails == dict.fromkeys(tails, 1.0)
 
 
-def test_recbole_non_accuracy_metrics_work(tiny):
+def test_recbole_non_accuracy_metrics_match_a_hand_computation(tiny, monkeypatch):
+    """RecBole's AveragePopularity, GiniIndex, ItemCoverage and TailPercentage through the plugin's
+    runner (its collector passes them the training counts and the number of items). The model
+    ranks every user's items in one fixed order, the least trained first (ties: lower id first), so
+    each test user's top 10 is the first 10 items of that order outside their training and
+    validation items (RecBole's full sort masks those). By hand, from the split and RecBole's
+    definitions: AveragePopularity@10 is the users' mean of their items' mean training count;
+    ItemCoverage@10 the recommended items over the 61 item ids (RecBole counts the padding id);
+    GiniIndex@10 sum_i (2i - |I| - 1) P(i) / (|I| sum_i P(i)) over the items' times recommended
+    P, non-decreasing, with |I| = 61; TailPercentage@10 the users' mean share of tail items, the
+    tail being the 10% (tail_ratio's default) least-trained items among those trained, ties by
+    id."""
+    splits = run_splits(monkeypatch)
+    fixed = []
+
+    def user_scores(user):
+        if not fixed:  # every user the same scores: an item's training count, then its id, the smaller the higher
+            train_counts = Counter(splits[0].inter_feat["item_id"].tolist())
+            n_items = splits[0].item_num
+            fixed.append(-torch.tensor([train_counts[item] * n_items + item for item in range(n_items)], dtype=torch.float))
+        return fixed[0]
+
+    scored_by(monkeypatch, "BPR", user_scores)
     metrics = ["NDCG", "AveragePopularity", "GiniIndex", "ItemCoverage", "TailPercentage"]
     options = {**tiny["config_dict"], "metrics": metrics}
     result = run_recbole_endo(model="BPR", **{**tiny, "config_dict": options})["test_result"]
-    assert result["averagepopularity@10"] > 0
-    assert 0 < result["itemcoverage@10"] <= 1
-    assert 0 <= result["giniindex@10"] <= 1
-    assert 0 <= result["tailpercentage@10"] <= 1
+    train, valid, test = splits
+    counts = Counter(train.inter_feat["item_id"].tolist())
+    n_items = train.item_num
+    assert n_items == 61  # 60 items and the padding id
+    order = sorted(range(1, n_items), key=lambda item: (counts[item], item))
+    trained, valid_items = ratings_by_user(train), ratings_by_user(valid)
+    tops = []
+    for user in sorted(ratings_by_user(test)):
+        seen = set(trained.get(user, {})) | set(valid_items.get(user, {}))
+        tops.append([item for item in order if item not in seen][:10])
+    assert len(tops) == 40
+    average_popularity = sum(sum(counts[item] for item in top) / 10 for top in tops) / len(tops)
+    recommended = Counter(item for top in tops for item in top)
+    coverage = len(recommended) / n_items
+    times = sorted(recommended.get(item, 0) for item in range(n_items))
+    gini = sum((2 * i - n_items - 1) * p for i, p in enumerate(times, start=1)) / (n_items * sum(times))
+    ranked_trained = sorted(counts, key=lambda item: (counts[item], item))
+    tail = set(ranked_trained[: max(int(len(ranked_trained) * 0.1), 1)])
+    tail_percentage = sum(len(tail.intersection(top)) / 10 for top in tops) / len(tops)
+    assert 0 < tail_percentage < 1 and len(recommended) > 10  # values a wrong tail or list could miss
+    assert result["averagepopularity@10"] == pytest.approx(average_popularity, abs=1e-4)
+    assert result["itemcoverage@10"] == pytest.approx(coverage, abs=1e-4)
+    assert result["giniindex@10"] == pytest.approx(gini, abs=1e-4)
+    assert result["tailpercentage@10"] == pytest.approx(tail_percentage, abs=1e-4)
 
 
 def test_ml100k_keeps_raw_ratings_for_grades():
