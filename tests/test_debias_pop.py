@@ -352,3 +352,26 @@ def test_search_space_names_only_the_models_options_and_holds_its_defaults(tiny,
     # The first trial of a study runs the defaults: each searched default lies in the space
     # (but embedding_size, which the tiny data's file sets to 8).
     assert set(default_params(space, config)) == set(space) - {"embedding_size"}
+
+
+def test_dice_resumed_run_continues_the_curriculum_and_ends_as_the_uninterrupted_one(tiny):
+    # Decays of one half, so a resumed run that restarted the schedule would train otherwise.
+    def fitted(run, epochs, resume_file=None):
+        config_dict = {
+            **tiny["config_dict"], "checkpoint_dir": f"{tiny['config_dict']['checkpoint_dir']}/{run}", "epochs": epochs,
+            "margin_decay": 0.5, "loss_decay": 0.5, "pop_margin": 4,
+        }
+        _, model, trainer, (train_data, valid_data, test_data) = _build(Config(model="DICE", **{**tiny, "config_dict": config_dict}))
+        if resume_file:
+            trainer.resume_checkpoint(resume_file)
+        trainer.fit(train_data, valid_data)
+        return model, trainer, test_data
+
+    straight, straight_trainer, test_data = fitted("straight", 4)
+    interrupted, interrupted_trainer, _ = fitted("interrupted", 2)
+    resumed, resumed_trainer, _ = fitted("interrupted", 4, interrupted_trainer.saved_model_file)
+    assert resumed_trainer.start_epoch > 0
+    assert int(resumed.epochs_started) == int(straight.epochs_started) == 4
+    for name, tensor in resumed.state_dict().items():
+        assert torch.equal(tensor, straight.state_dict()[name]), name
+    assert resumed_trainer.train_loss_dict == straight_trainer.train_loss_dict
