@@ -24,6 +24,9 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import EvaluatorType, InputType, ModelType
 
+from recbole_endo.model.decoupling import DecouplingTerms
+from recbole_endo.model.options import number_option
+from recbole_endo.model.towers import EndoTower
 from recbole_endo.registry import get_model
 
 
@@ -114,6 +117,65 @@ def sample_bpr_negatives(config, model_class):
     config.internal_config_dict["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
 
 
+# RecBole's options that its trainer and data loaders read, with the bounds number_option checks
+# them against: RecBole itself takes any value and fails later (a learning rate 'abc' inside
+# torch's Adam, epochs 0 by testing a checkpoint never saved).
+RECBOLE_NUMBER_OPTIONS = {
+    "learning_rate": {"low": 0, "low_open": True},
+    "weight_decay": {"low": 0},
+    "epochs": {"low": 1, "integer": True},
+    "train_batch_size": {"low": 1, "integer": True},
+    "eval_batch_size": {"low": 1, "integer": True},
+    "eval_step": {"integer": True},  # 0 or less: no validation, the last epoch is kept
+    "stopping_step": {"low": 0, "integer": True},
+    "seed": {"low": 0, "high": 2**32 - 1, "integer": True},  # numpy's seeds
+    "worker": {"low": 0, "integer": True},
+}
+
+
+def check_options(config):
+    """Fail with a ValueError naming the option, its value and the values allowed, on a bad
+    RecBole training option (:data:`RECBOLE_NUMBER_OPTIONS`) or, for a model that trains
+    :class:`~recbole_endo.model.towers.EndoTower` s (EndoDecouple, EndoSASRec), a bad option of
+    its decoupling terms or towers (:class:`~recbole_endo.model.decoupling.DecouplingTerms`, the
+    model's own check, which needs no dataset). It needs only the config, so runs call it before
+    loading any data; options a model reads with its dataset are checked when it is built."""
+    for name, bounds in RECBOLE_NUMBER_OPTIONS.items():
+        number_option(config, name, **bounds)
+    if issubclass(getattr(config.model_class, "tower_class", object), EndoTower):
+        DecouplingTerms(config)
+
+
+def read_options_file(file, loader):
+    """The options of YAML file ``file`` read with RecBole's ``loader`` (an empty file: none), or
+    a ValueError naming the file: missing, not YAML (with the line and column) or not a mapping."""
+    try:
+        with open(file, encoding="utf-8") as stream:
+            options = yaml.load(stream, Loader=loader)
+    except FileNotFoundError:
+        raise ValueError(f"config file '{file}' does not exist") from None
+    except yaml.YAMLError as error:
+        problem, context = getattr(error, "problem", None), getattr(error, "context", None)
+        if problem is None:  # no place to name
+            raise ValueError(f"config file '{file}' is not valid YAML: {' '.join(str(error).split())}") from None
+        what = f"{_at(error.problem_mark)}: {problem}"
+        if context:  # e.g. "while parsing a flow sequence", where the bracket opened
+            what += f" ({context}{_at(error.context_mark)})"
+        raise ValueError(f"config file '{file}' is not valid YAML{what}; correct the file there") from None
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"config file '{file}' holds a YAML {type(options).__name__}, not options: "
+            "write one 'option: value' per line"
+        )
+    return options
+
+
+def _at(mark):
+    return "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+
+
 def options_from_args(args):
     """``--key=value`` arguments as a config dict, values read as YAML (as ``--compare`` entries)."""
     config_dict = {}
@@ -133,8 +195,32 @@ class Config(RecBoleConfig):
     sequential models get the sequential one (``sequential.yaml``), and train without sampled
     negatives when their ``loss_type`` is CE unless the user's options ask for them.
     Distributed processes without CUDA join with ``gloo`` (:meth:`_init_device`), and the config
-    pickles as plain data (:func:`restore_config`).
+    pickles as plain data (:func:`restore_config`). A config file that is missing or not YAML, or
+    no model or dataset given, fails with a ValueError naming the file (and line) or the option.
     """
+
+    def _load_config_files(self, file_list):
+        """RecBole's, with errors that name the file (:func:`read_options_file`): RecBole reads a
+        file's text and names a YAML error's place in "<unicode string>"."""
+        options = {}
+        for file in file_list or []:
+            options.update(read_options_file(file, self.yaml_loader))
+        return options
+
+    def _update_internal_config_dict(self, file):
+        options = read_options_file(file, self.yaml_loader)
+        self.internal_config_dict.update(options)
+        return options
+
+    def _get_model_and_dataset(self, model, dataset):
+        """RecBole's, failing with a ValueError (RecBole's KeyError) when no model or dataset is given."""
+        try:
+            return super()._get_model_and_dataset(model, dataset)
+        except KeyError:
+            missing = "model" if model is None and "model" not in self.external_config_dict else "dataset"
+            raise ValueError(
+                f"no {missing} given: name it with --{missing}=NAME or '{missing}: NAME' in a config file"
+            ) from None
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)

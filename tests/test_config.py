@@ -11,6 +11,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.model.general_recommender import BPR
 
 from recbole_endo import Config, TwoTowerConcat, TwoTowerSplit, get_model
+from recbole_endo.config import check_options
 from recbole_endo.quick_start import run_recbole_endo
 
 
@@ -116,3 +117,63 @@ def test_a_second_checkout_reads_its_own_properties(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert lines == [str(tmp_path / "properties"), str(tmp_path / "properties" / "tuned" / "ml-100k" / "BPR.yaml")]
+
+
+def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tiny, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: 1\nmlp_hidden_size: [16, 8\nembedding_size: 8\n")
+    tiny["config_file_list"].append(str(broken))
+    with pytest.raises(ValueError) as error:
+        Config(model="BPR", **tiny)
+    assert str(error.value).startswith(f"config file '{broken}' is not valid YAML at line 3, column 15: ")
+    assert "<unicode string>" not in str(error.value)
+
+
+def test_a_tuned_file_that_is_not_yaml_is_named_too(tiny, tmp_path):
+    (tmp_path / "BPR.yaml").write_text("learning_rate: 0.01\n  weight_decay: 0.1\n")
+    tiny["config_dict"]["tuned"] = str(tmp_path)
+    with pytest.raises(ValueError, match=r"config file '.*BPR\.yaml' is not valid YAML at line 2, column 15"):
+        Config(model="BPR", **tiny)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [(None, "does not exist"), ("- epochs\n", "holds a YAML list, not options")],
+)
+def test_a_missing_config_file_or_one_without_options_is_named(text, message, tiny, tmp_path):
+    file = tmp_path / "options.yaml"
+    if text is not None:
+        file.write_text(text)
+    tiny["config_file_list"].append(str(file))
+    with pytest.raises(ValueError, match=f"config file '{file}' {message}"):
+        Config(model="BPR", **tiny)
+
+
+def test_an_empty_config_file_sets_no_option(tiny, tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    tiny["config_file_list"].append(str(tmp_path / "empty.yaml"))
+    assert Config(model="BPR", **tiny)["embedding_size"] == 8
+
+
+def test_no_model_given_is_a_value_error_naming_the_option(tiny):
+    with pytest.raises(ValueError, match="no model given: name it with --model=NAME"):
+        Config(**tiny)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("learning_rate", "abc"), ("weight_decay", -0.1), ("eval_batch_size", 0), ("stopping_step", 1.5), ("worker", -1)],
+)
+def test_recbole_training_options_are_checked_from_the_config_alone(option, value, tiny):
+    tiny["config_dict"][option] = value
+    with pytest.raises(ValueError, match=f"config option '{option}' must be"):
+        check_options(Config(model="BPR", **tiny))
+
+
+def test_the_decoupling_options_are_checked_from_the_config_alone_for_the_models_that_train_them(tiny):
+    tiny["config_dict"]["ssl_temperature"] = 0
+    for model in ("EndoDecouple", "EndoSASRec"):
+        config = Config(model=model, **tiny)
+        with pytest.raises(ValueError, match="config option 'ssl_temperature' must be a number in \\(0, inf\\]"):
+            check_options(config)
+    check_options(Config(model="TwoTowerSplit", **tiny))  # trains no decoupling terms: not its option
