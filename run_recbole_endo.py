@@ -10,18 +10,52 @@ Any other ``--key=value`` is read by RecBole's Config. With --compare, each list
 ``Model[key=value;...]`` entry) runs once per seed and the summary goes to --output_dir, with
 --reference=ENTRY also each entry's paired per-user difference to that entry. With
 --nproc > 1 or --world_size, the run is distributed (DDP) as with RecBole's run_recbole.py.
+
+Bad input (an option's type or range, a config file that is missing or not YAML) is refused
+before any data loads, in one line, ``error: <message>``, with exit status 2; --debug (or
+RecBole's ``state: DEBUG``) shows the traceback. A failed run leaves no log, TensorBoard folder
+or checkpoint. Ctrl-C ends with one line giving the --resume command that continues the run from
+its last checkpoint (exit status 130).
 """
 
 import argparse
 import shlex
 import sys
+import traceback
 
 from recbole_endo.distributed import run_distributed
 from recbole_endo.experiments.compare import compare, split_entries
 from recbole_endo.quick_start import run_recbole_endo
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def resume_command(argv, checkpoint):
+    """The command line ``argv`` (the script's own, as given) continuing from ``checkpoint``."""
+    kept, skip = [], False
+    for arg in argv[1:]:
+        if skip or arg.startswith("--resume="):
+            skip = False
+            continue
+        skip = arg == "--resume"  # its value is the next argument
+        if not skip:
+            kept.append(arg)
+    return shlex.join(["python", argv[0], *kept, f"--resume={checkpoint}"])
+
+
+def interrupted_line(interrupt, args, argv):
+    """What Ctrl-C ends with: how to continue, when there is a checkpoint to continue from."""
+    if args.compare or args.nproc > 1 or args.world_size > 0:
+        return "interrupted: --compare and distributed runs do not resume; run the command again to start over"
+    checkpoint = getattr(interrupt, "checkpoint", None)
+    if checkpoint is None:
+        return "interrupted before a checkpoint was written: nothing to resume; run the command again to start over"
+    return f"interrupted; continue from the last checkpoint with: {resume_command(argv, checkpoint)}"
+
+
+def build_parser():
+    # No abbreviations: RecBole's --seed=N would be taken for --seeds, and the run would ignore it.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--model", "-m", type=str, default=None, help="model name (default: from the config files)")
     parser.add_argument("--dataset", "-d", type=str, default=None, help="dataset name (default: from the config files)")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated YAML files")
@@ -40,11 +74,14 @@ if __name__ == "__main__":
     parser.add_argument("--ip", type=str, default="localhost", help="address of the machine of DDP rank 0")
     parser.add_argument("--port", type=str, default="5678", help="port of DDP rank 0")
     parser.add_argument("--group_offset", type=int, default=0, help="DDP rank of this machine's first process")
-    command = shlex.join(["python", *sys.argv])
-    args, config_args = parser.parse_known_args()
-    # RecBole's Config reads --key=value from sys.argv: leave it only the options meant for it.
-    sys.argv = sys.argv[:1] + config_args
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of a refused option or a failed run"
+    )
+    return parser
 
+
+def main(parser, args, argv):
+    command = shlex.join(["python", *argv])
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     distributed = args.nproc > 1 or args.world_size > 0
     if args.compare and distributed:
@@ -78,3 +115,23 @@ if __name__ == "__main__":
               f"train s/epoch: {result['train_s_per_epoch']:.2f}")
         print("best valid:", dict(result["best_valid_result"]))
         print("test:", dict(result["test_result"]))
+
+
+if __name__ == "__main__":
+    argv = list(sys.argv)
+    parser = build_parser()
+    args, config_args = parser.parse_known_args()
+    # RecBole's Config reads --key=value from sys.argv: leave it only the options meant for it.
+    sys.argv = sys.argv[:1] + config_args
+    try:
+        main(parser, args, argv)
+    except KeyboardInterrupt as interrupt:
+        if args.debug:
+            traceback.print_exc()
+        print(interrupted_line(interrupt, args, argv), file=sys.stderr)
+        sys.exit(130)
+    except ValueError as error:  # the plugin's refusals name the option, file or field at fault
+        if args.debug or getattr(error, "show_traceback", False):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

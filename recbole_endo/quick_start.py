@@ -4,21 +4,24 @@ The same flow as ``recbole.quick_start``, with the plugin's Config and model/tra
 without ray (RecBole's ``objective_function`` imports it only to report to ray tune).
 """
 
+import logging
 import os
+import shutil
 import sys
 import time
+from contextlib import contextmanager, suppress
 from logging import getLogger
+from types import SimpleNamespace
 
 import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_endo.checkpoint import load_weights, read_checkpoint
-from recbole_endo.config import Config
+from recbole_endo.config import Config, check_options
 from recbole_endo.data.synth import prepare_dataset
 from recbole_endo.evaluation.protocols import check_evaluation_options, extra_evaluation, full_sort_per_user
 from recbole_endo.fast_path import skip_feature_join
-from recbole_endo.model.options import number_option
 from recbole_endo.registry import get_model
 from recbole_endo.run_scope import plugin_run
 from recbole_endo.trainer import get_trainer
@@ -26,7 +29,9 @@ from recbole_endo.trainer import get_trainer
 
 def _build(config):
     """Dataset, splits, model and trainer for ``config``, seeded as RecBole seeds them."""
-    number_option(config, "epochs", 1, integer=True)  # RecBole would test a checkpoint never saved
+    # Before the data loads. The runs below have checked before their log starts (_run_files);
+    # the tuner and load_data_and_model build directly.
+    check_options(config)
     init_seed(config["seed"], config["reproducibility"])
     if getattr(config, "tuned_file", None):
         getLogger().info(f"tuned options layered after the dataset file: {config.tuned_file} (tuned: False to run without)")
@@ -48,6 +53,61 @@ def _build(config):
         torch.distributed.broadcast_object_list(saved_model_file, src=0)
     trainer.saved_model_file = saved_model_file[0]
     return dataset, model, trainer, (train_data, valid_data, test_data)
+
+
+@contextmanager
+def _run_files(config, resume_file=None):
+    """Check ``config`` (:func:`check_options`), start RecBole's log (``init_logger``) and run the
+    body as one run whose files are its own: if it fails, its log file, its TensorBoard folder and
+    its checkpoint are removed (never the checkpoint ``resume_file`` it continues, nor another
+    run's files). An interrupt (Ctrl-C) removes nothing: its ``checkpoint`` attribute names the
+    checkpoint to resume from, or is None. An error raised once ``config`` is built carries
+    ``show_traceback`` True when RecBole's ``state`` is DEBUG (the script then shows it whole)."""
+    run = SimpleNamespace(trainer=None)  # the body sets the trainer once built
+    log_file = None
+    try:
+        check_options(config)  # before init_logger: a refused option leaves no log
+        init_seed(config["seed"], config["reproducibility"])
+        handlers = set(logging.getLogger().handlers)
+        init_logger(config)
+        log_file = _new_log_file(handlers)
+        yield run
+    except KeyboardInterrupt as interrupt:
+        checkpoint = run.trainer.saved_model_file if run.trainer is not None else None
+        interrupt.checkpoint = checkpoint if checkpoint and os.path.isfile(checkpoint) else None
+        raise
+    except Exception as error:
+        _remove_run_files(log_file, run.trainer, resume_file)
+        error.show_traceback = str(config["state"]).lower() == "debug"
+        raise
+
+
+def _new_log_file(handlers):
+    """The log file RecBole's ``init_logger`` has just opened, if the root logger gained a file
+    handler (it adds none while the root logger has handlers) and the file is new: a run started
+    in the same second with the same options writes into the same file, which is then not this
+    run's alone."""
+    for handler in logging.getLogger().handlers:
+        if handler not in handlers and isinstance(handler, logging.FileHandler):
+            if os.path.isfile(handler.baseFilename) and os.path.getsize(handler.baseFilename) == 0:
+                return handler.baseFilename
+    return None
+
+
+def _remove_run_files(log_file, trainer, resume_file):
+    """Remove what a failed run wrote (see :func:`_run_files`): the log file, the TensorBoard
+    folder RecBole's ``get_tensorboard`` names after it, and the checkpoint (but ``resume_file``)."""
+    if trainer is not None:
+        trainer.tensorboard.close()  # its writer thread would write into the removed folder
+        checkpoint = trainer.saved_model_file
+        if resume_file is None or os.path.abspath(checkpoint) != os.path.abspath(resume_file):
+            with suppress(FileNotFoundError):  # written by rank 0 only under DDP
+                os.remove(checkpoint)
+    if log_file is not None:
+        tensorboard = os.path.join("log_tensorboard", os.path.basename(log_file).split(".")[0])
+        shutil.rmtree(tensorboard, ignore_errors=True)
+        with suppress(FileNotFoundError):
+            os.remove(log_file)
 
 
 def _timed(method, seconds):
@@ -122,22 +182,21 @@ def run_recbole_endo(
         dict: best validation score and result, test result, epochs run, fit seconds, checkpoint.
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
-    dataset, model, trainer, splits = _build(config)
-    logger.info(dataset)
-    logger.info(model)
-    if resume_file:
-        trainer.resume_checkpoint(resume_file)
-    result = _train_and_test(config, trainer, splits, saved)
-    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
-    logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
-    logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
-    if not config["single_spec"]:
-        torch.distributed.destroy_process_group()
+    with _run_files(config, resume_file) as run:
+        logger = getLogger()
+        logger.info(sys.argv)
+        logger.info(config)
+        dataset, model, run.trainer, splits = _build(config)
+        logger.info(dataset)
+        logger.info(model)
+        if resume_file:
+            run.trainer.resume_checkpoint(resume_file)
+        result = _train_and_test(config, run.trainer, splits, saved)
+        logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+        logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
+        logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
+        if not config["single_spec"]:
+            torch.distributed.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
@@ -147,10 +206,9 @@ def run_recbole_endo(
 def objective_function(config_dict=None, config_file_list=None, saved=True):
     """The objective for RecBole's ``HyperTuning``: train, select on validation, report test."""
     config = Config(config_dict=config_dict, config_file_list=config_file_list)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    _, _, trainer, splits = _build(config)
-    return _train_and_test(config, trainer, splits, saved, verbose=False)
+    with _run_files(config) as run:
+        _, _, run.trainer, splits = _build(config)
+        return _train_and_test(config, run.trainer, splits, saved, verbose=False)
 
 
 @plugin_run()

@@ -1,8 +1,15 @@
 import os
+import runpy
+import shlex
 import subprocess
 import sys
+import textwrap
 
+import pytest
 from conftest import DATA_DIR, TINY_YAML
+
+import recbole_endo.quick_start
+from recbole_endo.checkpoint import read_checkpoint
 
 SCRIPT = os.path.join(os.path.dirname(DATA_DIR), "..", "run_recbole_endo.py")
 
@@ -34,3 +41,182 @@ def test_unknown_model_fails_listing_the_models(tmp_path):
     run = run_script("--model=NoSuchModel", f"--config_files={TINY_YAML}", cwd=tmp_path)
     assert run.returncode != 0
     assert "NoSuchModel" in run.stderr and "TwoTowerSplit" in run.stderr
+
+
+# Issue 37, item 2: errors before work, in one line.
+
+TINY_RUN = ["--model=EndoDecouple", f"--config_files={TINY_YAML}", f"--data_path={DATA_DIR}"]
+RUN_FOLDERS = ("log", "log_tensorboard", "saved")
+
+
+def script(*args, cwd, patch=""):
+    """The script run in a fresh process after the Python lines ``patch`` (monkeypatches)."""
+    lines = ["import runpy, sys", textwrap.dedent(patch), "sys.argv = sys.argv[1:]"]
+    code = "\n".join(lines + ["runpy.run_path(sys.argv[0], run_name='__main__')"])
+    return subprocess.run(
+        [sys.executable, "-c", code, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def run_files(folder):
+    """The files under the folders a run writes to (RecBole's log/, log_tensorboard/ and saved/)."""
+    paths = [path for name in RUN_FOLDERS for path in (folder / name).rglob("*")]
+    return sorted(str(path.relative_to(folder)) for path in paths if path.is_file())
+
+
+def other_runs_files(folder):
+    """Files of other runs in the folders a run writes to, which a failed run must leave alone."""
+    files = [
+        folder / "log" / "EndoDecouple" / "other.log",
+        folder / "log_tensorboard" / "other" / "events",
+        folder / "saved" / "other.pth",
+    ]
+    for file in files:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text("another run's")
+    return run_files(folder)
+
+
+def run_in_process(monkeypatch, capsys, *args):
+    """``(exit status, stderr)`` of the script run in this process with no data loading allowed."""
+
+    def no_data(*_, **__):
+        raise AssertionError("the data was loaded before the options were checked")
+
+    monkeypatch.setattr(recbole_endo.quick_start, "prepare_dataset", no_data)
+    monkeypatch.setattr(recbole_endo.quick_start, "create_dataset", no_data)
+    monkeypatch.setattr(sys, "argv", [SCRIPT, *TINY_RUN, *args])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(SCRIPT, run_name="__main__")
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option, value, refusal",
+    [
+        ("learning_rate", "abc", "a number in (0, inf], got 'abc' (str)"),
+        ("stage1_weight", "-1", "a number in [0, inf], got -1 (int)"),  # EndoDecouple's own check, run early
+        ("epochs", "0", "an integer in [1, inf], got 0 (int)"),
+        ("train_batch_size", "0.5", "an integer in [1, inf], got 0.5 (float)"),
+        ("seed", "-3", "an integer in [0, 4294967295], got -3 (int)"),  # was taken for --seeds, and ignored
+    ],
+)
+def test_a_bad_option_is_refused_in_one_line_before_the_data_loads(
+    option, value, refusal, tmp_path, monkeypatch, capsys
+):
+    status, err = run_in_process(monkeypatch, capsys, f"--{option}={value}")
+    assert status == 2
+    assert err.splitlines() == [f"error: config option '{option}' must be {refusal}"]
+    assert run_files(tmp_path) == []
+
+
+def test_the_script_refuses_a_bad_learning_rate_in_one_line_and_leaves_no_file(tmp_path):
+    run = script(*TINY_RUN, "--learning_rate=abc", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr[-2000:]
+    refusal = "error: config option 'learning_rate' must be a number in (0, inf], got 'abc' (str)"
+    assert run.stderr.splitlines() == [refusal]
+    assert run_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("asked", ["--debug", "--state=DEBUG"])
+def test_debug_shows_the_traceback(asked, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [SCRIPT, *TINY_RUN, "--learning_rate=abc", asked])
+    with pytest.raises(ValueError, match="'learning_rate'"):
+        runpy.run_path(SCRIPT, run_name="__main__")
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("epochs: 1\nlearning_rate: 0.1: 2\n", "at line 2, column 19: mapping values are not allowed here"),
+        (
+            "epochs: [1, 2\n",  # the bracket never closes: the file ends, and the bracket's place is named too
+            "at line 2, column 1: expected ',' or ']', but got '<stream end>' "
+            "(while parsing a flow sequence at line 1, column 9)",
+        ),
+    ],
+)
+def test_a_yaml_error_names_the_file_and_the_line(text, where, tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text)
+    status, err = run_in_process(monkeypatch, capsys, f"--config_files={TINY_YAML} {broken}")
+    assert status == 2
+    assert err.splitlines() == [f"error: config file '{broken}' is not valid YAML {where}; correct the file there"]
+
+
+FAIL_AFTER_TRAINING = """
+    import glob
+    import recbole_endo.quick_start as quick_start
+
+    def fail(*args, **kwargs):  # the test protocol, after training wrote the run's files
+        print("written:", sorted(glob.glob("saved/*.pth") + glob.glob("log/*/*.log") + glob.glob("log_tensorboard/*")))
+        raise ValueError("failed after training")
+
+    quick_start.full_sort_per_user = fail
+"""
+
+
+def test_a_failed_run_leaves_no_log_tensorboard_folder_or_checkpoint(tmp_path):
+    others = other_runs_files(tmp_path)
+    run = script(*TINY_RUN, "--epochs=1", cwd=tmp_path, patch=FAIL_AFTER_TRAINING)
+    assert run.returncode == 2 and run.stderr.splitlines() == ["error: failed after training"], run.stderr[-2000:]
+    written = run.stdout.split("written: ", 1)[1]
+    assert "saved/EndoDecouple-" in written and "log/EndoDecouple/EndoDecouple-tiny-" in written
+    assert "log_tensorboard/EndoDecouple-tiny-" in written
+    assert run_files(tmp_path) == others
+
+
+def test_a_failed_resumed_run_keeps_the_checkpoint_it_resumed(tiny):
+    checkpoint = recbole_endo.quick_start.run_recbole_endo(model="BPR", **tiny)["checkpoint"]
+    with open(checkpoint, "rb") as file:
+        before = file.read()
+    tiny["config_dict"]["epochs"] = 1  # no epoch left to train: refused once the trainer is built
+    with pytest.raises(ValueError, match="no epoch is left"):
+        recbole_endo.quick_start.run_recbole_endo(model="BPR", resume_file=checkpoint, **tiny)
+    with open(checkpoint, "rb") as file:
+        assert file.read() == before
+
+
+INTERRUPT_AT_EPOCH_1 = """
+    from recbole_endo.trainer import FeatureTowerTrainer
+
+    train_epoch = FeatureTowerTrainer._train_epoch
+
+    def interrupted(self, train_data, epoch_idx, *args, **kwargs):  # Ctrl-C in the second epoch
+        if epoch_idx == 1:
+            raise KeyboardInterrupt
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    FeatureTowerTrainer._train_epoch = interrupted
+"""
+
+
+def test_ctrl_c_ends_with_the_command_that_resumes_from_the_last_checkpoint(tmp_path):
+    run = script(*TINY_RUN, "--epochs=2", cwd=tmp_path, patch=INTERRUPT_AT_EPOCH_1)
+    assert run.returncode == 130, run.stderr[-2000:]
+    (line,) = run.stderr.splitlines()  # tiny.yaml logs warnings only: the line is all
+    prefix = "interrupted; continue from the last checkpoint with: "
+    assert line.startswith(prefix)
+    command = shlex.split(line[len(prefix):])
+    checkpoint = command[-1].removeprefix("--resume=")
+    assert command[:-1] == ["python", SCRIPT, *TINY_RUN, "--epochs=2"]
+    assert read_checkpoint(tmp_path / checkpoint)["epoch"] == 0  # the run's own, kept
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "model: EndoDecouple  epochs: 2" in resumed.stdout
+
+
+def test_ctrl_c_before_a_checkpoint_says_there_is_nothing_to_resume(tmp_path):
+    patch = """
+        from recbole_endo.trainer import PluginTrainerMixin
+
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        PluginTrainerMixin.fit = interrupted
+    """
+    run = script(*TINY_RUN, "--epochs=1", cwd=tmp_path, patch=patch)
+    assert run.returncode == 130, run.stderr[-2000:]
+    assert run.stderr.splitlines() == [
+        "interrupted before a checkpoint was written: nothing to resume; run the command again to start over"
+    ]
