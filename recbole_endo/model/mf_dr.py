@@ -6,12 +6,12 @@ Recommendation on Data Missing Not at Random", ICML 2019.
 
 import torch
 
-from recbole_endo.model.mf import MF, BiasedMF
+from recbole_endo.model.mf import BiasedMF
+from recbole_endo.model.mf_ips import MFIPS
 from recbole_endo.model.options import number_option
-from recbole_endo.model.propensity import item_counts, observed_share_propensity, propensity_from_config
 
 
-class MFDR(MF):
+class MFDR(MFIPS):
     r"""A prediction model (biased MF, scoring :math:`\hat r_{ui}`; it ranks) and an error
     imputation model (a second biased MF, imputing ratings :math:`\tilde r_{ui}`), learned jointly.
 
@@ -42,23 +42,15 @@ class MFDR(MF):
     per-parameter steps make the two losses' scales independent; ``learning_rate`` and
     ``weight_decay`` are shared.
 
-    Propensities (``propensity``): as MFIPS's (:class:`~recbole_endo.model.mf_ips.MFIPS`); they
-    must be probabilities here, since the DR term weighs propensity-weighted terms against
-    unweighted ones. Options: ``properties/model/MFDR.yaml``.
+    Propensities (``propensity``) and the ratings' share of the matrix: MFIPS's, of which it is
+    the subclass (:class:`~recbole_endo.model.mf_ips.MFIPS`); they must be probabilities here,
+    since the DR term weighs propensity-weighted terms against unweighted ones. Options:
+    ``properties/model/MFDR.yaml``.
     """
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        items = dataset.inter_feat[self.ITEM_ID]
-        users = self.n_users - 1  # internal id 0 is RecBole's padding
-        self.propensity = propensity_from_config(
-            config,
-            dataset,
-            lambda: observed_share_propensity(item_counts(items, self.n_items), users),
-            type(self).__name__,
-        )
         self.all_pairs_ratio = number_option(config, "all_pairs_ratio", 1, integer=True)
-        self.observed_share = len(items) / (users * (self.n_items - 1))
         self.imputation = BiasedMF(self.n_users, self.n_items, self.embedding_size, self.mean_rating)
 
     def sample_pairs(self, count):
@@ -72,7 +64,7 @@ class MFDR(MF):
         user, item = interaction[self.USER_ID], interaction[self.ITEM_ID]
         rating = interaction[self.RATING].float()
         prediction, imputed = self.mf(user, item), self.imputation(user, item)
-        weight = 1.0 / self.propensity(user, item)
+        weight = self.ips_weights(interaction)
         error = (rating - prediction) ** 2
         # The prediction model's objective: the imputed ratings are targets here, not trained.
         imputed_error = (prediction - imputed.detach()) ** 2
