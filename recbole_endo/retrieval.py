@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -255,14 +256,23 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def read_checkpoint_config(path):
-    """The config stored in the checkpoint at ``path``, its model checked to export (before any
-    data loads): ``(config, kind)``."""
+def checkpoint_config(path):
+    """The config stored in the checkpoint at ``path``, read with torch's safe loader."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    config = read_checkpoint(path).get("config")
+    try:
+        stored = read_checkpoint(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(f"'{path}' is no checkpoint torch's safe loader reads ({error})") from None
+    config = stored.get("config") if isinstance(stored, dict) else None
     if config is None:
         raise ValueError(f"'{path}' holds no config: it is no checkpoint of run_recbole_endo.py or its runner")
+    return config
+
+
+def read_checkpoint_config(path):
+    """The checkpoint's config and its model's kind (:func:`exported_kind`), before any data loads."""
+    config = checkpoint_config(path)
     return config, exported_kind(config["model"])
 
 
@@ -432,13 +442,14 @@ class Retriever:
         faiss = _faiss()
         metadata = _read_metadata(folder)
         path = functools.partial(os.path.join, folder)
-        for name in ("item_vectors.npy", "items.tsv", "user_vectors.npy", "users.tsv", "seen.npz", "exact.faiss"):
+        approximate = metadata["indexes"]["approximate"]
+        names = ["item_vectors.npy", "items.tsv", "user_vectors.npy", "users.tsv", "seen.npz", "exact.faiss"]
+        for name in names + (["approximate.faiss"] if approximate else []):
             if not os.path.isfile(path(name)):
                 raise FileNotFoundError(f"index folder '{folder}' lacks {name}: export it again")
         items, users = _read_rows(path("items.tsv")), _read_rows(path("users.tsv"))
         with np.load(path("seen.npz"), allow_pickle=False) as stored:
             seen = {split: (stored[f"{split}_indptr"], stored[f"{split}_items"]) for split in metadata["seen"]["splits"]}
-        approximate = metadata["indexes"]["approximate"]
         retriever = cls(
             metadata,
             {"id": items["item_id"], "internal": np.array(items["internal_id"], dtype=np.int64),
@@ -460,12 +471,12 @@ class Retriever:
         """Embed new users and items with ``checkpoint``, after checking that it is the file this
         index was exported from (its dataset, model, then content)."""
         checkpoint = os.path.abspath(checkpoint)
-        if not os.path.isfile(checkpoint):
+        if not os.path.isfile(checkpoint):  # before checkpoint_config's shorter message: say why it is needed
             raise FileNotFoundError(
                 f"checkpoint '{checkpoint}' does not exist: new users and items are embedded by the checkpoint "
                 "the index was exported from (metadata.json: checkpoint); pass its new path (--checkpoint)"
             )
-        config = read_checkpoint(checkpoint).get("config") or {}
+        config = checkpoint_config(checkpoint)
         for option in ("dataset", "model"):
             if config[option] != self.metadata[option]:
                 raise ValueError(

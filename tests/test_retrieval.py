@@ -148,6 +148,9 @@ def test_an_approximate_index_is_written_loaded_and_searched_by_default(trained,
     assert retriever.metadata["indexes"]["approximate"]["type"] == "IndexHNSWFlat"
     for user in ("u1", "u7", "u40"):  # 60 items: the graph search visits them all
         assert retriever.recommend(user=user) == retriever.recommend(user=user, exact=True)
+    os.remove(tmp_path / "index" / "approximate.faiss")
+    with pytest.raises(FileNotFoundError, match="lacks approximate.faiss: export it again"):
+        Retriever.load(tmp_path / "index")
 
 
 def test_the_approximate_index_follows_the_catalogue_size():
@@ -377,6 +380,16 @@ def test_models_that_do_not_score_by_an_inner_product_are_refused_before_anythin
     with pytest.raises(SystemExit) as stopped:
         main(["export", checkpoint, str(tmp_path / "index")])
     assert stopped.value.code == 2 and f"error: model {name} cannot be exported" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "index")
+
+
+def test_a_missing_file_or_one_that_is_no_checkpoint_is_named(tmp_path, capsys):
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    for path, message in ((tmp_path / "none.pth", "none.pth' does not exist"),
+                          (tmp_path / "notes.pth", "notes.pth' is no checkpoint torch's safe loader reads")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["export", str(path), str(tmp_path / "index")])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "index")
 
 
