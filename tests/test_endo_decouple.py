@@ -69,8 +69,8 @@ def test_atom_ssl_views_are_the_atom_part_orthogonal_to_the_side_or_the_atom_its
     tower = model.towers["item"].train()
     tower.heads["atom"] = torch.nn.Identity()
     ids = torch.tensor([1, 2, 3])
-    _, (_, problems, _) = model.decoupling.tower_terms(tower, ids)
-    views = problems["atom_ssl"][0].detach()
+    _, terms = model.decoupling.tower_terms(tower, ids)
+    views = terms.problems["atom_ssl"].views.detach()
     with torch.no_grad():
         embedded = tower.embed(ids)
         s, a = (F.normalize(tower.branch(group, embedded[group]), dim=-1) for group in ("side", "atom"))
@@ -157,9 +157,9 @@ def test_sample_weights_reach_the_ranking_loss_as_the_documented_map_with_mean_o
         counts = Counter(train_data._dataset.inter_feat["item_id"].tolist())  # counted from the split's rows
         raw = torch.tensor([1 / (1 + counts[item]) for item in batch["item_id"].tolist()])
     else:
-        _, (_, _, item_cos) = model.auxiliary("item", batch["item_id"])
-        assert item_cos.requires_grad
-        raw = torch.exp(-2.0 * item_cos.detach())
+        _, terms = model.auxiliary("item", batch["item_id"])
+        assert terms.cos.requires_grad
+        raw = torch.exp(-2.0 * terms.cos.detach())
     assert not weight.requires_grad
     assert torch.allclose(weight, raw / raw.mean(), rtol=1e-5)
 
@@ -273,7 +273,7 @@ def test_fake_negatives_of_repeated_entities_and_equal_sides_are_masked_whatever
     temperature = model.decoupling.temperature
     for name, pairs in fake.items():
         assert model.loss_components[f"{name}_fake_share"].item() == pytest.approx(len(pairs) / 30)
-        views = F.normalize(captured[name][0].detach(), dim=-1).tolist()
+        views = F.normalize(captured[name].views.detach(), dim=-1).tolist()
         anchors, positives = views
         cos = lambda x, y: sum(p * q for p, q in zip(x, y))  # noqa: E731 (unit vectors)
         losses = []
@@ -289,9 +289,9 @@ def test_atom_ssl_reaches_the_side_branch_only_when_its_side_gradient_is_on(tiny
     tiny["config_dict"]["atom_ssl_side_gradient"] = side_gradient
     _, model, _, _ = _build(Config(model="EndoDecouple", **tiny))
     tower = model.towers["item"].train()
-    _, (_, problems, _) = model.decoupling.tower_terms(tower, torch.arange(1, 9))
+    _, terms = model.decoupling.tower_terms(tower, torch.arange(1, 9))
     # The atom SSL alone: the ranking loss and the other terms reach both branches anyway.
-    loss = model.decoupling.ssl_losses({"item_atom_ssl": problems["atom_ssl"]})[0]["item_atom_ssl"]
+    loss = model.decoupling.ssl_losses({"item_atom_ssl": terms.problems["atom_ssl"]})[0]["item_atom_ssl"]
     side, atom = (list(tower.mlps[group].parameters()) for group in ("side", "atom"))
     gradients = torch.autograd.grad(loss, side + atom, allow_unused=True)
     reached = [any(g is not None and g.abs().sum() > 0 for g in part) for part in (gradients[: len(side)], gradients[len(side):])]

@@ -2,6 +2,8 @@
 models that train them (EndoDecouple, EndoSASRec): their options, their computation on a tower
 and their sum with the ranking loss, with the diagnostics each step logs (docs/model.md)."""
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -10,6 +12,23 @@ from recbole_endo.model.options import choice_option, number_option, sizes_optio
 from recbole_endo.model.towers import FIELD_GROUPS
 
 TERMS = ("stage1", "side_ssl", "atom_ssl")
+
+
+class SSLProblem(NamedTuple):
+    """One InfoNCE problem: the two projected views of each SSL row ``[2, rows, projection_size]``
+    and the rows' value classes ``[rows]``, equal for fake negatives (:meth:`EndoTower.value_classes`)."""
+
+    views: torch.Tensor
+    keys: torch.Tensor
+
+
+class TowerTerms(NamedTuple):
+    """A tower's decoupling terms for its auxiliary rows: ``{name: loss}`` (stage-1),
+    ``{name: SSLProblem}`` and cos(a, s) per row."""
+
+    losses: dict
+    problems: dict
+    cos: torch.Tensor
 
 
 class DecouplingTerms:
@@ -48,15 +67,12 @@ class DecouplingTerms:
         sizes_option(config, "rank_hidden_size", allow_empty=True)
 
     def tower_terms(self, tower, ids, rows=None):
-        """``(representations, (losses, problems, cos))`` of a ``decoupled`` EndoTower: the ranking
+        """``(representations, TowerTerms)`` of a ``decoupled`` EndoTower: the ranking
         representation of each of ``ids``; and, for the auxiliary rows ``ids[rows]`` (``rows``
         indexes ``ids``; None: every id), the stage-1 loss, the SSL problems and cos(a, s).
 
         Each of ``ids`` runs through the tower once, so a caller passing distinct ids lets repeated
-        rows share its output; the SSL views are drawn per row. An SSL problem is
-        ``(views, keys)``: the two projected views of each SSL row ``[2, rows,
-        projection_size]`` and the rows' value classes, equal for fake negatives
-        (:meth:`EndoTower.value_classes`)."""
+        rows share its output; the SSL views are drawn per row."""
 
         def at(tensor, part=slice(None)):
             """``tensor``'s auxiliary rows ``part``: ``tensor`` has one row per id."""
@@ -75,14 +91,14 @@ class DecouplingTerms:
         problems = {}
         if self.weights["side_ssl"]:
             views = tower.views("side", at(embedded["side"], ssl))
-            problems["side_ssl"] = tower.heads["side"](views), tower.value_classes("side", ssl_ids)
+            problems["side_ssl"] = SSLProblem(tower.heads["side"](views), tower.value_classes("side", ssl_ids))
         if self.weights["atom_ssl"]:
             views = tower.views("atom", at(embedded["atom"], ssl))
             if self.orthogonalize:
                 s = at(side, ssl)
                 views = orthogonal_component(views, s if self.atom_ssl_side_gradient else s.detach())
-            problems["atom_ssl"] = tower.heads["atom"](views), tower.value_classes("atom", ssl_ids)
-        return tower.combine(ids, branches), (losses, problems, cos)
+            problems["atom_ssl"] = SSLProblem(tower.heads["atom"](views), tower.value_classes("atom", ssl_ids))
+        return tower.combine(ids, branches), TowerTerms(losses, problems, cos)
 
     def ssl_losses(self, problems):
         """``({name: InfoNCE}, {name: share of fake negatives})`` of every SSL problem, solved as
@@ -100,14 +116,14 @@ class DecouplingTerms:
 
     def total(self, rank, terms):
         """``(total loss, components)``: ``rank`` plus every weighted term of ``terms``
-        (``{entity: terms}``, the terms of :meth:`tower_terms`; a tower that is not
+        (``{entity: TowerTerms}``, of :meth:`tower_terms`; a tower that is not
         decoupled is left out), and the detached components a trainer logs: each loss, each SSL
         problem's share of fake negatives, and per tower the mean and minimum cos(a, s) and the
         share of rows inside the stage-1 margin."""
         losses, problems = {}, {}
-        for entity, (tower_losses, tower_problems, _) in terms.items():
-            losses |= {f"{entity}_{name}": loss for name, loss in tower_losses.items()}
-            problems |= {f"{entity}_{name}": problem for name, problem in tower_problems.items()}
+        for entity, tower_terms in terms.items():
+            losses |= {f"{entity}_{name}": loss for name, loss in tower_terms.losses.items()}
+            problems |= {f"{entity}_{name}": problem for name, problem in tower_terms.problems.items()}
         ssl_losses, fake_shares = self.ssl_losses(problems)
         losses |= ssl_losses
         total = rank
@@ -117,8 +133,8 @@ class DecouplingTerms:
             total = total + self.weights[name.split("_", 1)[1]] * loss
             components[name] = loss.detach()
         components |= {f"{name}_fake_share": share for name, share in fake_shares.items()}
-        for entity, (_, _, cos) in terms.items():
-            cos = cos.detach()
+        for entity, tower_terms in terms.items():
+            cos = tower_terms.cos.detach()
             components[f"{entity}_cos_mean"] = cos.mean()
             components[f"{entity}_cos_min"] = cos.min()
             # The share of rows the stage-1 loss acts on: 0 means the margin binds nothing.

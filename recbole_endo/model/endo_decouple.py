@@ -68,8 +68,8 @@ class EndoDecouple(FeatureTowerRecommender):
 
     def auxiliary(self, entity, ids, other_ids=None):
         """``(representation, terms)``: the tower's ranking representation, and its
-        ``(losses, SSL problems, cos(a, s))`` (:meth:`DecouplingTerms.tower_terms`), or None for a
-        tower that is not ``decoupled``.
+        :class:`~recbole_endo.model.decoupling.TowerTerms` (:meth:`DecouplingTerms.tower_terms`),
+        or None for a tower that is not ``decoupled``.
 
         The representation covers ``ids`` and then ``other_ids`` (the negative items) when given;
         the rest covers ``ids`` only. With ``deduplicate`` each distinct id runs through the tower
@@ -98,8 +98,7 @@ class EndoDecouple(FeatureTowerRecommender):
         count = len(grades)  # the positives come first; the auxiliary terms cover them only
         item_repr, item_terms = self.auxiliary("item", items[:count], items[count:])
         if self.sample_weight == "endo":
-            _, _, item_cos = item_terms
-            weight = batch_normalised(torch.exp(-self.endo_eta * item_cos))
+            weight = batch_normalised(torch.exp(-self.endo_eta * item_terms.cos))
         else:
             weight = self.pair_weight(interaction)
         rank = self.ranking_loss(user_repr, item_repr, grades, lower, weight)
