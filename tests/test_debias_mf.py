@@ -11,7 +11,7 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, full_and_pointwise_scores
 from recbole_endo import Config
 from recbole_endo.experiments.tune import read_search_space, search_space_file
 from recbole_endo.model import MF, MFDR, MFIPS, RelMF
@@ -250,11 +250,7 @@ def test_predict_agrees_with_full_sort_predict(name, tiny):
     with torch.no_grad():
         for parameter in model.parameters():  # biases away from their initial zeros
             parameter.add_(0.01 * torch.randn_like(parameter))
-        users = torch.tensor([1, 5, 9])
-        full = model.full_sort_predict(Interaction({"user_id": users})).view(len(users), -1)
-        items = torch.arange(model.n_items)
-        pairs = Interaction({"user_id": users.repeat_interleave(len(items)), "item_id": items.repeat(len(users))})
-        pointwise = model.predict(pairs).view(len(users), -1)
+    full, pointwise = full_and_pointwise_scores(model, torch.tensor([1, 5, 9]))
     assert full.shape == (3, model.n_items)
     assert torch.allclose(full, pointwise, atol=1e-5)
     assert pointwise[1, 7].item() == pytest.approx(score(model.mf, 5, 7), abs=1e-5)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from recbole.data.interaction import Interaction
+from conftest import full_and_pointwise_scores
 
 from recbole_endo import Config
 from recbole_endo.model.dice import DICE, distance_correlation
@@ -298,12 +299,7 @@ VARIANTS = [
 def test_predict_agrees_with_full_sort_predict(tiny, name, options):
     model, _, _ = build(name, tiny, **options)
     model.eval()
-    users = torch.tensor([1, 5, 9])
-    items = torch.arange(model.n_items)
-    with torch.no_grad():
-        full = model.full_sort_predict(Interaction({"user_id": users})).view(len(users), -1)
-        pairs = Interaction({"user_id": users.repeat_interleave(len(items)), "item_id": items.repeat(len(users))})
-        pointwise = model.predict(pairs).view(len(users), -1)
+    full, pointwise = full_and_pointwise_scores(model, torch.tensor([1, 5, 9]))
     assert full.shape == (3, model.n_items)
     assert torch.allclose(full, pointwise, atol=1e-6)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
+from conftest import full_and_pointwise_scores
 
 from recbole_endo import Config, TwoTowerConcat, TwoTowerSplit
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
@@ -51,12 +52,7 @@ def test_model_trains_and_its_test_ndcg_is_each_users_ndcg_by_hand(name, tiny):
 @pytest.mark.parametrize("name", PLUGIN_MODELS)
 def test_predict_agrees_with_full_sort_predict(name, tiny):
     model = build_model(name, tiny).eval()
-    users = torch.tensor([1, 5, 9])
-    with torch.no_grad():
-        full = model.full_sort_predict(Interaction({"user_id": users})).view(len(users), -1)
-        items = torch.arange(model.n_items)
-        pairs = Interaction({"user_id": users.repeat_interleave(len(items)), "item_id": items.repeat(len(users))})
-        pointwise = model.predict(pairs).view(len(users), -1)
+    full, pointwise = full_and_pointwise_scores(model, torch.tensor([1, 5, 9]))
     assert full.shape == (3, model.n_items)
     assert torch.allclose(full, pointwise, atol=1e-5)
 
