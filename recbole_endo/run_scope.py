@@ -9,6 +9,12 @@ the plugin starts (:func:`recbole_endo.quick_start.run_recbole_endo`, ``objectiv
   RecBole's check-then-create fails the slower one with FileExistsError;
 - lets RecBole's trainers wrap a CPU model for DDP (``gloo``), which torch refuses with the
   ``device_ids`` RecBole passes;
+- turns autograd's anomaly detection off: importing RecBole's sequential models (which its
+  ``quick_start`` does) runs ``torch.autograd.set_detect_anomaly(True)`` in ``sine.py``, a
+  debugging mode left on for the whole process that records a traceback per forward operation and
+  checks every gradient for NaN. It computes the same numbers, at a cost: on ml-100k (2 cores) an
+  epoch of BPR took 0.21 s with it and 0.17 s without, TwoTowerSplit 1.01 s and 0.57 s,
+  EndoDecouple 3.09 s and 1.60 s. The trainers still stop on a non-finite loss;
 - hides the known deprecation warnings raised inside RecBole's own modules (pandas' chained
   assignment and ``Series.agg(len)`` in its dataset code, torch's ``GradScaler`` in its trainer
   and ``sparse.FloatTensor`` in its graph models),
@@ -34,6 +40,7 @@ import recbole.trainer.trainer
 import recbole.utils
 import recbole.utils.logger
 import recbole.utils.utils
+import torch
 from torch.nn.parallel import DistributedDataParallel
 
 # Every RecBole module that binds ensure_dir by name.
@@ -95,6 +102,7 @@ def plugin_run():
             stack.enter_context(_patched(module, "ensure_dir", ensure_dir))
         stack.enter_context(_patched(recbole.trainer.trainer, "DistributedDataParallel", distributed_data_parallel))
         stack.enter_context(_own_log_handlers())
+        stack.enter_context(torch.autograd.set_detect_anomaly(False))
         stack.enter_context(warnings.catch_warnings())
         for message, category in RECBOLE_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category, module=r"recbole\.")

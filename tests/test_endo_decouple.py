@@ -83,16 +83,27 @@ def test_atom_ssl_views_are_the_atom_part_orthogonal_to_the_side_or_the_atom_its
     assert torch.allclose(views, expected.expand(2, -1, -1), atol=1e-5)
 
 
-def test_field_views_train_and_views_of_one_row_know_complementary_fields(tiny, monkeypatch):
+def test_field_views_train_and_views_of_one_row_know_complementary_fields(tiny):
     model, trainer = fit(tiny, epochs=1, ssl_views="fields")
     assert math.isfinite(trainer.train_loss_dict[0])
     tower = model.towers["user"]  # three side fields: age, gender, favourite
-    # A branch that passes its input through shows which fields each view kept.
-    monkeypatch.setattr(tower, "branch", lambda group, embedded: embedded.flatten(-2))
-    views = tower.views("side", torch.ones(50, 3, 8)).view(2, 50, 3, 8)
+    views = tower.views("side", torch.ones(50, 3, 8))
     kept = views.abs().sum(-1) > 0  # [view, row, field]
     assert torch.equal(kept[0], ~kept[1])  # every field is known to exactly one view
     assert kept.any(-1).all()  # and neither view of any row is empty
+
+
+def test_dropout_views_drop_each_entry_at_the_rate_and_scale_the_kept_ones_as_dropout_does(tiny):
+    _, model, _, _ = _build(Config(model="EndoDecouple", **tiny))
+    tower = model.towers["user"]
+    tower.ssl_dropout = 0.25
+    torch.manual_seed(0)
+    views = tower.views("side", torch.ones(2000, 3, 8))
+    assert views.shape == (2, 2000, 3, 8)
+    kept = views != 0
+    assert torch.equal(views[kept], torch.full((int(kept.sum()),), 1 / 0.75))  # inverted dropout's scale
+    assert abs(1 - kept.float().mean().item() - 0.25) < 0.01  # 96,000 entries: the rate's std is 0.0014
+    assert 0.2 < (kept[0] != kept[1]).float().mean().item() < 0.55  # independent views: 2 * 0.25 * 0.75
 
 
 def test_side_orthogonal_ranking_scores_scale_times_side_plus_weighted_orthogonal_atom(tiny):
@@ -175,7 +186,8 @@ def test_unknown_sample_weight_is_refused_naming_the_option(tiny):
     [
         ('stage1_margin: "0.5"', r"'stage1_margin' must be a number in \[-1, 2\], got '0.5' \(str\)"),
         ("ssl_temperature: -0.1", r"'ssl_temperature' must be a number in \(0, inf\]"),
-        ("ssl_dropout: 1.5", r"'ssl_dropout' must be a number in \[0, 1\]"),
+        ("ssl_dropout: 1.5", r"'ssl_dropout' must be a number in \[0, 1\)"),
+        ("ssl_dropout: 1", r"'ssl_dropout' must be a number in \[0, 1\)"),
         ("side_ssl_weight: -1", r"'side_ssl_weight'"),
         ("ssl_batch_size: 1.5", r"'ssl_batch_size' must be an integer"),
         ("mlp_hidden_size: [64, 0]", r"'mlp_hidden_size' must be a list of positive integers"),

@@ -178,7 +178,6 @@ def gradients(model):
 @pytest.mark.parametrize("name", ["TwoTowerSplit", "TwoTowerConcat", "EndoDecouple"])
 def test_towers_run_once_per_distinct_id_with_the_loss_and_gradients_of_every_row_run_alone(tiny, name):
     _, model, _, (train_data, _, _) = build(tiny, name)
-    assert model.deduplicate  # tiny: no dropout
     batch = next(iter(train_data))
     items = torch.cat([batch["item_id"], batch["neg_item_id"]])
     assert len(items.unique()) < len(items)  # the batch repeats items: there is something to share
@@ -208,8 +207,8 @@ def test_towers_run_once_per_distinct_id_with_the_loss_and_gradients_of_every_ro
         return
     # EndoDecouple's decoupling terms cover the batch's rows, a repeated item once per row (its
     # SSL views drawn per row): the whole loss and its gradients are those of the towers run on
-    # every row (the positives, which the terms cover, in one call, the negatives in another).
-    model.deduplicate = False
+    # every row, each row its own "distinct" id.
+    model.distinct = lambda ids: (ids, torch.arange(len(ids)))
     model.zero_grad()
     torch.manual_seed(0)
     rows.clear()
@@ -217,42 +216,31 @@ def test_towers_run_once_per_distinct_id_with_the_loss_and_gradients_of_every_ro
     every_row = model.calculate_loss(batch)
     every_row.backward()
     hook.remove()
-    assert rows == [len(batch["item_id"]), len(batch["neg_item_id"])]
+    assert rows == [len(items)]
     assert torch.allclose(loss.detach(), every_row.detach(), atol=1e-6)
     slow_grads = gradients(model)
     assert fast_grads.keys() == slow_grads.keys()
     assert all(torch.allclose(fast_grads[key], slow_grads[key], atol=1e-6) for key in slow_grads)
 
 
-def test_towers_with_dropout_run_on_every_row_each_with_a_mask_of_its_own(tiny):
-    """With dropout a repeated item must not share one tower call: its rows would share one
-    dropout mask. The item tower sees every row (positives and negatives), and two rows of one
-    item come out different."""
+def test_towers_with_dropout_run_once_per_distinct_id_its_rows_sharing_one_mask(tiny):
+    """With dropout a repeated item still runs through its tower once: its rows share one
+    dropout mask (each row's loss keeps its distribution). The item tower sees each distinct item
+    once, two rows of one item are equal, and the output differs from the eval-mode one: the
+    mask is there."""
     _, model, _, (train_data, _, _) = build(tiny, "TwoTowerSplit", dropout_prob=0.5)
     batch = next(iter(train_data))
     items = torch.cat([batch["item_id"], batch["neg_item_id"]])
+    assert len(items.unique()) < len(items)
     tower = model.towers["item"]
-    rows, calls = [], []
-    hooks = [
-        tower.embeddings["atom"].register_forward_hook(lambda module, args, output: rows.append(len(args[0]))),
-        tower.register_forward_hook(lambda module, args, output: calls.append((args[0], output.detach()))),
-    ]
+    calls = []
+    hook = tower.register_forward_hook(lambda module, args, output: calls.append((args[0], output.detach())))
     model.train()
     torch.manual_seed(0)
     model.calculate_loss(batch)
-    for hook in hooks:
-        hook.remove()
-    assert sum(rows) == len(items) > len(items.unique())
-    ids, outputs = (torch.cat(parts) for parts in zip(*calls))
-    assert torch.equal(ids.sort().values, items.sort().values)
-    values, counts = ids.unique(return_counts=True)
-    repeated = values[counts >= 2]
-    assert len(repeated) > 0
-    for item in repeated.tolist():
-        first, second = outputs[ids == item][:2]
-        assert not torch.allclose(first, second, atol=1e-4), item
-    # Without dropout, the same rows of one item are equal: the difference above is the masks'.
+    hook.remove()
+    ((ids, outputs),) = calls
+    assert torch.equal(ids, items.unique())
     model.eval()
     with torch.no_grad():
-        again = tower(torch.full((2,), repeated[0].item()))
-    assert torch.equal(again[0], again[1])
+        assert not torch.allclose(outputs, tower(ids), atol=1e-4)

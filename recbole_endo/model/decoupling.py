@@ -60,7 +60,7 @@ class DecouplingTerms:
         self.orthogonalize = bool(config["orthogonalize"])
         self.atom_ssl_side_gradient = bool(config["atom_ssl_side_gradient"])
         self.ssl_batch_size = number_option(config, "ssl_batch_size", 2, integer=True)
-        number_option(config, "ssl_dropout", 0, 1)
+        number_option(config, "ssl_dropout", 0, 1, high_open=True)
         choice_option(config, "rank_representation", ("output", "side_orthogonal"))
         choice_option(config, "ssl_views", ("dropout", "fields"))
         number_option(config, "projection_size", 1, integer=True)
@@ -72,32 +72,34 @@ class DecouplingTerms:
         indexes ``ids``; None: every id), the stage-1 loss, the SSL problems and cos(a, s).
 
         Each of ``ids`` runs through the tower once, so a caller passing distinct ids lets repeated
-        rows share its output; the SSL views are drawn per row."""
+        rows share its output; the SSL views are drawn per row, and go through each branch in the
+        same pass as the ids (:meth:`EndoTower.branch_with_views`)."""
 
-        def at(tensor, part=slice(None)):
-            """``tensor``'s auxiliary rows ``part``: ``tensor`` has one row per id."""
-            return tensor[part] if rows is None else tensor[rows[part]]
-
+        rows = torch.arange(len(ids), device=ids.device) if rows is None else rows
+        ssl_rows = rows[: self.ssl_batch_size]
         embedded = tower.embed(ids)
-        branches = {group: tower.branch(group, embedded[group]) for group in FIELD_GROUPS}
+        branches, views = {}, {}
+        for group in FIELD_GROUPS:
+            if self.weights[f"{group}_ssl"]:
+                branches[group], views[group] = tower.branch_with_views(group, embedded[group], ssl_rows)
+            else:
+                branches[group] = tower.branch(group, embedded[group])
         # Normalised and compared once per id; rows share the result.
         side, atom = (F.normalize(branches[group], dim=-1) for group in ("side", "atom"))
-        cos = at((atom * side).sum(-1))
+        cos = (atom * side).sum(-1).index_select(0, rows)
         losses = {}
         if self.weights["stage1"]:
             losses["stage1"] = truncated_cosine_loss(cos, self.margin)
-        ssl = slice(0, min(self.ssl_batch_size, len(cos)))
-        ssl_ids = at(ids, ssl)
+        ssl_ids = ids[ssl_rows]
         problems = {}
-        if self.weights["side_ssl"]:
-            views = tower.views("side", at(embedded["side"], ssl))
-            problems["side_ssl"] = SSLProblem(tower.heads["side"](views), tower.value_classes("side", ssl_ids))
-        if self.weights["atom_ssl"]:
-            views = tower.views("atom", at(embedded["atom"], ssl))
+        if "side" in views:
+            problems["side_ssl"] = SSLProblem(tower.heads["side"](views["side"]), tower.value_classes("side", ssl_ids))
+        if "atom" in views:
+            atom_views = views["atom"]
             if self.orthogonalize:
-                s = at(side, ssl)
-                views = orthogonal_component(views, s if self.atom_ssl_side_gradient else s.detach())
-            problems["atom_ssl"] = SSLProblem(tower.heads["atom"](views), tower.value_classes("atom", ssl_ids))
+                s = side.index_select(0, ssl_rows)
+                atom_views = orthogonal_component(atom_views, s if self.atom_ssl_side_gradient else s.detach())
+            problems["atom_ssl"] = SSLProblem(tower.heads["atom"](atom_views), tower.value_classes("atom", ssl_ids))
         return tower.combine(ids, branches), TowerTerms(losses, problems, cos)
 
     def ssl_losses(self, problems):

@@ -72,24 +72,14 @@ class EndoDecouple(FeatureTowerRecommender):
         or None for a tower that is not ``decoupled``.
 
         The representation covers ``ids`` and then ``other_ids`` (the negative items) when given;
-        the rest covers ``ids`` only. With ``deduplicate`` each distinct id runs through the tower
-        once.
+        the rest covers ``ids`` only. Each distinct id runs through the tower once (:meth:`distinct`).
         """
-        tower = self.towers[entity]
-        if not tower.decoupled:
-            parts = (ids,) if other_ids is None else (ids, other_ids)
+        parts = (ids,) if other_ids is None else (ids, other_ids)
+        if not self.towers[entity].decoupled:
             return torch.cat(self.tower_rows(entity, *parts)), None
-        count = len(ids)
-        if self.deduplicate and other_ids is not None:
-            ids = torch.cat([ids, other_ids])
-        distinct, index = self.distinct(ids)
-        rows = None if index is None else index[:count]
-        representation, terms = self.decoupling.tower_terms(tower, distinct, rows)
-        if index is not None:
-            representation = representation[index]
-        elif other_ids is not None:
-            representation = torch.cat([representation, tower(other_ids)])
-        return representation, terms
+        distinct, index = self.distinct(torch.cat(parts))
+        representation, terms = self.decoupling.tower_terms(self.towers[entity], distinct, index[: len(ids)])
+        return representation.index_select(0, index), terms
 
     def calculate_loss(self, interaction):
         user_repr, user_terms = self.auxiliary("user", interaction[self.USER_ID])

@@ -42,7 +42,7 @@ class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
         self.endo_fields = parse_endo_fields(config, dataset)
         number_option(config, "embedding_size", 1, integer=True)
         sizes_option(config, "mlp_hidden_size")
-        number_option(config, "dropout_prob", 0, 1)
+        number_option(config, "dropout_prob", 0, 1, high_open=True)
         self.towers = nn.ModuleDict(
             {entity: self.tower_class(dataset, entity, self.endo_fields[entity], config) for entity in ENTITIES}
         )
@@ -81,11 +81,6 @@ class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
             popularity[item] += count
         self.register_buffer("item_popularity", popularity, persistent=False)
         self.loss_components = {}
-        # A batch repeats popular users and items many times (ml-100k: 2048 pairs hold about 660
-        # users and, with the negatives, 1450 items): each distinct id goes through its tower once
-        # and the rows share its output and sum their gradients. With dropout every row keeps a
-        # mask of its own, so the towers then run on every row, as they always did.
-        self.deduplicate = not config["dropout_prob"]
         initialise_towers(self)
 
     def grades(self, interaction):
@@ -119,19 +114,21 @@ class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
             return graded_bpr_loss(pos_score, neg_score, grades, sample_weight)
         return graded_bpr_loss(pos_score, neg_score, grades, sample_weight, *lower_score, *lower, self.within_user_weight)
 
-    def distinct(self, ids):
-        """``(distinct ids, where each of ids is among them)``, or ``(ids, None)`` when the model
-        does not deduplicate (see ``deduplicate``)."""
-        if not self.deduplicate:
-            return ids, None
+    @staticmethod
+    def distinct(ids):
+        """``(distinct ids, where each of ids is among them)``.
+
+        A batch repeats popular users and items many times (ml-100k: 2048 pairs hold about 660
+        users and, with the negatives, 1450 items): each distinct id goes through its tower once
+        and the rows share its output and sum their gradients. With dropout the rows of one id
+        share one mask: each row's loss has the distribution it has with a mask of its own, so
+        the expected loss and gradient are unchanged, and the work is that of the distinct ids."""
         return torch.unique(ids, return_inverse=True)
 
     def tower_rows(self, entity, *ids):
         """The ``entity`` tower on each id tensor of ``ids``, each distinct id computed once."""
-        if not self.deduplicate:
-            return tuple(self.towers[entity](part) for part in ids)
         distinct, index = self.distinct(torch.cat(ids))
-        return self.towers[entity](distinct)[index].split([len(part) for part in ids])
+        return self.towers[entity](distinct).index_select(0, index).split([len(part) for part in ids])
 
     def calculate_loss(self, interaction):
         (user_repr,) = self.tower_rows("user", interaction[self.USER_ID])

@@ -3,19 +3,22 @@
 import numbers
 
 
-def number_option(config, name, low=None, high=None, low_open=False, integer=False):
-    """``config[name]`` as a number within [low, high] (``low_open``: (low, high]), or a
-    ValueError naming the option, the value and the allowed range."""
+def number_option(config, name, low=None, high=None, low_open=False, integer=False, high_open=False):
+    """``config[name]`` as a number within [low, high] (``low_open``: from above ``low``;
+    ``high_open``: below ``high``), or a ValueError naming the option, the value and the allowed range."""
     value = config[name]
     kind = numbers.Integral if integer else numbers.Real
     in_range = (
         isinstance(value, kind)
         and not isinstance(value, bool)
         and (low is None or (value > low if low_open else value >= low))
-        and (high is None or value <= high)
+        and (high is None or (value < high if high_open else value <= high))
     )
     if not in_range:
-        bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        bounds = (
+            f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
+            f"{'inf' if high is None else high}{')' if high_open else ']'}"
+        )
         raise ValueError(
             f"config option '{name}' must be {'an integer' if integer else 'a number'} in {bounds}, "
             f"got {value!r} ({type(value).__name__})"

@@ -66,7 +66,7 @@ class SplitSASRec(EvaluationCache, SASRec):
         self.endo_fields = parse_endo_fields(config, dataset)
         number_option(config, "embedding_size", 1, integer=True)
         sizes = sizes_option(config, "mlp_hidden_size")
-        number_option(config, "dropout_prob", 0, 1)
+        number_option(config, "dropout_prob", 0, 1, high_open=True)
         if sizes[-1] != self.hidden_size:
             raise ValueError(
                 f"config option 'mlp_hidden_size' {sizes} ends in the item representation's size, which "
