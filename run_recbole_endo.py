@@ -6,6 +6,12 @@
     python run_recbole_endo.py --compare=EndoDecouple,TwoTowerSplit,BPR --dataset=ml-100k --seeds=2020,2021,2022 --reference=EndoDecouple
     python run_recbole_endo.py --model=TwoTowerSplit --dataset=ml-100k --nproc=2
 
+A run uses the CPU cores that other work leaves idle (``--threads`` to choose), shows RecBole's
+epoch lines and after each validation one line with the time it can still take, writes RecBole's
+configuration, dataset and model dumps and the loss components to its log file only, and ends
+with a summary: the test metrics, the checkpoint (``saved/``), the log (``log/``, TensorBoard in
+``log_tensorboard/``, all under the working directory) and commands to go on with.
+
 Any other ``--key=value`` is read by RecBole's Config. With --compare, each listed model (or
 ``Model[key=value;...]`` entry) runs once per seed and the summary goes to --output_dir, with
 --reference=ENTRY also each entry's paired per-user difference to that entry. With
@@ -19,13 +25,17 @@ its last checkpoint (exit status 130).
 """
 
 import argparse
+import os
 import shlex
 import sys
 import traceback
 
+import torch
+
 from recbole_endo.distributed import run_distributed
 from recbole_endo.experiments.compare import compare, split_entries
 from recbole_endo.quick_start import run_recbole_endo
+from recbole_endo.retrieval import exported_kind
 
 
 def resume_command(argv, checkpoint):
@@ -49,6 +59,51 @@ def interrupted_line(interrupt, args, argv):
     if checkpoint is None:
         return "interrupted before a checkpoint was written: nothing to resume; run the command again to start over"
     return f"interrupted; continue from the last checkpoint with: {resume_command(argv, checkpoint)}"
+
+
+def idle_cores():
+    """The CPU cores this process may use less those busy with other work (the 1-minute load
+    average), at least one: torch's threads beyond them wait on cores that other processes hold,
+    and its OpenMP threads spin while they wait. On two cores beside one busy process an
+    EndoDecouple step took 5 times as long with two threads as with one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def _metrics(result):
+    return "  ".join(f"{name} {value:.4f}" for name, value in result.items())
+
+
+def run_summary(result, args):
+    """The lines a single run ends with: what ran, its test metrics, where its files are and
+    the commands that go on from it."""
+    lines = [
+        f"{result['model']}: {result['epochs']} epoch{'s' if result['epochs'] != 1 else ''}, the best at epoch {result['best_epoch']} "
+        f"({result['valid_metric']} {result['best_valid_score']:.4f} on validation), {result['train_s_per_epoch']:.1f} s "
+        f"an epoch",
+        f"test: {_metrics(result['test_result'])}",
+    ]
+    if result.get("tuned_file"):
+        lines.append(f"options tuned on validation from: {result['tuned_file']} (--tuned=false: the defaults)")
+    if result.get("checkpoint"):
+        lines.append(f"checkpoint: {result['checkpoint']}")
+    if result.get("log_file"):
+        tensorboard = os.path.join("log_tensorboard", os.path.basename(result["log_file"]).split(".")[0])
+        lines.append(f"log: {os.path.relpath(result['log_file'])}  (TensorBoard: {tensorboard})")
+    dataset = f" --dataset={args.dataset}" if args.dataset else ""
+    lines.append("next:")
+    if result.get("checkpoint"):
+        try:
+            exported_kind(result["model"])
+            lines.append(f"  top-k recommendations: python -m recbole_endo.retrieval export {result['checkpoint']} index/")
+        except ValueError:  # its scores are no inner product: no index ranks as it does
+            pass
+    lines.append(
+        f"  paired comparison over seeds: python run_recbole_endo.py --compare={result['model']},BPR{dataset} "
+        f"--seeds=2020,2021,2022 --reference={result['model']}"
+    )
+    return "\n".join(lines)
 
 
 def build_parser():
@@ -77,11 +132,18 @@ def build_parser():
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of a refused option or a failed run"
     )
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch's CPU threads (default: the cores that other work leaves idle, at least one)",
+    )
     return parser
 
 
 def main(parser, args, argv):
     command = shlex.join(["python", *argv])
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads or idle_cores())
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     distributed = args.nproc > 1 or args.world_size > 0
     if args.compare and distributed:
@@ -111,10 +173,7 @@ def main(parser, args, argv):
             result = run_recbole_endo(
                 model=args.model, dataset=args.dataset, config_file_list=config_file_list, resume_file=args.resume
             )
-        print(f"model: {result['model']}  epochs: {result['epochs']}  best epoch: {result['best_epoch']}  "
-              f"train s/epoch: {result['train_s_per_epoch']:.2f}")
-        print("best valid:", dict(result["best_valid_result"]))
-        print("test:", dict(result["test_result"]))
+        print(run_summary(result, args))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import torch
 from recbole.data import create_dataset, data_preparation
+from recbole.trainer import DecisionTreeTrainer
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_endo.checkpoint import load_weights, read_checkpoint
@@ -23,7 +24,7 @@ from recbole_endo.data.synth import prepare_dataset
 from recbole_endo.evaluation.protocols import check_evaluation_options, extra_evaluation, full_sort_per_user
 from recbole_endo.fast_path import skip_feature_join
 from recbole_endo.registry import get_model
-from recbole_endo.run_scope import plugin_run
+from recbole_endo.run_scope import FILE_ONLY, keep_file_only_records_off, plugin_run
 from recbole_endo.trainer import get_trainer
 
 
@@ -63,14 +64,15 @@ def _run_files(config, resume_file=None):
     run's files). An interrupt (Ctrl-C) removes nothing: its ``checkpoint`` attribute names the
     checkpoint to resume from, or is None. An error raised once ``config`` is built carries
     ``show_traceback`` True when RecBole's ``state`` is DEBUG (the script then shows it whole)."""
-    run = SimpleNamespace(trainer=None)  # the body sets the trainer once built
+    run = SimpleNamespace(trainer=None, log_file=None)  # the body sets the trainer once built
     log_file = None
     try:
         check_options(config)  # before init_logger: a refused option leaves no log
         init_seed(config["seed"], config["reproducibility"])
         handlers = set(logging.getLogger().handlers)
         init_logger(config)
-        log_file = _new_log_file(handlers)
+        keep_file_only_records_off(set(logging.getLogger().handlers) - handlers)
+        log_file = run.log_file = _new_log_file(handlers)
         yield run
     except KeyboardInterrupt as interrupt:
         checkpoint = run.trainer.saved_model_file if run.trainer is not None else None
@@ -122,14 +124,45 @@ def _timed(method, seconds):
     return timed
 
 
+def _duration(seconds):
+    """``seconds`` for a reader: ``"42 s"``, ``"3 min 5 s"``, ``"1 h 2 min"``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _progress(trainer, train_seconds, valid_seconds):
+    """``fit``'s callback after each validation: one line with the epoch's seconds, the best
+    validation so far and how long the run can still take, the later of early stopping (its
+    ``stopping_step`` validations without improvement) and the ``epochs`` limit."""
+
+    def report(epoch, valid_score):
+        per_epoch = (sum(train_seconds) + sum(valid_seconds)) / len(train_seconds)
+        validations_left = trainer.stopping_step + 1 - trainer.cur_step
+        last = min(trainer.epochs - 1, epoch + validations_left * trainer.eval_step)
+        trainer.logger.info(
+            f"epoch {epoch} done ({per_epoch:.1f} s an epoch); best {trainer.valid_metric} "
+            f"{trainer.best_valid_score:.4f} at epoch {trainer.best_epoch}; ends by epoch {last} unless "
+            f"validation improves: at most {_duration((last - epoch) * per_epoch)} left"
+        )
+
+    return report
+
+
 def _train_and_test(config, trainer, splits, saved, verbose=True):
     train_data, valid_data, test_data = splits
     # Timed on the instance, so every trainer (RecBole's too) is measured the same way.
     train_seconds, valid_seconds = [], []
     trainer._train_epoch = _timed(trainer._train_epoch, train_seconds)
     trainer._valid_epoch = _timed(trainer._valid_epoch, valid_seconds)
+    progress = {}
+    if verbose and not isinstance(trainer, DecisionTreeTrainer):  # whose fit takes no callback
+        progress["callback_fn"] = _progress(trainer, train_seconds, valid_seconds)
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, verbose=verbose, saved=saved, show_progress=config["show_progress"]
+        train_data, valid_data, verbose=verbose, saved=saved, show_progress=config["show_progress"], **progress
     )
     start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
@@ -185,14 +218,17 @@ def run_recbole_endo(
     with _run_files(config, resume_file) as run:
         logger = getLogger()
         logger.info(sys.argv)
-        logger.info(config)
+        logger.info(config, extra=FILE_ONLY)
         dataset, model, run.trainer, splits = _build(config)
-        logger.info(dataset)
-        logger.info(model)
+        logger.info(dataset, extra=FILE_ONLY)
+        logger.info(model, extra=FILE_ONLY)
         if resume_file:
             run.trainer.resume_checkpoint(resume_file)
         result = _train_and_test(config, run.trainer, splits, saved)
-        logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+        result["log_file"] = run.log_file
+        logger.info(
+            "The running environment of this training is as follows:\n" + get_environment(config).draw(), extra=FILE_ONLY
+        )
         logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
         logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
         if not config["single_spec"]:

@@ -21,7 +21,9 @@ the plugin starts (:func:`recbole_endo.quick_start.run_recbole_endo`, ``objectiv
   which repeat on every run and say nothing about the user's data or code. Any other warning,
   from RecBole or elsewhere, is shown;
 - owns the console and file handlers that RecBole's ``init_logger`` adds to the root logger, and
-  closes and removes them when the run ends. ``init_logger`` adds them with
+  closes and removes them when the run ends; a record logged with ``extra=FILE_ONLY`` (RecBole's
+  configuration, dataset and model dumps, the loss components) goes to the log file only
+  (:func:`keep_file_only_records_off`). ``init_logger`` adds them with
   ``logging.basicConfig``, which does nothing while the root logger has handlers, so a second run
   in one process (a ``--compare`` worker, a tuning study) wrote its lines into the first run's
   log file and left its own empty.
@@ -56,6 +58,18 @@ RECBOLE_WARNINGS = (
     # RecBole's graph models (LightGCN, NGCF, ...) build their adjacency matrix the old way.
     (r"torch.sparse.SparseTensor\(indices, values, (shape, )?\*, device=\) is deprecated", UserWarning),
 )
+
+
+# ``extra=`` of a log record meant for the run's log file, not the screen.
+FILE_ONLY = {"console": False}
+
+
+def keep_file_only_records_off(handlers):
+    """Let none of ``handlers`` that writes to a stream other than a file show a
+    :data:`FILE_ONLY` record."""
+    for handler in handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(lambda record: getattr(record, "console", True))
 
 
 def ensure_dir(dir_path):

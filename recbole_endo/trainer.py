@@ -25,6 +25,7 @@ from recbole_endo.evaluation.protocols import (
 from recbole_endo.model import MODELS
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 from recbole_endo.model.split_sasrec import SplitSASRec
+from recbole_endo.run_scope import FILE_ONLY
 
 _recbole_get_trainer = recbole.utils.utils.get_trainer
 
@@ -182,7 +183,7 @@ def plugin_trainer(trainer_class):
 
 class FeatureTowerTrainer(PluginTrainerMixin, Trainer):
     """RecBole's Trainer that also logs, every epoch, the batch mean of each loss component the
-    model reports in ``model.loss_components`` (text log and TensorBoard, ``Loss/<name>``), and
+    model reports in ``model.loss_components`` (the log file, not the screen, and TensorBoard, ``Loss/<name>``), and
     fails naming the component when one is not finite. ``loss_component_history`` maps each
     epoch to those means. Under DDP each process averages its own share of the batches, and
     rank 0's means are logged, as RecBole logs rank 0's training loss: they are not all-reduced.
@@ -229,7 +230,8 @@ class FeatureTowerTrainer(PluginTrainerMixin, Trainer):
         means = {name: float(value) / max(batches, 1) for name, value in sums.items()}
         self.logger.info(
             set_color(f"epoch {epoch_idx} loss components", "blue")
-            + ": " + ", ".join(f"{name}={value:.4f}" for name, value in means.items())
+            + ": " + ", ".join(f"{name}={value:.4f}" for name, value in means.items()),
+            extra=FILE_ONLY,
         )
         for name, value in means.items():
             self.tensorboard.add_scalar(f"Loss/{name}", value, epoch_idx)

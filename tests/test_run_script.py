@@ -4,6 +4,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 from conftest import DATA_DIR, TINY_YAML
@@ -26,7 +27,7 @@ def test_model_comes_from_the_properties_file(tmp_path):
     model_yaml.write_text("model: TwoTowerConcat\n")
     run = run_script(f"--config_files={TINY_YAML} {model_yaml}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "model: TwoTowerConcat" in run.stdout and "'ndcg@10'" in run.stdout
+    assert run.stdout.startswith("TwoTowerConcat: 1 epoch,") and "\ntest: " in run.stdout
 
 
 def test_model_option_overrides_the_properties_file(tmp_path):
@@ -34,7 +35,59 @@ def test_model_option_overrides_the_properties_file(tmp_path):
     model_yaml.write_text("model: TwoTowerConcat\n")
     run = run_script("--model=BPR", f"--config_files={TINY_YAML} {model_yaml}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "model: BPR" in run.stdout
+    assert run.stdout.startswith("BPR: 1 epoch,")
+
+
+def test_a_run_shows_its_progress_keeps_the_dumps_for_its_log_and_ends_with_where_its_files_are(tmp_path):
+    run = run_script("--model=TwoTowerSplit", f"--config_files={TINY_YAML}", "--state=INFO", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # RecBole's console handler writes to stderr: its epoch lines and the plugin's progress line
+    assert "epoch 0 training [time" in run.stderr
+    assert "epoch 0 done (" in run.stderr and "at most 0 s left" in run.stderr  # epochs=1: nothing left
+    (log,) = (tmp_path / "log" / "TwoTowerSplit").iterdir()
+    logged = log.read_text()
+    for dump in ("General Hyper Parameters", "TwoTowerSplit(", "The number of users", "loss components"):
+        assert dump in logged and dump not in run.stderr, dump
+    (checkpoint,) = (tmp_path / "saved").iterdir()
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("TwoTowerSplit: 1 epoch, the best at epoch 0 (ndcg@10 ")
+    assert lines[1].startswith("test: ") and " ndcg@10 " in lines[1]
+    assert lines[2] == f"checkpoint: saved/{checkpoint.name}"
+    assert lines[3] == f"log: log/TwoTowerSplit/{log.name}  (TensorBoard: log_tensorboard/{log.name.split('.')[0]})"
+    assert lines[4:] == [
+        "next:",
+        f"  top-k recommendations: python -m recbole_endo.retrieval export saved/{checkpoint.name} index/",
+        "  paired comparison over seeds: python run_recbole_endo.py --compare=TwoTowerSplit,BPR "
+        "--seeds=2020,2021,2022 --reference=TwoTowerSplit",
+    ]
+
+
+def test_the_progress_line_counts_down_to_early_stopping_or_the_epoch_limit():
+    lines = []
+    trainer = SimpleNamespace(
+        stopping_step=3, cur_step=1, eval_step=2, epochs=100, valid_metric="ndcg@10", best_valid_score=0.25,
+        best_epoch=5, logger=SimpleNamespace(info=lines.append),
+    )
+    report = recbole_endo.quick_start._progress(trainer, train_seconds=[2.0, 4.0, 3.0], valid_seconds=[1.0, 2.0])
+    # 12 s over 3 epochs: 4 s an epoch; 3 more validations without improvement (cur_step 1 of 3,
+    # stopping at 4) every 2 epochs: the run ends by epoch 7 + 6 = 13, 6 epochs = 24 s from now.
+    report(7, 0.2)
+    trainer.epochs = 10  # the epoch limit comes first: epoch 9, 2 epochs, 8 s
+    report(7, 0.2)
+    assert lines == [
+        "epoch 7 done (4.0 s an epoch); best ndcg@10 0.2500 at epoch 5; ends by epoch 13 unless validation "
+        "improves: at most 24 s left",
+        "epoch 7 done (4.0 s an epoch); best ndcg@10 0.2500 at epoch 5; ends by epoch 9 unless validation "
+        "improves: at most 8 s left",
+    ]
+
+
+@pytest.mark.parametrize("load, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (3.5, 1)])
+def test_a_run_takes_the_cores_that_other_work_leaves_idle(monkeypatch, load, threads):
+    run_script_module = runpy.run_path(SCRIPT)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert run_script_module["idle_cores"]() == threads
 
 
 def test_unknown_model_fails_listing_the_models(tmp_path):
@@ -203,7 +256,7 @@ def test_ctrl_c_ends_with_the_command_that_resumes_from_the_last_checkpoint(tmp_
     assert read_checkpoint(tmp_path / checkpoint)["epoch"] == 0  # the run's own, kept
     resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "model: EndoDecouple  epochs: 2" in resumed.stdout
+    assert resumed.stdout.startswith("EndoDecouple: 2 epochs,")
 
 
 def test_ctrl_c_before_a_checkpoint_says_there_is_nothing_to_resume(tmp_path):
