@@ -61,6 +61,22 @@ def test_rank_lists_by_hand():
     )
 
 
+def test_list_auc_counts_the_right_pairs_of_each_users_listed_items_by_hand():
+    scores = torch.tensor([[0.9, 0.1, 0.5, -INF, 0.7], [0.3, 0.2, 0.1, 0.0, -INF], [0.4, 0.6, 0.5, 0.1, 0.3]])
+    grades = torch.tensor([[0, 2, 1, 0, 1], [1, 1, 2, 1, 0], [1, 0, 0, 0, 0]])
+    listed = torch.tensor([[True, True, True, False, True], [True, True, True, True, False], [True] * 5])
+    rows = {}
+    result = rank_lists(scores, grades, [2], users=np.array([7, 8, 9]), per_user=rows, listed=listed)
+    # user 7 ranks 0 (grade 0), 4 (1), 2 (1), 1 (2); the padding is no item: its one non-relevant
+    # item is above all three relevant ones, AUC 0. User 8's listed items are all relevant: no AUC.
+    # User 9 ranks 1, 2, 0 (relevant), 4, 3: two of the four pairs right.
+    users, values = rows["auc"]
+    assert users.tolist() == [7, 9] and values.tolist() == [0.0, 0.5]
+    assert result["auc"] == pytest.approx(0.25)
+    # Without the listed mask the padding would count as a non-relevant item ranked last.
+    assert rank_lists(scores[:1], grades[:1], [2])["auc"] == pytest.approx(0.5)
+
+
 def test_tied_scores_are_not_ranked_by_column():
     # Index order would rank the first ten columns (a list's test items, the earliest-numbered items) on top.
     relevant = torch.zeros(10, 100, dtype=torch.bool)

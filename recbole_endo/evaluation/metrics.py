@@ -1,13 +1,35 @@
-"""``GradedNDCG``, the graded metric of the plugin's list protocols, registered with RecBole's
-metric registry by name (no RecBole file is edited)."""
+"""The metrics of the plugin's list protocols, ``GradedNDCG`` and ``ListAUC``, registered with
+RecBole's metric registry by name (no RecBole file is edited)."""
 
+import numpy as np
 import torch
 from recbole.evaluator import register
 from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
 
 
-class GradedNDCG(AbstractMetric):
+class ListMetric(AbstractMetric):
+    """A metric of ranked candidate lists with a value per user (:meth:`per_user`), averaged over
+    the users that have one (a user's value may be NaN: undefined for its list)."""
+
+    metric_type = EvaluatorType.RANKING
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.topk = config["topk"]
+
+    def per_user(self, dataobject):
+        """``{key: [users]}``: each user's value of each key the metric reports."""
+        raise NotImplementedError
+
+    def calculate_metric(self, dataobject):
+        return {
+            key: round(float(np.nanmean(values)), self.decimal_place)
+            for key, values in self.per_user(dataobject).items()
+        }
+
+
+class GradedNDCG(ListMetric):
     r"""Graded NDCG of a ranked candidate list: :math:`\mathrm{DCG}/\mathrm{IDCG}` with gain
     :math:`2^{g} - 1` and discount :math:`1/\log_2(\mathrm{rank} + 1)`, at each ``topk`` cutoff
     (``gndcg@k``) and over the whole list (``gndcg``), averaged over users.
@@ -18,12 +40,7 @@ class GradedNDCG(AbstractMetric):
     does not know graded labels.
     """
 
-    metric_type = EvaluatorType.RANKING
     metric_need = ["rec.graded"]
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.topk = config["topk"]
 
     def per_user(self, dataobject):
         """Each user's graded NDCG at each cutoff and over the whole list, ``{key: [users]}``."""
@@ -41,8 +58,29 @@ class GradedNDCG(AbstractMetric):
         result["gndcg"] = (dcg[:, -1] / idcg[:, -1]).numpy()
         return result
 
-    def calculate_metric(self, dataobject):
-        return {key: round(float(values.mean()), self.decimal_place) for key, values in self.per_user(dataobject).items()}
+
+class ListAUC(ListMetric):
+    r"""AUC of each user's candidate list: the share of its (relevant, non-relevant) pairs that the
+    ranking puts in the right order, averaged over users (``auc``). A user whose list lacks a
+    relevant or a non-relevant item has no AUC (NaN) and is left out of the mean.
+
+    Per user, not pooled: the doubly-robust papers' AUC on Coat and Yahoo! R3 pools every test
+    pair of every user, which compares scores across users, as a rating predictor's are and a
+    ranking model's (BPR, the towers) are not; within a user's random items both kinds rank.
+
+    Needs ``rec.graded`` (grade > 0: relevant) and ``rec.listed`` (False: padding), per user in
+    the model's ranked order, as the plugin's list protocols fill them."""
+
+    metric_need = ["rec.graded", "rec.listed"]
+
+    def per_user(self, dataobject):
+        listed = dataobject.get("rec.listed").bool()
+        relevant = (dataobject.get("rec.graded") > 0) & listed
+        irrelevant = ~relevant & listed
+        # Each non-relevant item is ranked below as many relevant items as precede it.
+        right = (relevant.double().cumsum(1) * irrelevant).sum(1)
+        pairs = relevant.sum(1).double() * irrelevant.sum(1)
+        return {"auc": torch.where(pairs > 0, right / pairs, torch.nan).numpy()}
 
 
 def register_metric(metric_class):
@@ -57,3 +95,4 @@ def register_metric(metric_class):
 
 
 register_metric(GradedNDCG)
+register_metric(ListAUC)

@@ -26,7 +26,8 @@
 In a list or a full ranking, items are ranked by the model's score, tied scores in one fixed
 random order of the items (not by item id, which RecBole assigns in order of first appearance);
 binary NDCG and Recall come from RecBole's own metric classes (relevant: grade > 0), graded NDCG
-(gain 2^grade − 1) from :class:`GradedNDCG`, which is registered with RecBole's metric registry.
+(gain 2^grade − 1) from :class:`GradedNDCG` and each user's AUC from :class:`ListAUC`, which are
+registered with RecBole's metric registry.
 Users without a relevant item in their list (or stratum) are left out, as RecBole leaves out
 users without test items.
 """
@@ -45,7 +46,7 @@ from recbole.evaluator.collector import Collector, DataStruct
 from recbole.evaluator.evaluator import Evaluator
 from recbole.utils import ModelType
 
-from recbole_endo.evaluation.metrics import GradedNDCG
+from recbole_endo.evaluation.metrics import ListMetric
 from recbole_endo.model.losses import grade_labels
 from recbole_endo.model.towers import trained_entities
 from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
@@ -157,14 +158,14 @@ def score_test_rows(model, splits, users, batch_size=256):
 
 def per_user_values(config, struct):
     """Each row's (user's) value of every per-user metric of ``config['metrics']`` (RecBole's top-k
-    metrics and GradedNDCG) at each ``config['topk']`` cutoff, ``{key: ndarray}``, keyed as RecBole
+    metrics and the list metrics) at each ``config['topk']`` cutoff, ``{key: ndarray}``, keyed as RecBole
     keys the means (``ndcg@10``), which average these. Other metrics (item coverage, ...) have no
     per-user value and are left out."""
     RecBoleConfig.compatibility_settings(None)  # RecBole's metric classes use numpy's old aliases
     values = {}
     for name in config["metrics"]:
         metric = register.metrics_dict[name.lower()](config)
-        if isinstance(metric, GradedNDCG):
+        if isinstance(metric, ListMetric):
             values.update(metric.per_user(struct))
         elif isinstance(metric, TopkMetric):
             # RecBole's top-k metrics take (pos_index) or (pos_index, pos_len), as they need.
@@ -184,7 +185,9 @@ def _evaluate(metrics, topk, rec, users=None, per_user=None):
         struct.set(name, tensor)
     options = {"metrics": metrics, "topk": topk, "metric_decimal_place": 4}
     if per_user is not None:
-        per_user.update({key: (np.asarray(users), values) for key, values in per_user_values(options, struct).items()})
+        for key, values in per_user_values(options, struct).items():
+            defined = ~np.isnan(values)  # a list metric's users without a value (ListAUC)
+            per_user[key] = (np.asarray(users)[defined], values[defined])
     return Evaluator(options).evaluate(struct)
 
 
@@ -204,20 +207,27 @@ def _topk_struct(order, relevant, topk):
     return torch.cat([relevant.gather(1, top).int(), relevant.sum(1, keepdim=True).int()], dim=1)
 
 
-def rank_lists(scores, grades, topk, users=None, per_user=None):
+def rank_lists(scores, grades, topk, users=None, per_user=None, listed=None):
     """Metrics of ranked candidate lists: ``scores`` and ``grades`` are ``[users, list length]``
-    (padding: score −inf, grade 0). Returns NDCG@k and Recall@k (relevant: grade > 0, RecBole's
-    classes) and GradedNDCG, over users with a relevant item; with ``per_user``, their values
-    per user (named by ``users``, one per row) as :func:`_evaluate` gives them."""
+    (padding: score −inf, grade 0, and False in ``listed``; None: nothing padded). Returns NDCG@k
+    and Recall@k (relevant: grade > 0, RecBole's classes), GradedNDCG and ListAUC, over users with
+    a relevant item; with ``per_user``, their values per user (named by ``users``, one per row) as
+    :func:`_evaluate` gives them."""
+    listed = torch.ones_like(grades, dtype=torch.bool) if listed is None else listed
     keep = (grades > 0).any(1)
-    scores, grades = scores[keep], grades[keep]
+    scores, grades, listed = scores[keep], grades[keep], listed[keep]
     short = max(topk) - scores.shape[1]
     if short > 0:  # RecBole's top-k metrics need at least max(topk) ranked entries
         scores = torch.nn.functional.pad(scores, (0, short), value=-torch.inf)
         grades = torch.nn.functional.pad(grades, (0, short))
+        listed = torch.nn.functional.pad(listed, (0, short))
     order = _ranked(scores)
-    rec = {"rec.topk": _topk_struct(order, grades > 0, topk), "rec.graded": grades.gather(1, order)}
-    return _evaluate(["NDCG", "Recall", "GradedNDCG"], topk, rec, _kept(users, keep), per_user)
+    rec = {
+        "rec.topk": _topk_struct(order, grades > 0, topk),
+        "rec.graded": grades.gather(1, order),
+        "rec.listed": listed.gather(1, order),
+    }
+    return _evaluate(["NDCG", "Recall", "GradedNDCG", "ListAUC"], topk, rec, _kept(users, keep), per_user)
 
 
 def _kept(users, keep):
@@ -291,7 +301,7 @@ def list_evaluation(config, model, splits, per_user=None, lists=None, protocol=N
     scores = score_test_rows(model, splits, users.numpy()).gather(1, items)
     scores[(items == 0)] = -torch.inf
     rows = {}
-    result = rank_lists(scores, grades, config["list_topk"], users.numpy(), rows)
+    result = rank_lists(scores, grades, config["list_topk"], users.numpy(), rows, listed=items != 0)
     _prefixed(protocol, per_user, rows)
     return OrderedDict((f"{protocol}:{key}", value) for key, value in result.items())
 
@@ -421,7 +431,7 @@ def check_evaluation_options(config, dataset):
     elif validated_by == "list":
         protocol, _, metric = config["valid_metric"].lower().partition(":")
         topk = config["list_topk"] or []
-        known = [f"{name}@{k}" for name in ("ndcg", "recall", "gndcg") for k in topk] + ["gndcg"]
+        known = [f"{name}@{k}" for name in ("ndcg", "recall", "gndcg") for k in topk] + ["gndcg", "auc"]
         if protocol == UNSELECTED:
             raise ValueError(
                 f"config option 'valid_metric' is {config['valid_metric']!r}: {UNSELECTED} is reported on the "
