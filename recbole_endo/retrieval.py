@@ -647,12 +647,14 @@ class Retriever:
         if frame.empty:
             raise ValueError(f"'{item_file}' holds no item")
         ids = frame[id_field].tolist()
+        above = set()  # the file's ids so far: a set, since a slice of the list made a million items take days
         for position, item in enumerate(ids):
             if _missing(item):
                 raise ValueError(f"'{item_file}' line {position + 2} has no {id_field}")
-            if item in self.item_rows or item in ids[:position]:
+            if item in self.item_rows or item in above:
                 where = "the index" if item in self.item_rows else "the file above"
                 raise ValueError(f"'{item_file}' line {position + 2}: item {item!r} is already in {where}")
+            above.add(item)
         rows = frame.to_dict("records")
         columns = _columns(model, dataset, config, fields, rows, "item", strict, item_file)
         vectors = tower_vectors(model.towers["item"], columns, len(rows))
