@@ -76,6 +76,19 @@ def test_endo_synth_is_generated_before_the_timed_processes_with_its_own_options
     assert os.path.isfile(tmp_path / "data" / "600" / "endo-synth" / "endo-synth.train.inter")
 
 
+def test_an_entry_runs_the_model_with_its_options_under_its_own_name(tmp_path):
+    output_dir = tmp_path / "speed"
+    rows = benchmark(
+        ["tiny"], str(output_dir), models=["BPR", "BPR[train_batch_size=32]"], epochs_measured=1, threads=1,
+        config_file_list=[TINY_YAML], config_dict={"data_path": DATA_DIR, "checkpoint_dir": str(tmp_path / "saved")},
+    )
+    assert [row["model"] for row in rows] == ["BPR", "BPR[train_batch_size=32]"]
+    interactions = rows[0]["train_interactions"]
+    assert rows[0]["batches_per_epoch"] == -(-interactions // 128)  # tiny.yaml's batch
+    assert rows[1]["batches_per_epoch"] == -(-interactions // 32)
+    assert sorted(os.listdir(output_dir / "logs")) == ["tiny-BPR-train_batch_size=32-.log", "tiny-BPR.log"]
+
+
 def test_a_failing_model_is_a_failed_row_and_the_others_still_run(tmp_path):
     output_dir = tmp_path / "speed"
     rows = benchmark(
