@@ -86,6 +86,7 @@ NPROBE_SWEEP = (8, 16, 32, 64, 128, 256)
 WARMUP_QUERIES = 20  # searched before the timed ones: the first calls pay for page faults and thread start-up
 BATCH_REPEATS = 3  # a batched search is timed this many times, the median kept
 FULL_SORT_CHUNK = 2**26  # scores per torch matmul (256 MiB of float32): a million items x 943 users would be 3.8 GB
+TARGET_RECALL = 0.99  # issue 35's recall@10 target for the approximate indexes
 TIE_TOLERANCE = 1e-5  # relative: two scores this close are one score computed in another order (faiss vs torch)
 INDEX_NAMES = {"exact": "IndexFlatIP", "hnsw": "IndexHNSWFlat", "ivf": "IndexIVFFlat"}
 FULL_SORT = "full_sort_predict"
@@ -223,39 +224,44 @@ def default_parameter(kind):
 def measure_queries(catalogue, item_vectors, user_vectors, indexes, threads, k=K):
     """Single and batched queries of ``user_vectors`` at ``threads`` threads against ``indexes``
     (``{kind: index}``, ``exact`` among them) over ``item_vectors``, and full_sort_predict's
-    computation: the rows of the query tables."""
+    computation: the rows of the query tables. An approximate index is searched in batch at the
+    exporter's setting and, when another, at the cheapest setting of its sweep that reached
+    recall@10 ``TARGET_RECALL``: the top 10 of full_sort_predict, near enough."""
     set_threads(threads)
-    rows = []
     base = {"catalogue": catalogue, "items": len(item_vectors), "threads": threads}
+    batch = f"batch={len(user_vectors)}"
     # The ground truth: the exact index's batched top k, checked against full_sort_predict's.
     exact_seconds, exact_rows, exact_scores = batched_queries(indexes["exact"], user_vectors, k)
     full_seconds, _, full_scores = full_sort_top_k(user_vectors, item_vectors, k)
     if not np.allclose(exact_scores, full_scores, rtol=1e-4, atol=1e-4):
         raise AssertionError(f"{catalogue}: the exact index's top-{k} scores differ from full_sort_predict's")
-    batch = f"batch={len(user_vectors)}"
-    rows.append({**base, "measure": "batched", "index": FULL_SORT, "parameter": batch, "seconds": full_seconds,
-                 "qps": len(user_vectors) / full_seconds, "speedup": 1.0})
+
+    def batched_row(kind, parameter, seconds, found_rows, found_scores):
+        return {**base, "measure": "batched", "index": INDEX_NAMES[kind], "parameter": parameter,
+                "seconds": seconds, "qps": len(user_vectors) / seconds, "speedup": full_seconds / seconds,
+                "recall_at_10": recall_at_k(found_rows, found_scores, exact_rows, exact_scores)}
+
+    rows = [{**base, "measure": "batched", "index": FULL_SORT, "parameter": batch, "seconds": full_seconds,
+             "qps": len(user_vectors) / full_seconds, "speedup": 1.0}]
     for kind, index in indexes.items():
         if kind == "exact":
             seconds, found_rows, found_scores = single_queries(index, user_vectors, k)
             rows.append(_single_row(base, kind, "", seconds, found_rows, found_scores, exact_rows, exact_scores))
-            batched_seconds, found_rows, found_scores = exact_seconds, exact_rows, exact_scores
-        else:
-            name, values, set_value = search_parameters(index, kind)
-            for value in sorted(set(values) | {default_parameter(kind)}):
-                set_value(value)
-                seconds, found_rows, found_scores = single_queries(index, user_vectors, k)
-                rows.append(_single_row(base, kind, f"{name}={value}", seconds, found_rows, found_scores,
-                                        exact_rows, exact_scores))
-            set_value(default_parameter(kind))
-            batched_seconds, found_rows, found_scores = batched_queries(index, user_vectors, k)
-        rows.append({
-            **base, "measure": "batched", "index": INDEX_NAMES[kind],
-            "parameter": batch if kind == "exact" else f"{batch}, {name}={default_parameter(kind)}",
-            "seconds": batched_seconds, "qps": len(user_vectors) / batched_seconds,
-            "speedup": full_seconds / batched_seconds,
-            "recall_at_10": recall_at_k(found_rows, found_scores, exact_rows, exact_scores),
-        })
+            rows.append(batched_row(kind, batch, exact_seconds, exact_rows, exact_scores))
+            continue
+        name, values, set_value = search_parameters(index, kind)
+        recalls = {}
+        for value in sorted(set(values) | {default_parameter(kind)}):
+            set_value(value)
+            seconds, found_rows, found_scores = single_queries(index, user_vectors, k)
+            rows.append(_single_row(base, kind, f"{name}={value}", seconds, found_rows, found_scores,
+                                    exact_rows, exact_scores))
+            recalls[value] = rows[-1]["recall_at_10"]
+        reaching = [value for value, recall in sorted(recalls.items()) if recall >= TARGET_RECALL][:1]
+        for value in dict.fromkeys([default_parameter(kind), *reaching]):
+            set_value(value)
+            rows.append(batched_row(kind, f"{batch}, {name}={value}", *batched_queries(index, user_vectors, k)))
+        set_value(default_parameter(kind))
     return rows
 
 
@@ -292,8 +298,8 @@ def ndcg_rows(training, retriever, k=K):
         raise AssertionError("the exported index's test users are not the ones RecBole's test evaluation ranked")
     differ = [user for user in index_values if abs(index_values[user] - recbole_values[user]) > 1e-9]
     untied = [user for user in differ if user not in tied]
-    base = {"catalogue": retriever.metadata["dataset"], "items": len(retriever.items["id"]), "measure": "ndcg", "parameter": f"k={k}",
-            "threads": None, "users": len(index_values)}
+    base = {"catalogue": retriever.metadata["dataset"], "items": len(retriever.items["id"]), "measure": "ndcg",
+            "parameter": f"k={k}", "threads": None, "users": len(index_values)}
     return [
         # The mean of the per-user values: RecBole's test_result rounds it to metric_decimal_place (4).
         {**base, "index": "RecBole evaluation", "ndcg_at_10": float(np.mean(list(recbole_values.values()))),
@@ -483,18 +489,18 @@ def targets(rows, large):
         threads = max(row["threads"] for row in queries)
         single = [row for row in queries if row["measure"] == "single" and row["threads"] == threads
                   and row["index"] != INDEX_NAMES["exact"]]
-        best = max((row for row in single if row["recall_at_10"] >= 0.99), key=lambda row: row["qps"], default=None)
-        target = f"- {large}, {threads} thread(s): recall@10 >= 0.99 at >= 1,000 single queries/s"
+        best = max((row for row in single if row["recall_at_10"] >= TARGET_RECALL), key=lambda row: row["qps"], default=None)
+        target = f"- {large}, {threads} thread(s): recall@10 >= {TARGET_RECALL} at >= 1,000 single queries/s"
         if best is None:
             top = max((row["recall_at_10"] for row in single), default=float("nan"))
-            lines.append(f"{target}: **not met**; no approximate setting reached recall@10 0.99 (best {top:.4f})")
+            lines.append(f"{target}: **not met**; no approximate setting reached recall@10 {TARGET_RECALL} (best {top:.4f})")
         else:
             lines.append(f"{target}: **{'met' if best['qps'] >= 1000 else 'not met'}**; {best['index']} "
                          f"{best['parameter']}: recall@10 {best['recall_at_10']:.4f} at {best['qps']:,.0f} queries/s "
                          f"(p50 {best['p50_ms']:.3f} ms, p99 {best['p99_ms']:.3f} ms)")
         # The exact index has recall 1: there is always a batched row to judge.
         batched = [row for row in queries if row["measure"] == "batched" and row["threads"] == threads
-                   and row["index"] != FULL_SORT and row["recall_at_10"] >= 0.99]
+                   and row["index"] != FULL_SORT and row["recall_at_10"] >= TARGET_RECALL]
         fastest = max(batched, key=lambda row: row["speedup"])
         lines.append(f"- {large}, {threads} thread(s): batched queries >= 10x full_sort_predict: "
                      f"**{'met' if fastest['speedup'] >= 10 else 'not met'}**; {fastest['index']} "
