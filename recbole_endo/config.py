@@ -24,9 +24,7 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import EvaluatorType, InputType, ModelType
 
-from recbole_endo.model.decoupling import DecouplingTerms
 from recbole_endo.model.options import number_option
-from recbole_endo.model.towers import EndoTower
 from recbole_endo.registry import get_model
 
 
@@ -135,15 +133,16 @@ RECBOLE_NUMBER_OPTIONS = {
 
 def check_options(config):
     """Fail with a ValueError naming the option, its value and the values allowed, on a bad
-    RecBole training option (:data:`RECBOLE_NUMBER_OPTIONS`) or, for a model that trains
-    :class:`~recbole_endo.model.towers.EndoTower` s (EndoDecouple, EndoSASRec), a bad option of
-    its decoupling terms or towers (:class:`~recbole_endo.model.decoupling.DecouplingTerms`, the
-    model's own check, which needs no dataset). It needs only the config, so runs call it before
-    loading any data; options a model reads with its dataset are checked when it is built."""
+    RecBole training option (:data:`RECBOLE_NUMBER_OPTIONS`) or a bad option of a plugin model:
+    its ``check_config`` checks every option the model reads that needs no dataset (types,
+    ranges, choices and their combinations; RecBole's own models have none). It needs only the
+    config, so runs call it before loading any data; what needs the dataset (a field loaded, a
+    timestamp) is checked when the model is built."""
     for name, bounds in RECBOLE_NUMBER_OPTIONS.items():
         number_option(config, name, **bounds)
-    if issubclass(getattr(config.model_class, "tower_class", object), EndoTower):
-        DecouplingTerms(config)
+    check_model_options = getattr(config.model_class, "check_config", None)
+    if check_model_options is not None:
+        check_model_options(config)
 
 
 def read_options_file(file, loader):

@@ -171,7 +171,8 @@ def test_recbole_training_options_are_checked_from_the_config_alone(option, valu
 
 
 def test_the_decoupling_options_are_checked_from_the_config_alone_for_the_models_that_train_them(tiny):
-    tiny["config_dict"]["ssl_temperature"] = 0
+    # hidden_size: EndoSASRec's encoder must match the tiny towers' last size (8), also checked early.
+    tiny["config_dict"].update(ssl_temperature=0, hidden_size=8)
     for model in ("EndoDecouple", "EndoSASRec"):
         config = Config(model=model, **tiny)
         with pytest.raises(ValueError, match="config option 'ssl_temperature' must be a number in \\(0, inf\\]"):

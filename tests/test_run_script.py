@@ -7,9 +7,12 @@ import textwrap
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from conftest import DATA_DIR, TINY_YAML
 
 import recbole_endo.quick_start
+from recbole_endo import Config
+from recbole_endo.config import check_options
 from recbole_endo.checkpoint import read_checkpoint
 
 SCRIPT = os.path.join(os.path.dirname(DATA_DIR), "..", "run_recbole_endo.py")
@@ -160,6 +163,40 @@ def test_a_bad_option_is_refused_in_one_line_before_the_data_loads(
     status, err = run_in_process(monkeypatch, capsys, f"--{option}={value}")
     assert status == 2
     assert err.splitlines() == [f"error: config option '{option}' must be {refusal}"]
+    assert run_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "model, options, refusal",
+    [
+        ("DICE", {"margin_decay": "1.5"}, "'margin_decay' must be a number in [0, 1], got 1.5 (float)"),
+        ("MACR", {"fusion_loss": "xyz"}, "'fusion_loss' must be bce or bpr, got 'xyz'"),
+        ("TwoTowerSplit", {"dropout_prob": "1"}, "'dropout_prob' must be a number in [0, 1), got 1 (int)"),
+        ("TwoTowerSplit", {"atom_dropout": "0.5", "id_path": "True"}, "'atom_dropout' (0.5) embeds some training"),
+        ("TwoTowerConcat", {"within_user_weight": "1", "grade_thresholds": "[]"}, "'within_user_weight' is 1, but"),
+        ("EndoDecouple", {"endo_eta": "-1"}, "'endo_eta' must be a number in [0, inf], got -1 (int)"),
+        ("PDA", {"predict_method": "XYZ"}, "'predict_method' must be PD or PDA, got 'XYZ'"),
+        ("MFIPS", {"propensity_clip": "2"}, "'propensity_clip' must be a number in [0, 1], got 2 (int)"),
+        ("MFDR", {"propensity": "naive_bayes"}, "'propensity' naive_bayes is not available to MFDR yet"),
+        ("RelMF", {"click_threshold": "high"}, "'click_threshold' must be a number in [-inf, inf], got 'high' (str)"),
+        ("ItemMeanRating", {"mean_rating_prior": "-1"}, "'mean_rating_prior' must be a number in [0, inf], got -1"),
+        ("SplitSASRec", {"mlp_hidden_size": "[0]"}, "'mlp_hidden_size' must be a list of positive integers, got [0]"),
+        ("SideProfile", {"profile_length": "-1"}, "'profile_length' must be an integer in [0, inf], got -1 (int)"),
+    ],
+)
+def test_a_bad_model_option_is_refused_by_the_models_check_before_the_data_loads(
+    model, options, refusal, tiny, tmp_path, monkeypatch, capsys
+):
+    """A plugin model's ``check_config`` runs in check_options, from the config alone: a bad
+    option of its own fails before any data loads, not in its ``__init__`` after loading."""
+    tiny["config_dict"].update({option: yaml.safe_load(value) for option, value in options.items()})
+    with pytest.raises(ValueError) as refused:
+        check_options(Config(model=model, **tiny))
+    assert str(refused.value).startswith(f"config option {refusal}")
+    args = [f"--{option}={value}" for option, value in options.items()]
+    status, err = run_in_process(monkeypatch, capsys, f"--model={model}", *args)
+    assert status == 2
+    assert err.splitlines() == [f"error: {refused.value}"]
     assert run_files(tmp_path) == []
 
 

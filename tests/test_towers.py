@@ -6,7 +6,7 @@ import torch
 from recbole.data import create_dataset
 
 from recbole_endo import Config
-from recbole_endo.model.towers import FeatureEmbedding, SplitTower, parse_endo_fields
+from recbole_endo.model.towers import FeatureEmbedding, SplitTower, check_endo_fields, parse_endo_fields
 
 from conftest import DATA_DIR
 
@@ -133,7 +133,7 @@ def test_field_from_another_file_is_refused(tiny_dataset):
 )
 def test_malformed_endo_fields_name_the_option(endo_fields, fault):
     with pytest.raises(ValueError, match=fault):
-        parse_endo_fields({"endo_fields": endo_fields}, dataset=None)
+        check_endo_fields({"endo_fields": endo_fields})
 
 
 def test_side_fields_of_a_missing_feature_file_are_refused_naming_the_file(tiny, tmp_path):
@@ -202,8 +202,9 @@ def test_atom_dropout_embeds_that_share_of_training_rows_atoms_as_unseen_and_non
 
 @pytest.mark.parametrize("options, fault", [({"atom_dropout": 1.5}, "'atom_dropout'"), ({"atom_dropout": 0.2, "id_path": True}, "atom_dropout.*id_path")])
 def test_atom_dropout_outside_0_1_or_beside_the_id_path_is_refused(tiny, options, fault):
+    tiny["config_dict"].update(options)
     with pytest.raises(ValueError, match=fault):
-        split_tower(tiny, **options)
+        SplitTower.check_config(Config(model="TwoTowerSplit", **tiny), ("item",))
 
 
 @pytest.mark.parametrize("name", ["TwoTowerConcat", "EndoDecouple"])

@@ -49,22 +49,33 @@ class DecouplingTerms:
       so a random subset), since InfoNCE's in-batch negatives cost rows² time and memory.
 
     The total loss is the ranking loss + ``<term>_weight`` · term, summed over the towers; a zero
-    weight switches a term off. Reads and checks every option of the decoupling terms and the
-    :class:`EndoTower` they train, so a bad value fails before the model is built."""
+    weight switches a term off. :meth:`check_config` checks every option of the decoupling terms
+    and of the :class:`EndoTower` they train; the models that train them call it before they
+    build (and runs, before loading any data)."""
 
-    def __init__(self, config):
-        self.margin = number_option(config, "stage1_margin", -1, 2)
-        self.weights = {name: number_option(config, f"{name}_weight", 0) for name in TERMS}
-        self.temperature = number_option(config, "ssl_temperature", 0, low_open=True)
-        self.mask_fake_negatives = bool(config["mask_fake_negatives"])
-        self.orthogonalize = bool(config["orthogonalize"])
-        self.atom_ssl_side_gradient = bool(config["atom_ssl_side_gradient"])
-        self.ssl_batch_size = number_option(config, "ssl_batch_size", 2, integer=True)
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad option of the terms or their towers."""
+        number_option(config, "stage1_margin", -1, 2)
+        for name in TERMS:
+            number_option(config, f"{name}_weight", 0)
+        number_option(config, "ssl_temperature", 0, low_open=True)
+        number_option(config, "ssl_batch_size", 2, integer=True)
         number_option(config, "ssl_dropout", 0, 1, high_open=True)
         choice_option(config, "rank_representation", ("output", "side_orthogonal"))
         choice_option(config, "ssl_views", ("dropout", "fields"))
         number_option(config, "projection_size", 1, integer=True)
         sizes_option(config, "rank_hidden_size", allow_empty=True)
+
+    def __init__(self, config):
+        """The terms of ``config``'s options, checked by :meth:`check_config`."""
+        self.margin = config["stage1_margin"]
+        self.weights = {name: config[f"{name}_weight"] for name in TERMS}
+        self.temperature = config["ssl_temperature"]
+        self.mask_fake_negatives = bool(config["mask_fake_negatives"])
+        self.orthogonalize = bool(config["orthogonalize"])
+        self.atom_ssl_side_gradient = bool(config["atom_ssl_side_gradient"])
+        self.ssl_batch_size = config["ssl_batch_size"]
 
     def tower_terms(self, tower, ids, rows=None):
         """``(representations, TowerTerms)`` of a ``decoupled`` EndoTower: the ranking

@@ -84,16 +84,29 @@ class DICE(GeneralRecommender):
 
     DISCREPANCIES = ("dcor", "l1", "l2")
 
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad option of the model; runs check it
+        before loading any data."""
+        number_option(config, "embedding_size", 1, integer=True)
+        for weight in ("interest_weight", "conformity_weight", "discrepancy_weight"):
+            number_option(config, weight, 0)
+        choice_option(config, "discrepancy", cls.DISCREPANCIES)
+        number_option(config, "pop_margin", 0)
+        number_option(config, "margin_decay", 0, 1)
+        number_option(config, "loss_decay", 0, 1)
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
-        self.embedding_size = number_option(config, "embedding_size", 1, integer=True)
-        self.interest_weight = number_option(config, "interest_weight", 0)
-        self.conformity_weight = number_option(config, "conformity_weight", 0)
-        self.discrepancy_weight = number_option(config, "discrepancy_weight", 0)
-        self.discrepancy = choice_option(config, "discrepancy", self.DISCREPANCIES)
-        self.pop_margin = number_option(config, "pop_margin", 0)
-        self.margin_decay = number_option(config, "margin_decay", 0, 1)
-        self.loss_decay = number_option(config, "loss_decay", 0, 1)
+        self.embedding_size = config["embedding_size"]
+        self.interest_weight = config["interest_weight"]
+        self.conformity_weight = config["conformity_weight"]
+        self.discrepancy_weight = config["discrepancy_weight"]
+        self.discrepancy = config["discrepancy"]
+        self.pop_margin = config["pop_margin"]
+        self.margin_decay = config["margin_decay"]
+        self.loss_decay = config["loss_decay"]
 
         self.user_interest = nn.Embedding(self.n_users, self.embedding_size)
         self.user_conformity = nn.Embedding(self.n_users, self.embedding_size)

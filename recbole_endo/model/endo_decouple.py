@@ -56,10 +56,16 @@ class EndoDecouple(FeatureTowerRecommender):
     SAMPLE_WEIGHTS = ("none", "ipw", "endo")
     tower_class = EndoTower
 
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        DecouplingTerms.check_config(config)
+        number_option(config, "endo_eta", 0)
+
     def __init__(self, config, dataset):
-        self.decoupling = DecouplingTerms(config)
-        self.endo_eta = number_option(config, "endo_eta", 0)
         super().__init__(config, dataset)
+        self.decoupling = DecouplingTerms(config)
+        self.endo_eta = config["endo_eta"]
         if self.sample_weight == "endo" and not self.towers["item"].decoupled:
             raise ValueError(
                 "config option 'sample_weight' endo weighs items by cos(atom, side), but endo_fields.item "

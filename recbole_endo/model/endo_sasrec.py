@@ -26,9 +26,14 @@ class EndoSASRec(SplitSASRec):
 
     tower_class = EndoTower
 
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        DecouplingTerms.check_config(config)
+
     def __init__(self, config, dataset):
-        self.decoupling = DecouplingTerms(config)
         super().__init__(config, dataset)
+        self.decoupling = DecouplingTerms(config)
 
     def item_terms(self, ids, target_rows):
         if not self.item_tower.decoupled:

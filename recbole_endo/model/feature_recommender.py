@@ -7,8 +7,15 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
 from recbole_endo.model.losses import LowerGradeSampler, batch_normalised, grade_labels, graded_bpr_loss
-from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
-from recbole_endo.model.towers import ENTITIES, EvaluationCache, every_entity, initialise_towers, parse_endo_fields
+from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option
+from recbole_endo.model.towers import (
+    ENTITIES,
+    EvaluationCache,
+    check_endo_fields,
+    every_entity,
+    initialise_towers,
+    parse_endo_fields,
+)
 
 
 class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
@@ -37,45 +44,53 @@ class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
     # The towers look features up by id: RecBole need not join them into batches (fast_path.py).
     reads_joined_features = False
 
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad option of the model that needs no
+        dataset (the towers' included); runs check it before loading any data."""
+        check_endo_fields(config)
+        cls.tower_class.check_config(config, ENTITIES)
+        grade_thresholds = numbers_option(config, "grade_thresholds")
+        if grade_thresholds:
+            check_raw_ratings(config, "grade_thresholds")
+        within_user_weight = number_option(config, "within_user_weight", 0)
+        if within_user_weight and not grade_thresholds:
+            raise ValueError(
+                f"config option 'within_user_weight' is {within_user_weight}, but with grade_thresholds: [] "
+                "every observed item has the same grade, so no within-user pair exists: set grade_thresholds "
+                "(e.g. [3]) or within_user_weight: 0"
+            )
+        if config["sample_weight"] not in cls.SAMPLE_WEIGHTS:
+            raise ValueError(
+                f"config option 'sample_weight' is {config['sample_weight']!r}; "
+                f"{cls.__name__} supports {', '.join(cls.SAMPLE_WEIGHTS)}"
+            )
+        number_option(config, "ipw_eta", 0)
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
         self.endo_fields = parse_endo_fields(config, dataset)
-        number_option(config, "embedding_size", 1, integer=True)
-        sizes_option(config, "mlp_hidden_size")
-        number_option(config, "dropout_prob", 0, 1, high_open=True)
         self.towers = nn.ModuleDict(
             {entity: self.tower_class(dataset, entity, self.endo_fields[entity], config) for entity in ENTITIES}
         )
         self.RATING = config["RATING_FIELD"]
-        self.grade_thresholds = numbers_option(config, "grade_thresholds")
+        self.grade_thresholds = config["grade_thresholds"]
         if self.grade_thresholds and self.RATING not in dataset.field2type:
             raise ValueError(
                 f"config option 'grade_thresholds' {self.grade_thresholds} needs the rating field "
                 f"'{self.RATING}' (RATING_FIELD), which the dataset does not load: add it to the .inter "
                 "file and load_col['inter'], or set grade_thresholds: [] for binary BPR"
             )
-        if self.grade_thresholds:
-            check_raw_ratings(config, "grade_thresholds")
-        self.within_user_weight = number_option(config, "within_user_weight", 0)
-        if self.within_user_weight and not self.grade_thresholds:
-            raise ValueError(
-                f"config option 'within_user_weight' is {self.within_user_weight}, but with grade_thresholds: [] "
-                "every observed item has the same grade, so no within-user pair exists: set grade_thresholds "
-                "(e.g. [3]) or within_user_weight: 0"
-            )
+        self.within_user_weight = config["within_user_weight"]
         if self.within_user_weight:
             interactions = dataset.inter_feat
             self.lower_grade_sampler = LowerGradeSampler(
                 interactions[self.USER_ID], interactions[self.ITEM_ID],
                 grade_labels(interactions[self.RATING], self.grade_thresholds), self.n_users,
             )
-        if config["sample_weight"] not in self.SAMPLE_WEIGHTS:
-            raise ValueError(
-                f"config option 'sample_weight' is {config['sample_weight']!r}; "
-                f"{type(self).__name__} supports {', '.join(self.SAMPLE_WEIGHTS)}"
-            )
         self.sample_weight = config["sample_weight"]
-        self.ipw_eta = number_option(config, "ipw_eta", 0)
+        self.ipw_eta = config["ipw_eta"]
         popularity = torch.ones(self.n_items)  # 1 + training count: items unseen in training stay finite
         for item, count in dataset.item_counter.items():
             popularity[item] += count

@@ -28,7 +28,14 @@ class ItemMeanRating(GeneralRecommender):
     type = ModelType.TRADITIONAL
     reads_joined_features = False
 
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad ``mean_rating_prior``; runs check it
+        before loading any data. The rating field is checked with the dataset."""
+        number_option(config, "mean_rating_prior", 0)
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
         rating_field = config["RATING_FIELD"]
         if rating_field not in dataset.field2type:
@@ -36,7 +43,7 @@ class ItemMeanRating(GeneralRecommender):
                 f"ItemMeanRating needs the rating field '{rating_field}' (RATING_FIELD) in the .inter file "
                 "and in load_col['inter']: the dataset does not load it"
             )
-        prior = number_option(config, "mean_rating_prior", 0)
+        prior = config["mean_rating_prior"]
         items = dataset.inter_feat[self.ITEM_ID]
         ratings = dataset.inter_feat[rating_field].double()
         sums = torch.zeros(self.n_items, dtype=torch.float64).index_add_(0, items, ratings)

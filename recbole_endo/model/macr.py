@@ -63,14 +63,26 @@ class MACR(GeneralRecommender):
 
     FUSION_LOSSES = ("bce", "bpr")
 
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad option of the model; runs check it
+        before loading any data."""
+        number_option(config, "embedding_size", 1, integer=True)
+        sizes_option(config, "module_hidden_size", allow_empty=True)
+        number_option(config, "item_loss_weight", 0)
+        number_option(config, "user_loss_weight", 0)
+        number_option(config, "counterfactual_c")
+        choice_option(config, "fusion_loss", cls.FUSION_LOSSES)
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
-        self.embedding_size = number_option(config, "embedding_size", 1, integer=True)
-        hidden = sizes_option(config, "module_hidden_size", allow_empty=True)
-        self.item_loss_weight = number_option(config, "item_loss_weight", 0)
-        self.user_loss_weight = number_option(config, "user_loss_weight", 0)
-        self.c = number_option(config, "counterfactual_c")
-        self.fusion_loss = choice_option(config, "fusion_loss", self.FUSION_LOSSES)
+        self.embedding_size = config["embedding_size"]
+        hidden = config["module_hidden_size"]
+        self.item_loss_weight = config["item_loss_weight"]
+        self.user_loss_weight = config["user_loss_weight"]
+        self.c = config["counterfactual_c"]
+        self.fusion_loss = config["fusion_loss"]
 
         self.user_embedding = nn.Embedding(self.n_users, self.embedding_size)
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size)

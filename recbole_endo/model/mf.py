@@ -81,12 +81,19 @@ class MF(GeneralRecommender):
     input_type = InputType.POINTWISE
     reads_joined_features = False
 
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad option of the model that needs no
+        dataset; runs check it before loading any data. The rating field is checked with the
+        dataset, when the model is built."""
+        refuse_sampled_negatives(config, cls.__name__)
+        number_option(config, "embedding_size", 1, integer=True)
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
-        name = type(self).__name__
-        self.RATING = rating_field(config, dataset, name)
-        refuse_sampled_negatives(config, name)
-        self.embedding_size = number_option(config, "embedding_size", 1, integer=True)
+        self.RATING = rating_field(config, dataset, type(self).__name__)
+        self.embedding_size = config["embedding_size"]
         self.mean_rating = float(dataset.inter_feat[self.RATING].double().mean())
         self.mf = BiasedMF(self.n_users, self.n_items, self.embedding_size, self.mean_rating)
 

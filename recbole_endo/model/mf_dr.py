@@ -48,9 +48,14 @@ class MFDR(MFIPS):
     ``properties/model/MFDR.yaml``.
     """
 
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        number_option(config, "all_pairs_ratio", 1, integer=True)
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.all_pairs_ratio = number_option(config, "all_pairs_ratio", 1, integer=True)
+        self.all_pairs_ratio = config["all_pairs_ratio"]
         self.imputation = BiasedMF(self.n_users, self.n_items, self.embedding_size, self.mean_rating)
 
     def sample_pairs(self, count):

@@ -5,7 +5,12 @@ Joachims, "Recommendations as Treatments: Debiasing Learning and Evaluation", IC
 """
 
 from recbole_endo.model.mf import MF
-from recbole_endo.model.propensity import item_counts, observed_share_propensity, propensity_from_config
+from recbole_endo.model.propensity import (
+    check_propensity_options,
+    item_counts,
+    observed_share_propensity,
+    propensity_from_config,
+)
 
 
 class MFIPS(MF):
@@ -29,19 +34,21 @@ class MFIPS(MF):
     ``file``: a dataset's own matrix by raw id (``propensity_file``, e.g. Coat's
     propensities.ascii, learned on all of train.ascii, of which the plugin trains on 90 %);
     ``naive_bayes`` is refused until the protocol can hold a uniform slice of the test out
-    (:func:`~recbole_endo.model.propensity.propensity_from_config`). ``propensity_clip`` floors
+    (:func:`~recbole_endo.model.propensity.check_propensity_options`). ``propensity_clip`` floors
     P at a value (default 0: the paper's unclipped estimator). Options: ``properties/model/MFIPS.yaml``.
     """
+
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        check_propensity_options(config, cls.__name__)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         items = dataset.inter_feat[self.ITEM_ID]
         users = self.n_users - 1  # internal id 0 is RecBole's padding
         self.propensity = propensity_from_config(
-            config,
-            dataset,
-            lambda: observed_share_propensity(item_counts(items, self.n_items), users),
-            type(self).__name__,
+            config, dataset, lambda: observed_share_propensity(item_counts(items, self.n_items), users)
         )
         # N / (U I): the share of the matrix the training ratings observe.
         self.observed_share = len(items) / (users * (self.n_items - 1))

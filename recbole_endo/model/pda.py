@@ -59,16 +59,27 @@ class PDA(GeneralRecommender):
 
     PREDICT_METHODS = ("PD", "PDA")
 
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad option of the model that needs no
+        dataset; runs check it before loading any data. Whether the dataset has the timestamps
+        that ``popularity_stages`` > 1 and PDA need is checked when the model is built."""
+        number_option(config, "embedding_size", 1, integer=True)
+        number_option(config, "pop_exponent", 0)
+        number_option(config, "popularity_stages", 1, integer=True)
+        choice_option(config, "predict_method", cls.PREDICT_METHODS)
+        if config["adjust_exponent"] is not None:
+            number_option(config, "adjust_exponent", 0)
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
-        self.embedding_size = number_option(config, "embedding_size", 1, integer=True)
-        self.pop_exponent = number_option(config, "pop_exponent", 0)
-        self.stages = number_option(config, "popularity_stages", 1, integer=True)
-        self.predict_method = choice_option(config, "predict_method", self.PREDICT_METHODS)
-        if config["adjust_exponent"] is None:
-            self.adjust_exponent = self.pop_exponent
-        else:
-            self.adjust_exponent = number_option(config, "adjust_exponent", 0)
+        self.embedding_size = config["embedding_size"]
+        self.pop_exponent = config["pop_exponent"]
+        self.stages = config["popularity_stages"]
+        self.predict_method = config["predict_method"]
+        adjust_exponent = config["adjust_exponent"]
+        self.adjust_exponent = self.pop_exponent if adjust_exponent is None else adjust_exponent
         self.TIME = config["TIME_FIELD"]
         has_time = self.TIME is not None and self.TIME in dataset.inter_feat
         for needs_time, option in ((self.stages > 1, "popularity_stages"), (self.predict_method == "PDA", "predict_method")):

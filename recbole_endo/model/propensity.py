@@ -20,8 +20,9 @@ Estimators (functions of counts and ratings, so that they can be checked by hand
 - :func:`read_propensity_file`: a dataset's own users x items matrix (Coat's propensities.ascii),
   read by raw id.
 
-:func:`propensity_from_config` reads the options ``propensity``, ``propensity_clip``,
-``propensity_file`` and ``propensity_uniform_share`` and returns a :class:`Propensity` lookup.
+:func:`check_propensity_options` checks the options ``propensity``, ``propensity_clip``,
+``propensity_file`` and ``propensity_uniform_share`` from the config alone;
+:func:`propensity_from_config` reads them and returns a :class:`Propensity` lookup.
 """
 
 import os
@@ -140,16 +141,14 @@ class Propensity(nn.Module):
         return self.table[user, item] if self.table.dim() == 2 else self.table[item]
 
 
-def propensity_from_config(config, dataset, popularity, model_name):
-    """The :class:`Propensity` of ``config``'s ``propensity`` option, checked before training.
+def check_propensity_options(config, model_name):
+    """Fail with a ValueError naming the option (and ``model_name``) on a bad propensity option.
 
-    Args:
-        popularity (callable): returns the per-item propensities of ``popularity`` (the model's
-            estimator: :func:`observed_share_propensity` or :func:`relative_popularity_propensity`).
-        model_name (str): named in errors.
-    """
+    It needs only the config (``propensity_file`` is read with the dataset, by
+    :func:`propensity_from_config`), so runs check it before loading any data. ``propensity``
+    naive_bayes is refused until the protocols can hold its uniform sample out of the test."""
     kind = choice_option(config, "propensity", PROPENSITIES)
-    clip = number_option(config, "propensity_clip", 0, 1)
+    number_option(config, "propensity_clip", 0, 1)
     if kind == "naive_bayes":
         share = number_option(config, "propensity_uniform_share", 0, 1, low_open=True)
         raise ValueError(
@@ -167,8 +166,19 @@ def propensity_from_config(config, dataset, popularity, model_name):
                 f"config option 'propensity' file needs 'propensity_file', the users x items matrix of "
                 f"P(O=1) by raw id (e.g. Coat's propensities.ascii), got {path!r}"
             )
-        table = read_propensity_file(
-            path, dataset.field2id_token[dataset.uid_field], dataset.field2id_token[dataset.iid_field]
-        )
+
+
+def propensity_from_config(config, dataset, popularity):
+    """The :class:`Propensity` of ``config``'s ``propensity`` options (checked by
+    :func:`check_propensity_options`).
+
+    Args:
+        popularity (callable): returns the per-item propensities of ``popularity`` (the model's
+            estimator: :func:`observed_share_propensity` or :func:`relative_popularity_propensity`).
+    """
+    clip = config["propensity_clip"]
+    if config["propensity"] == "file":
+        tokens = dataset.field2id_token
+        table = read_propensity_file(config["propensity_file"], tokens[dataset.uid_field], tokens[dataset.iid_field])
         return Propensity(table, clip)
     return Propensity(popularity(), clip)

@@ -11,7 +11,12 @@ from recbole.utils import InputType
 
 from recbole_endo.model.mf import BiasedMF, rating_field
 from recbole_endo.model.options import check_raw_ratings, number_option
-from recbole_endo.model.propensity import item_counts, propensity_from_config, relative_popularity_propensity
+from recbole_endo.model.propensity import (
+    check_propensity_options,
+    item_counts,
+    propensity_from_config,
+    relative_popularity_propensity,
+)
 
 
 class RelMF(GeneralRecommender):
@@ -47,33 +52,40 @@ class RelMF(GeneralRecommender):
     input_type = InputType.POINTWISE
     reads_joined_features = False
 
-    def __init__(self, config, dataset):
-        super().__init__(config, dataset)
-        name = type(self).__name__
-        self.LABEL = config["LABEL_FIELD"]
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad option of the model that needs no
+        dataset; runs check it before loading any data. The rating field ``click_threshold``
+        compares is checked with the dataset, when the model is built."""
         sampler = config["train_neg_sample_args"]
         if not isinstance(sampler, dict) or sampler.get("distribution") in (None, "none"):
             raise ValueError(
-                f"config option 'train_neg_sample_args' is {sampler!r}, but {name} trains on clicks and "
+                f"config option 'train_neg_sample_args' is {sampler!r}, but {cls.__name__} trains on clicks and "
                 "sampled non-clicks: give a distribution, e.g. {distribution: uniform, sample_num: 1} "
                 "(the model's file does)"
             )
+        if config["click_threshold"] is not None:
+            number_option(config, "click_threshold")
+            check_raw_ratings(config, "click_threshold")
+        number_option(config, "propensity_eta", 0)
+        check_propensity_options(config, cls.__name__)
+        number_option(config, "embedding_size", 1, integer=True)
+
+    def __init__(self, config, dataset):
+        self.check_config(config)
+        super().__init__(config, dataset)
+        self.LABEL = config["LABEL_FIELD"]
         self.click_threshold = config["click_threshold"]
         items = dataset.inter_feat[self.ITEM_ID]
         clicked = torch.ones(len(items), dtype=torch.bool)
         if self.click_threshold is not None:
-            number_option(config, "click_threshold")
-            check_raw_ratings(config, "click_threshold")
-            self.RATING = rating_field(config, dataset, f"{name} with 'click_threshold'")
+            self.RATING = rating_field(config, dataset, f"{type(self).__name__} with 'click_threshold'")
             clicked = dataset.inter_feat[self.RATING] >= self.click_threshold
-        eta = number_option(config, "propensity_eta", 0)
+        eta = config["propensity_eta"]
         self.propensity = propensity_from_config(
-            config,
-            dataset,
-            lambda: relative_popularity_propensity(item_counts(items[clicked], self.n_items), eta),
-            name,
+            config, dataset, lambda: relative_popularity_propensity(item_counts(items[clicked], self.n_items), eta)
         )
-        self.embedding_size = number_option(config, "embedding_size", 1, integer=True)
+        self.embedding_size = config["embedding_size"]
         self.mf = BiasedMF(self.n_users, self.n_items, self.embedding_size)
 
     def forward(self, user, item):

@@ -14,7 +14,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureType, InputType, ModelType
 
 from recbole_endo.model.options import number_option
-from recbole_endo.model.towers import check_fields, parse_endo_fields
+from recbole_endo.model.towers import check_endo_fields, check_fields, parse_endo_fields
 
 
 class SideProfile(SequentialRecommender):
@@ -33,9 +33,18 @@ class SideProfile(SequentialRecommender):
     type = ModelType.SEQUENTIAL
     reads_joined_features = False
 
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad option of the model that needs no
+        dataset; runs check it before loading any data. The side fields are checked with the
+        dataset, when the model is built."""
+        number_option(config, "profile_length", 0, integer=True)
+        check_endo_fields(config)
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
-        self.profile_length = number_option(config, "profile_length", 0, integer=True)
+        self.profile_length = config["profile_length"]
         side = parse_endo_fields(config, dataset)["item"]["side"]
         check_fields(dataset, "item", "side", side)
         counted = [field for field in side if dataset.field2type[field] in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ)]

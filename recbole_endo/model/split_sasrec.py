@@ -15,11 +15,11 @@ import torch
 import torch.nn as nn
 from recbole.model.sequential_recommender import SASRec
 
-from recbole_endo.model.options import number_option, sizes_option
 from recbole_endo.model.towers import (
     EvaluationCache,
     FeatureEmbedding,
     SplitTower,
+    check_endo_fields,
     every_entity,
     initialise_towers,
     mlp,
@@ -60,18 +60,25 @@ class SplitSASRec(EvaluationCache, SASRec):
     # The tower looks item features up by id: RecBole need not join them into batches (fast_path.py).
     reads_joined_features = False
 
+    @classmethod
+    def check_config(cls, config):
+        """Fail with a ValueError naming the option on a bad option of the item tower (and the
+        user's side representation, an MLP of the same sizes) that needs no dataset; runs check it
+        before loading any data. SASRec's own options are RecBole's, taken as given."""
+        check_endo_fields(config)
+        cls.tower_class.check_config(config, ("item",))
+        sizes = config["mlp_hidden_size"]
+        if sizes[-1] != config["hidden_size"]:
+            raise ValueError(
+                f"config option 'mlp_hidden_size' {sizes} ends in the item representation's size, which "
+                f"SASRec's encoder reads as 'hidden_size' ({config['hidden_size']}): make them equal"
+            )
+
     def __init__(self, config, dataset):
+        self.check_config(config)
         super().__init__(config, dataset)
         del self.item_embedding  # the item tower replaces SASRec's id embedding
         self.endo_fields = parse_endo_fields(config, dataset)
-        number_option(config, "embedding_size", 1, integer=True)
-        sizes = sizes_option(config, "mlp_hidden_size")
-        number_option(config, "dropout_prob", 0, 1, high_open=True)
-        if sizes[-1] != self.hidden_size:
-            raise ValueError(
-                f"config option 'mlp_hidden_size' {sizes} ends in the item representation's size, which "
-                f"SASRec's encoder reads as 'hidden_size' ({self.hidden_size}): make them equal"
-            )
         self.item_tower = self.tower_class(dataset, "item", self.endo_fields["item"], config)
         initialise_towers(self.item_tower)
         self.user_side = None
@@ -83,9 +90,8 @@ class SplitSASRec(EvaluationCache, SASRec):
                     "endo_fields.user.side names no field: name the user's side fields or set user_side_tower: False"
                 )
             embedding = FeatureEmbedding(dataset, "user", side, config["embedding_size"], "side")
-            self.user_side = nn.Sequential(
-                embedding, nn.Flatten(-2), mlp([embedding.output_size, *sizes], config["dropout_prob"])
-            )
+            sizes = [embedding.output_size, *config["mlp_hidden_size"]]
+            self.user_side = nn.Sequential(embedding, nn.Flatten(-2), mlp(sizes, config["dropout_prob"]))
             initialise_towers(self.user_side)
         self.loss_components = {}
 

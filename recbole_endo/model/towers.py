@@ -20,7 +20,7 @@ from recbole.model.layers import MLPLayers
 from recbole.utils import FeatureSource, FeatureType
 
 from recbole_endo.model.losses import complementary_field_masks, orthogonal_component
-from recbole_endo.model.options import number_option
+from recbole_endo.model.options import number_option, sizes_option
 
 ENTITIES = ("user", "item")
 FIELD_GROUPS = ("atom", "side")
@@ -62,21 +62,19 @@ def derive_endo_fields(dataset):
     return derived
 
 
-def parse_endo_fields(config, dataset):
-    """``config['endo_fields']`` checked to be ``{user|item: {atom|side: [field, ...]}}``; unset,
-    derived from ``dataset`` (:func:`derive_endo_fields`), logged and stored in the config, so
-    the run's checkpoint rebuilds the same towers."""
+def check_endo_fields(config):
+    """Fail with a ValueError naming the option unless ``config['endo_fields']`` is unset (derived
+    from the dataset, :func:`parse_endo_fields`) or ``{user|item: {atom|side: [field, ...]}}``
+    naming a field for each entity. Whether the fields are loaded is the dataset's to say
+    (:func:`check_fields`)."""
     endo_fields = config["endo_fields"]
     if endo_fields is None:
-        endo_fields = derive_endo_fields(dataset)
-        config["endo_fields"] = endo_fields
-        getLogger().info(f"endo_fields not set; derived from the loaded features (towers.py): {endo_fields}")
+        return
     if not isinstance(endo_fields, dict):
         raise ValueError(
             "config option 'endo_fields' must map 'user' and 'item' to {atom: [...], side: [...]}, "
             f"or be left unset to derive it from the dataset's feature fields; got {endo_fields!r}"
         )
-    parsed = {}
     for entity in ENTITIES:
         groups = endo_fields.get(entity)
         if not isinstance(groups, dict):
@@ -84,17 +82,33 @@ def parse_endo_fields(config, dataset):
         unknown = set(groups) - set(FIELD_GROUPS)
         if unknown:
             raise ValueError(f"config option 'endo_fields.{entity}' has unknown keys {sorted(unknown)}; use 'atom' and 'side'")
-        parsed[entity] = {}
         for group in FIELD_GROUPS:
-            fields = groups.get(group) or []
-            if isinstance(fields, str):
-                fields = [fields]
-            if not all(isinstance(field, str) for field in fields):
+            fields = group_fields(groups, group)
+            if not isinstance(fields, (list, tuple)) or not all(isinstance(field, str) for field in fields):
                 raise ValueError(f"config option 'endo_fields.{entity}.{group}' must be a list of field names")
-            parsed[entity][group] = list(fields)
-        if not parsed[entity]["atom"] and not parsed[entity]["side"]:
+        if not any(group_fields(groups, group) for group in FIELD_GROUPS):
             raise ValueError(f"config option 'endo_fields.{entity}' names no field")
-    return parsed
+
+
+def group_fields(groups, group):
+    """The fields that one entity's ``endo_fields`` ``groups`` name in ``group``: unset is none,
+    and a single field may be named without a list."""
+    fields = groups.get(group) or []
+    return [fields] if isinstance(fields, str) else fields
+
+
+def parse_endo_fields(config, dataset):
+    """``config['endo_fields']`` (checked by :func:`check_endo_fields`) as ``{user|item: {atom|side:
+    [field, ...]}}``; unset, derived from ``dataset`` (:func:`derive_endo_fields`), logged and
+    stored in the config, so the run's checkpoint rebuilds the same towers."""
+    endo_fields = config["endo_fields"]
+    if endo_fields is None:
+        endo_fields = derive_endo_fields(dataset)
+        config["endo_fields"] = endo_fields
+        getLogger().info(f"endo_fields not set; derived from the loaded features (towers.py): {endo_fields}")
+    return {
+        entity: {group: list(group_fields(endo_fields[entity], group)) for group in FIELD_GROUPS} for entity in ENTITIES
+    }
 
 
 def check_fields(dataset, entity, group, fields):
@@ -264,6 +278,14 @@ class FeatureTower(nn.Module):
     id path the gap stays, README). An unseen id (a cold entity) adds the mean trained id
     embedding (:class:`FeatureEmbedding`), so cold entities are still told apart by their features."""
 
+    @classmethod
+    def check_config(cls, config, entities):
+        """Fail with a ValueError naming the option on a bad option of the tower that needs no
+        dataset; ``entities``: the entities the model builds this tower for."""
+        number_option(config, "embedding_size", 1, integer=True)
+        sizes_option(config, "mlp_hidden_size")
+        number_option(config, "dropout_prob", 0, 1, high_open=True)
+
     def __init__(self, dataset, entity, config):
         super().__init__()
         self.id_embedding = None
@@ -290,6 +312,19 @@ class SplitTower(FeatureTower):
     step (the sequential models' CE) drops an item in its history steps and as a candidate alike.
     """
 
+    @classmethod
+    def check_config(cls, config, entities):
+        """The base's checks, and ``atom_dropout`` in [0, 1], refused beside ``id_path``, whose id
+        embedding would tell the dropped entities apart again."""
+        super().check_config(config, entities)
+        atom_dropout = number_option(config, "atom_dropout", 0, 1)
+        if atom_dropout and config["id_path"]:
+            trained = " and ".join(f"{entity}s" for entity in entities)
+            raise ValueError(
+                f"config option 'atom_dropout' ({atom_dropout}) embeds some training {trained} as new ones, "
+                "but id_path: True adds each one's own id embedding past its atoms: set atom_dropout: 0 or id_path: False"
+            )
+
     def __init__(self, dataset, entity, fields, config, output_hidden_sizes=()):
         super().__init__(dataset, entity, config)
         embedding_size, hidden_sizes, rate = config["embedding_size"], config["mlp_hidden_size"], config["dropout_prob"]
@@ -302,12 +337,7 @@ class SplitTower(FeatureTower):
         )
         size = hidden_sizes[-1]
         self.output = mlp([len(groups) * size, *output_hidden_sizes, size], rate)
-        self.atom_dropout = number_option(config, "atom_dropout", 0, 1)
-        if self.atom_dropout and self.id_embedding is not None:
-            raise ValueError(
-                f"config option 'atom_dropout' ({self.atom_dropout}) embeds some training {entity}s as new ones, "
-                "but id_path: True adds each one's own id embedding past its atoms: set atom_dropout: 0 or id_path: False"
-            )
+        self.atom_dropout = config["atom_dropout"]
 
     def embed(self, ids):
         """Field embeddings per group: ``{group: [batch, fields, embedding_size]}``, with
