@@ -483,11 +483,13 @@ class EvaluationCache:
 
 def dropout(inputs, rate):
     """Inverted dropout in training: each entry zeroed with probability ``rate`` (below 1), the
-    rest scaled by ``1 / (1 - rate)``. The mask is drawn as uniform numbers against the rate:
-    the distribution of torch's dropout, whose Bernoulli draws take about twice as long on a CPU."""
+    rest scaled by ``1 / (1 - rate)``. The mask is drawn as uniform numbers compared with the rate
+    in place, and multiplies the inputs: the distribution of torch's dropout, whose Bernoulli
+    draws make a forward and backward pass about twice as slow on a CPU."""
     if not rate:
         return inputs
-    return torch.where(torch.rand(inputs.shape, device=inputs.device) >= rate, inputs / (1 - rate), 0)
+    mask = torch.rand(inputs.shape, device=inputs.device, dtype=inputs.dtype).ge_(rate).div_(1 - rate)
+    return inputs * mask
 
 
 class Dropout(nn.Dropout):
