@@ -102,7 +102,7 @@ def test_query_rows_cover_each_index_and_setting_with_recall_against_exact(vecto
 
 
 def test_outputs_hold_the_tables_the_targets_and_the_plot(vectors, tmp_path):
-    rows = query_rows(vectors, tmp_path, threads=2)
+    rows = [{**row, "run": 2} for row in query_rows(vectors, tmp_path, threads=2)]
     rows.append({"catalogue": LARGE, "items": 300, "measure": "build", "index": "IndexHNSWFlat", "parameter": "",
                  "threads": 1, "seconds": 0.5, "rss_growth_mib": 3.0, "index_mib": 1.0, "beside": "a study"})
     rows += [
@@ -111,8 +111,11 @@ def test_outputs_hold_the_tables_the_targets_and_the_plot(vectors, tmp_path):
         {"catalogue": "ml-100k", "items": 1682, "measure": "ndcg", "index": "exact index", "parameter": "k=10",
          "ndcg_at_10": 0.25, "users": 943, "untied_differences": 0, "note": "2 of 943 users differ, 2 of them tied"},
     ]
-    runs = [{"command": "python -m recbole_endo.experiments.retrieval_benchmark", "commit": "abc1234",
-             "threads": [2], "build_threads": 1, "beside": "", "started": "2026-01-01 00:00"}]
+    # Run 1's rows were all measured again by run 2: it is not listed.
+    runs = [{"command": "python -m recbole_endo.experiments.retrieval_benchmark --threads=2", "commit": "0ld0000",
+             "threads": [2], "build_threads": 1, "beside": "", "started": "2026-01-01 00:00", "load_average": 2.5},
+            {"command": "python -m recbole_endo.experiments.retrieval_benchmark", "commit": "abc1234",
+             "threads": [2], "build_threads": 1, "beside": "", "started": "2026-01-01 00:10", "load_average": 0.25}]
     output = tmp_path / "out"
     bench.write_outputs(rows, runs, str(output), LARGE)
     # Written through temporary files renamed into place: none is left behind.
@@ -124,7 +127,9 @@ def test_outputs_hold_the_tables_the_targets_and_the_plot(vectors, tmp_path):
         assert f"| {LARGE} | IndexHNSWFlat | efSearch={value} | 2 |" in table
     assert f"| {LARGE} | full_sort_predict | batch=25 | 2 |" in table
     assert "| exact index | 0.2500 | 943 | 2 of 943 users differ, 2 of them tied |" in table
-    assert "1. `python -m recbole_endo.experiments.retrieval_benchmark` at commit abc1234" in table
+    assert ("2. `python -m recbole_endo.experiments.retrieval_benchmark` at commit abc1234, 2026-01-01 00:10 "
+            "(load average 0.25 as it began): query threads [2]") in table
+    assert "0ld0000" not in table
     # On 300 items every approximate setting finds the exact top 10: the recall target's line names one.
     assert f"- {LARGE}, 2 thread(s): recall@10 >= 0.99 at >= 1,000 single queries/s: **" in table
     assert f"- {LARGE}, 2 thread(s): batched queries >= 10x full_sort_predict: **" in table

@@ -594,12 +594,14 @@ def write_outputs(rows, runs, output_dir, large):
         writer.writeheader()
         writer.writerows(rows)
     with open_replacing(os.path.join(output_dir, "retrieval.md")) as file:
-        file.write(markdown(rows, settings(runs), large))
+        file.write(markdown(rows, settings(runs, {row["run"] for row in rows}), large))
     plot(rows, os.path.join(output_dir, "recall_qps.png"), large)
 
 
-def settings(runs):
-    """A paragraph: the machine, the libraries, k and each run's command, threads and commit."""
+def settings(runs, used):
+    """A paragraph: the machine, the libraries, k and each run in ``used`` (numbers from 1): its
+    command, commit, the load average as it began and its threads. A run measured again leaves
+    its earlier run without rows: unlisted."""
     faiss = _faiss()
     lines = [
         f"CPU: {cpu_name()}, {default_threads()} core(s) available; faiss {faiss.__version__}, torch {torch.__version__}; "
@@ -607,8 +609,12 @@ def settings(runs):
         "(options in the NDCG table), exported by recbole_endo.retrieval. Runs (a row's run is in retrieval.csv):",
     ]
     for number, run in enumerate(runs, 1):
-        lines.append(f"{number}. `{run['command']}` at commit {run['commit']}, {run['started']}: query threads "
-                     f"{run['threads']}, build threads {run['build_threads']}"
+        if number not in used:
+            continue
+        load = run.get("load_average")
+        lines.append(f"{number}. `{run['command']}` at commit {run['commit']}, {run['started']}"
+                     + (f" (load average {load:.2f} as it began)" if load is not None else "")
+                     + f": query threads {run['threads']}, build threads {run['build_threads']}"
                      + (f"; beside {run['beside']}" if run["beside"] else ""))
     return "\n".join(lines)
 
@@ -625,6 +631,8 @@ def benchmark(output_dir, work_dir=None, threads=(1, 2), build_threads=None, ite
         run = work.start_run({
             "command": command or "benchmark()", "commit": git_commit(), "threads": list(threads),
             "build_threads": build_threads, "beside": beside, "started": time.strftime("%Y-%m-%d %H:%M"),
+            # What the rest of the machine was running as this run began (runnable processes, 1-minute mean).
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         })
         training = train(work, config_dict or {}, build_threads, log)
         with inside(work.folder):
