@@ -61,14 +61,24 @@ def interrupted_line(interrupt, args, argv):
     return f"interrupted; continue from the last checkpoint with: {resume_command(argv, checkpoint)}"
 
 
+def busy_cores():
+    """How many other processes are running now: Linux's count of runnable tasks
+    (``/proc/loadavg``) less this one; elsewhere the 1-minute load average, which still counts a
+    job that has just ended."""
+    try:
+        with open("/proc/loadavg") as loadavg:
+            return int(loadavg.read().split()[3].split("/")[0]) - 1
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
 def idle_cores():
-    """The CPU cores this process may use less those busy with other work (the 1-minute load
-    average), at least one: torch's threads beyond them wait on cores that other processes hold,
-    and its OpenMP threads spin while they wait. On two cores beside one busy process an
-    EndoDecouple step took 5 times as long with two threads as with one."""
+    """The CPU cores this process may use less those busy with other work (:func:`busy_cores`),
+    at least one: torch's threads beyond them wait on cores that other processes hold, and its
+    OpenMP threads spin while they wait. On two cores beside one busy process an EndoDecouple
+    epoch took 45-71 s with two threads and 2.1 s with one."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return max(1, min(cores, round(cores - busy_cores())))
 
 
 def _metrics(result):
@@ -134,7 +144,7 @@ def build_parser():
     )
     parser.add_argument(
         "--threads", type=int, default=None,
-        help="torch's CPU threads (default: the cores that other work leaves idle, at least one)",
+        help="torch's CPU threads (default: the cores that other running processes leave idle, at least one)",
     )
     return parser
 

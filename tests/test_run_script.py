@@ -85,11 +85,30 @@ def test_the_progress_line_counts_down_to_early_stopping_or_the_epoch_limit():
     ]
 
 
-@pytest.mark.parametrize("load, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (3.5, 1)])
-def test_a_run_takes_the_cores_that_other_work_leaves_idle(monkeypatch, load, threads):
+@pytest.mark.parametrize("running, threads", [(1, 2), (2, 1), (3, 1), (9, 1)])
+def test_a_run_takes_the_cores_that_other_running_processes_leave_idle(monkeypatch, tmp_path, running, threads):
+    run_script_module = runpy.run_path(SCRIPT)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text(f"1.50 1.20 0.90 {running}/312 4242\n")  # this process is one of the running
+    real_open = open
+    monkeypatch.setitem(
+        run_script_module["busy_cores"].__globals__, "open",
+        lambda path, *args, **kwargs: real_open(loadavg if path == "/proc/loadavg" else path, *args, **kwargs),
+    )
+    assert run_script_module["idle_cores"]() == threads
+
+
+@pytest.mark.parametrize("load, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (3.5, 1)])
+def test_without_a_count_of_running_processes_the_load_average_decides(monkeypatch, load, threads):
     run_script_module = runpy.run_path(SCRIPT)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+
+    def no_proc(path, *args, **kwargs):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setitem(run_script_module["busy_cores"].__globals__, "open", no_proc)
     assert run_script_module["idle_cores"]() == threads
 
 
