@@ -566,10 +566,13 @@ def plot(rows, path, large):
                       linestyle=("-", "--", ":")[number % 3], color=colours[index],
                       markerfacecolor="white" if number else colours[index],
                       label=f"{index}, {threads} thread{'s' if threads > 1 else ''}")
-            for row in points:
+            for row in points if number == 0 else []:  # one label per setting: thread counts share them
                 if row["parameter"]:
                     axes.annotate(row["parameter"].split("=")[1], (row["qps"], row["recall_at_10"]),
                                   textcoords="offset points", xytext=(3, -10), fontsize=7)
+    # Issue 35's target: recall@10 0.99 at 1,000 single queries per second, the corner above and right.
+    axes.axhline(TARGET_RECALL, color="grey", linewidth=0.8, linestyle=":")
+    axes.axvline(1000, color="grey", linewidth=0.8, linestyle=":")
     axes.set_xscale("log")
     axes.set_xlabel("single queries per second (one query vector per call)")
     axes.set_ylabel(f"recall@{K} against exact search")
