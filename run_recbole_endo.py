@@ -33,6 +33,7 @@ import traceback
 import torch
 
 from recbole_endo.distributed import run_distributed
+from recbole_endo.experiments.benchmark import default_threads
 from recbole_endo.experiments.compare import compare, split_entries
 from recbole_endo.quick_start import run_recbole_endo
 from recbole_endo.retrieval import exported_kind
@@ -77,7 +78,7 @@ def idle_cores():
     at least one: torch's threads beyond them wait on cores that other processes hold, and its
     OpenMP threads spin while they wait. On two cores beside one busy process an EndoDecouple
     epoch took 45-71 s with two threads and 2.1 s with one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = default_threads()
     return max(1, min(cores, round(cores - busy_cores())))
 
 
