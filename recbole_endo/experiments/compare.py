@@ -349,14 +349,19 @@ def summary_provenance(folder):
         return ("\n" + file.read()).split("\n| model |", 1)[0].strip("\n")
 
 
-def retabulate(folders, output_dir, reference=None):
+def retabulate(folders, output_dir, reference=None, later_replaces=False):
     """Rewrite the tables of comparison folders from their saved runs and per-user values, with
     today's statistics, without repeating a run. One folder: in place (``output_dir`` may be it),
     every entry kept. Several: merged into ``output_dir``, one table of the entries that have a
     run on every seed the folders hold between them (the others are left out, and the table's
-    lines say so); no entry may have the same seed in two folders. ``reference`` defaults to the
-    first folder's."""
+    lines say so); no entry may have the same seed in two folders, unless ``later_replaces``:
+    then an entry's runs in a later folder replace all its runs in earlier ones (a rerun of some
+    rows after their code changed; the table's lines name what was replaced). ``reference``
+    defaults to the first folder's."""
     parts = [read_comparison_runs(folder) for folder in folders]
+    replaced = []
+    if later_replaces:
+        parts, replaced = _drop_replaced(folders, parts)
     found = {}
     for folder, (runs, *_) in zip(folders, parts):
         for run in runs:
@@ -388,11 +393,33 @@ def retabulate(folders, output_dir, reference=None):
         left_out = [entry for entry in entries if entry not in complete]
         provenance = (
             "Merged by `python -m recbole_endo.experiments.compare` from the folders below; "
-            f"entries without a run on every seed left out: {', '.join(left_out) or 'none'}.\n\n"
+            f"entries without a run on every seed left out: {', '.join(left_out) or 'none'}."
+            + "".join(f" {entry}'s runs in `{old}` replaced by those in `{new}`." for entry, old, new in replaced)
+            + "\n\n"
             + "".join(f"From `{folder}`:\n\n{part[2]}" for folder, part in zip(folders, parts))
         )
     os.makedirs(output_dir, exist_ok=True)
     return write_tables(output_dir, runs, per_user, provenance, reference)
+
+
+def _drop_replaced(folders, parts):
+    """``parts`` without the runs of an entry that a later folder also ran, and the list of
+    ``(entry, earlier folder, later folder)`` dropped."""
+    last = {}
+    for index, (runs, *_) in enumerate(parts):
+        for run in runs:
+            last[run["entry"]] = index
+    kept, replaced = [], []
+    for index, (runs, per_user, provenance, reference) in enumerate(parts):
+        gone = {run["entry"] for run in runs if last[run["entry"]] > index}
+        replaced += [(entry, folders[index], folders[last[entry]]) for entry in sorted(gone)]
+        kept.append((
+            [run for run in runs if run["entry"] not in gone],
+            {key: rows for key, rows in per_user.items() if key[0] not in gone},
+            provenance,
+            reference,
+        ))
+    return kept, replaced
 
 
 def main(argv=None):
@@ -405,11 +432,13 @@ def main(argv=None):
     parser.add_argument("folders", nargs="+", help="folders written by run_recbole_endo.py --compare")
     parser.add_argument("--output_dir", help="where the merged tables go (one folder: default, in place)")
     parser.add_argument("--reference", help="entry the others get paired differences to (default: the first folder's)")
+    parser.add_argument("--later_replaces", action="store_true",
+                        help="an entry's runs in a later folder replace its runs in earlier ones (rows rerun after a change)")
     args = parser.parse_args(argv)
     if len(args.folders) > 1 and not args.output_dir:
         parser.error("merging several folders needs --output_dir")
     try:
-        retabulate(args.folders, args.output_dir or args.folders[0], args.reference)
+        retabulate(args.folders, args.output_dir or args.folders[0], args.reference, args.later_replaces)
     except ValueError as error:
         parser.error(str(error))
 
