@@ -8,10 +8,14 @@ import pytest
 import torch
 from conftest import DATA_DIR, TINY_YAML
 
+from scipy.stats import spearmanr
+
+from recbole_endo.data.synth import CONFIG_KEYS
 from recbole_endo.experiments.analysis import (
     ALL_ATOMS,
     analyse,
     correlation_rows,
+    exposure_rows,
     frequency_cos_spearman,
     side_atom_representations,
 )
@@ -133,3 +137,34 @@ def test_model_without_split_towers_is_refused_naming_it(tiny, tmp_path, model):
     with pytest.raises(ValueError, match=rf"holds a {model} model.*TwoTowerSplit, EndoDecouple"):
         analyse(checkpoint, str(tmp_path / "goal2"))
     assert not (tmp_path / "goal2").exists()
+
+
+def test_weights_against_the_true_exposure_are_hand_computed_rank_correlations():
+    # Exposure ranks 1 2 3 5 4; item 6 has no training interaction and is left out.
+    frequency, exposure = np.array([1, 2, 3, 4, 5, 0]), np.array([0.1, 0.2, 0.3, 0.5, 0.4, 0.9])
+    cos = np.array([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    rows = {row["weight"]: row for row in exposure_rows(frequency, cos, exposure)}
+    # ipw = 1 / count against 1 / pi: d = 0 0 0 1 1, rho = 1 - 6 * 2 / (5 * 24).
+    assert rows["ipw"]["rho"] == pytest.approx(0.9) and rows["ipw"]["items"] == 5
+    # endo = exp(-cos) against 1 / pi: ranks of -cos 1..5 against 1 / pi's 5 4 3 1 2, sum d^2 = 38.
+    assert rows["endo"]["rho"] == pytest.approx(1 - 6 * 38 / 120)
+
+
+def test_on_endo_synth_the_report_has_the_weights_against_the_generators_exposure(tmp_path):
+    tiny = {"users": 50, "items": 40, "interactions": 1000, "user_groups": 4, "item_categories": 5}
+    config_dict = {"data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1,
+                   "embedding_size": 8, "mlp_hidden_size": [16, 8], "state": "ERROR"}
+    config_dict |= {CONFIG_KEYS[name]: value for name, value in tiny.items()}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        checkpoint = run_recbole_endo(model="EndoDecouple", dataset="endo-synth", config_dict=config_dict)["checkpoint"]
+    analyse(checkpoint, str(tmp_path / "goal2"))
+    rows = {row["weight"]: row for row in json.loads((tmp_path / "goal2" / "goal2.json").read_text())["exposure"]}
+    folder = tmp_path / "data" / "endo-synth"
+    items = np.loadtxt(folder / "endo-synth.train.inter", skiprows=1, ndmin=2, dtype=int)[:, 1]
+    counts = np.bincount(items - 1, minlength=40)  # raw item i is the truth's row i - 1
+    exposure = np.load(folder / "endo-synth.truth.npz")["item_exposure"]
+    trained = counts > 0
+    assert rows["ipw"]["items"] == rows["endo"]["items"] == trained.sum()
+    assert rows["ipw"]["rho"] == pytest.approx(spearmanr(1 / counts[trained], 1 / exposure[trained])[0])
+    assert "## Item weights against the generator's true exposure" in (tmp_path / "goal2" / "goal2.md").read_text()

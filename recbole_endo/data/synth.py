@@ -124,6 +124,11 @@ def true_rating(truth, users, items):
     return 1 + np.searchsorted(truth["rating_thresholds"], true_logit(truth, users, items), side="right")
 
 
+def truth_file(folder, dataset_name=SYNTH_DATASET):
+    """Where a generated dataset's truth arrays lie in its ``folder``."""
+    return os.path.join(folder, f"{dataset_name}.truth.npz")
+
+
 def load_truth(folder, dataset_name=SYNTH_DATASET):
     """The truth arrays written with a generated dataset, as a dict.
 
@@ -132,7 +137,7 @@ def load_truth(folder, dataset_name=SYNTH_DATASET):
     ``atom_weight`` (the logit's coefficients), ``rating_thresholds`` (logit cut points of the
     ratings 2..5) and ``item_exposure`` (the exposure propensity ``pi`` of each item, summing to 1).
     """
-    with np.load(os.path.join(folder, f"{dataset_name}.truth.npz")) as arrays:
+    with np.load(truth_file(folder, dataset_name)) as arrays:
         return dict(arrays)
 
 
@@ -309,7 +314,7 @@ def generate_synth(out_dir, dataset_name=SYNTH_DATASET, **options):
             ["item_id:token", "item_category:token"],
             zip(range(1, n_items + 1), (f"c{category + 1}" for category in truth["item_category"])),
         )
-        np.savez(f"{prefix}.truth.npz", **truth)
+        np.savez(truth_file(work, dataset_name), **truth)
         with open(f"{prefix}.options.json", "w") as f:
             json.dump(options_record(options), f, indent=1)
     return target

@@ -17,6 +17,13 @@ Writes to ``--output_dir``:
 - ``<entity>_freq_vs_cos.png``: the scatter behind the global correlation;
 - ``<entity>_pca.png``: a 2-D PCA of the side and atom representations together, coloured by side
   value.
+
+On a generated dataset whose folder holds the generator's truth (endo-synth's
+``<dataset>.truth.npz``), the report adds the weights against the true exposure: over the items
+with a training interaction, Spearman's rho between each item weight the model can train with and
+the true inverse propensity ``1 / pi``: ``ipw`` (``popularity^-eta``: the order of 1 / training
+count) and ``endo`` (``exp(-eta cos(a, s))``: the order of −cos); rank correlation does not
+depend on ``eta``.
 """
 
 import argparse
@@ -35,6 +42,7 @@ from matplotlib.ticker import LogFormatter
 from recbole.utils import FeatureType
 from scipy.stats import spearmanr
 
+from recbole_endo.data.synth import load_truth, truth_file
 from recbole_endo.files import open_replacing
 from recbole_endo.model.towers import ENTITIES, FIELD_GROUPS, SplitTower
 from recbole_endo.quick_start import load_data_and_model
@@ -59,6 +67,20 @@ def frequency_cos_spearman(frequency, cos):
             return None, None, f"constant {name}"
     rho, p_value = spearmanr(frequency, cos)
     return float(rho), float(p_value), ""
+
+
+def exposure_rows(frequency, cos, exposure):
+    """Rows of the weights against the true exposure: for ``ipw`` and ``endo``, Spearman's rho and
+    p-value between the weight and ``1 / exposure`` over the items with ``frequency`` > 0 (the
+    positives a weight can apply to). Arrays are per item, aligned."""
+    trained = np.asarray(frequency) > 0
+    inverse_propensity = 1 / np.asarray(exposure)[trained]
+    weights = {"ipw": 1 / np.asarray(frequency)[trained], "endo": -np.asarray(cos)[trained]}
+    rows = []
+    for weight, order in weights.items():
+        rho, p_value = spearmanr(order, inverse_propensity)
+        rows.append({"weight": weight, "items": int(trained.sum()), "rho": float(rho), "p_value": float(p_value)})
+    return rows
 
 
 def split_tower(model, entity, checkpoint):
@@ -242,6 +264,8 @@ def analyse(checkpoint, output_dir, side_fields=None):
         counter = getattr(dataset, f"{entity}_counter")
         frequency = np.array([counter.get(atom, 0) for atom in range(1, len(values) + 1)])
         entity_rows = correlation_rows(entity, field, frequency, cos, values)
+        if entity == "item":
+            item_frequency, item_cos = frequency, cos
         rows += entity_rows
         labels, common = colour_labels(values)
         legend_title = field if dataset.field2type[field] == FeatureType.TOKEN else f"{field} (first value)"
@@ -249,6 +273,13 @@ def analyse(checkpoint, output_dir, side_fields=None):
             entity, legend_title, frequency, cos, labels, common, entity_rows[0]
         )
         figures[f"{entity}_pca.png"] = plot_pca(entity, legend_title, s, a, labels, common)
+
+    exposure = None
+    if os.path.isfile(truth_file(config["data_path"], config["dataset"])):
+        exposure = load_truth(config["data_path"], config["dataset"])["item_exposure"]
+        raw_items = dataset.id2token(dataset.iid_field, np.arange(1, len(item_cos) + 1))
+        # The generator writes item i's row of the truth under the token i + 1.
+        exposure = exposure_rows(item_frequency, item_cos, exposure[raw_items.astype(int) - 1])
 
     os.makedirs(output_dir, exist_ok=True)
     # Each file is written whole or not at all (open_replacing), the tables last.
@@ -258,6 +289,8 @@ def analyse(checkpoint, output_dir, side_fields=None):
     model_name, dataset_name = config["model"], config["dataset"]
     report = {"checkpoint": checkpoint, "model": model_name, "dataset": dataset_name,
               "side_fields": fields, "min_group_atoms": MIN_GROUP_ATOMS, "rows": rows}
+    if exposure is not None:
+        report["exposure"] = exposure
     with open_replacing(os.path.join(output_dir, "goal2.json")) as file:
         json.dump(report, file, indent=1)
     header = (
@@ -267,6 +300,13 @@ def analyse(checkpoint, output_dir, side_fields=None):
     )
     with open_replacing(os.path.join(output_dir, "goal2.md")) as file:
         file.write(header + markdown_table(rows))
+        if exposure is not None:
+            file.write(
+                "\n## Item weights against the generator's true exposure\n\nSpearman rho between each weight and "
+                "1 / pi (pi: the item's true exposure propensity), over the items with a training interaction.\n\n"
+                "| weight | items | Spearman rho | p-value |\n|---|---|---|---|\n"
+                + "".join(f"| {row['weight']} | {row['items']} | {row['rho']:.3f} | {row['p_value']:.2g} |\n" for row in exposure)
+            )
     return rows
 
 
