@@ -21,6 +21,7 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 from recbole_endo.checkpoint import load_weights, read_checkpoint
 from recbole_endo.config import Config, check_options
 from recbole_endo.data.synth import prepare_dataset
+from recbole_endo.data.uniform_slice import held_out_slice
 from recbole_endo.evaluation.protocols import check_evaluation_options, extra_evaluation, full_sort_per_user
 from recbole_endo.fast_path import skip_feature_join
 from recbole_endo.registry import get_model
@@ -189,6 +190,8 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
         "test_eval_s": test_eval_seconds,
         "checkpoint": trainer.saved_model_file if saved else None,
         "tuned_file": getattr(config, "tuned_file", None),
+        # The uniform slice the converters left out of the test, if the dataset folder has one.
+        "uniform_slice": held_out_slice(config),
         # Each test user's value of each metric that has one, users named by their raw ids.
         "per_user": {key: (datasets[0].id2token(uid_field, users), values) for key, (users, values) in per_user.items()},
     }

@@ -9,6 +9,7 @@ import torch
 import recbole_endo
 from recbole_endo.data import coat
 from recbole_endo.data.coat import convert_coat
+from recbole_endo.data.uniform_slice import uniform_slice_mask
 
 REAL_COAT = "/work/shared/data/coat"
 
@@ -151,6 +152,85 @@ def test_command_line_prints_the_dataset_folder(tmp_path, capsys):
     assert sorted(os.listdir(folder)) == ["c2.item", "c2.test.inter", "c2.train.inter", "c2.user", "c2.valid.inter"]
 
 
+def folder_files(folder):
+    return {name: open(os.path.join(folder, name)).read() for name in sorted(os.listdir(folder))}
+
+
+def test_the_uniform_slice_is_a_seeded_share_drawn_per_rating():
+    # The DR code's 5 % of Coat's 4,640 random ratings; at least one; none for share 0.
+    assert uniform_slice_mask(4640, 0.05, 2020).sum() == 232
+    assert uniform_slice_mask(10, 0.01, 1).sum() == 1 and not uniform_slice_mask(10, 0, 1).any()
+    assert np.array_equal(uniform_slice_mask(100, 0.1, 3), uniform_slice_mask(100, 0.1, 3))
+    assert not np.array_equal(uniform_slice_mask(100, 0.1, 3), uniform_slice_mask(100, 0.1, 4))
+    # Per rating: over many seeds every one of 10 ratings is drawn about as often (a per-user draw
+    # would move whole users).
+    drawn = sum(uniform_slice_mask(10, 0.3, seed).astype(int) for seed in range(2000))
+    assert drawn.sum() == 3 * 2000 and drawn.min() > 0.8 * 600 and drawn.max() < 1.2 * 600
+    for share in (-0.1, 1, "0.05", True):
+        with pytest.raises(ValueError, match=r"uniform_slice must be a share in \[0, 1\)"):
+            uniform_slice_mask(10, share, 1)
+    with pytest.raises(ValueError, match="takes 2 of the 2 random test ratings and leaves no test"):
+        uniform_slice_mask(2, 0.9, 1)
+
+
+def test_a_uniform_slice_moves_a_share_of_the_test_ratings_to_their_own_file(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+    plain = convert_coat(raw, str(tmp_path / "plain"))
+    folder = convert_coat(raw, str(tmp_path / "out"), uniform_slice=0.25)
+    # round(0.25 * 8) = 2 of the 8 random ratings, drawn per rating in the files' order (user, then item).
+    test = ratings(os.path.join(plain, "coat.test.inter"))
+    sliced = uniform_slice_mask(8, 0.25, 2020)
+    assert sliced.sum() == 2
+    assert ratings(os.path.join(folder, "coat.uniform.inter")) == [row for row, out in zip(test, sliced) if out]
+    assert ratings(os.path.join(folder, "coat.test.inter")) == [row for row, out in zip(test, sliced) if not out]
+    # Everything else is as without the slice (the hold-out's draws are not the slice's).
+    with_slice, without = folder_files(folder), folder_files(plain)
+    assert sorted(with_slice) == sorted([*without, "coat.uniform.inter"])
+    assert {name: with_slice[name] for name in without if name != "coat.test.inter"} == {
+        name: text for name, text in without.items() if name != "coat.test.inter"
+    }
+    # Converting again without the option writes today's files, the slice's file gone.
+    assert folder_files(convert_coat(raw, str(tmp_path / "out"))) == without
+    with pytest.raises(ValueError, match="uniform_slice must be a share"):
+        convert_coat(raw, str(tmp_path / "out"), uniform_slice=1.0)
+
+
+def test_recbole_loads_the_benchmark_splits_and_not_the_uniform_slice(tmp_path):
+    from recbole_endo.evaluation.protocols import candidate_lists
+
+    raw = make_raw(tmp_path / "raw", train=matrix_text(SAMPLEABLE_TRAIN))
+    config, splits = coat_splits(tmp_path, raw, model="MF", uniform_slice=0.25)
+    assert config["benchmark_filename"] == ["train", "valid", "test"]
+    assert [split.inter_num for split in splits] == [7, 3, 6]  # the test without its 2 sliced ratings
+    users, items, grades = candidate_lists(config, splits, "exposed")
+    assert int((items > 0).sum()) == 6
+
+
+def test_mfips_with_naive_bayes_reads_the_converted_slice(tmp_path):
+    # Every pair randomly rated, each rating four times: 18 of the 20 in the slice hold every value.
+    test = [[1, 2, 3, 4, 5], [2, 3, 4, 5, 1], [3, 4, 5, 1, 2], [4, 5, 1, 2, 3]]
+    raw = make_raw(tmp_path / "raw", train=matrix_text(SAMPLEABLE_TRAIN), test=matrix_text(test))
+    options = {"propensity": "naive_bayes", "tuned": False}
+    config, splits = coat_splits(tmp_path, raw, model="MFIPS", uniform_slice=0.9, **options)
+    train = [rating for _, _, rating in ratings(str(tmp_path / "out" / "coat" / "coat.train.inter"))]
+    uniform = [rating for _, _, rating in ratings(str(tmp_path / "out" / "coat" / "coat.uniform.inter"))]
+    assert len(uniform) == 18 and splits[2].inter_num == 2
+    model = config.model_class(config, splits[0])
+    # c_O(r) * N_U / (n_pairs * c_U(r)), n_pairs = 4 users x 5 items
+    by_hand = [train.count(r) * len(uniform) / (20 * uniform.count(r)) for r in sorted(set(train))]
+    assert model.propensity.rating_values.tolist() == sorted(set(train))
+    assert model.propensity.table.tolist() == pytest.approx(by_hand)
+
+
+def test_the_command_line_writes_the_uniform_slice(tmp_path, capsys):
+    coat.main([make_raw(tmp_path / "raw"), str(tmp_path / "out"), "--uniform_slice", "0.25"])
+    folder = capsys.readouterr().out.strip()
+    assert len(ratings(os.path.join(folder, "coat.uniform.inter"))) == 2
+    assert len(ratings(os.path.join(folder, "coat.test.inter"))) == 6
+    with pytest.raises(SystemExit, match=r"uniform_slice must be a share in \[0, 1\), got 1\.5"):
+        coat.main([make_raw(tmp_path / "raw"), str(tmp_path / "out"), "--uniform_slice", "1.5"])
+
+
 @pytest.mark.skipif(not os.path.isdir(REAL_COAT), reason="raw Coat data not available")
 def test_real_coat(tmp_path):
     folder = convert_coat(REAL_COAT, str(tmp_path / "out"))
@@ -241,10 +321,10 @@ def coat_options(tmp_path, **options):
     return {"data_path": str(tmp_path / "out"), "checkpoint_dir": str(tmp_path / "saved"), "state": "ERROR", **options}
 
 
-def coat_splits(tmp_path, raw, model="TwoTowerSplit", **options):
-    """Config and RecBole (train, valid, test) datasets of Coat converted from ``raw``, with
-    Coat's properties file and ``options``."""
-    convert_coat(raw, str(tmp_path / "out"))
+def coat_splits(tmp_path, raw, model="TwoTowerSplit", uniform_slice=0.0, **options):
+    """Config and RecBole (train, valid, test) datasets of Coat converted from ``raw`` (with
+    ``uniform_slice``), with Coat's properties file and ``options``."""
+    convert_coat(raw, str(tmp_path / "out"), uniform_slice=uniform_slice)
     config = recbole_endo.Config(model=model, dataset="coat", config_dict=coat_options(tmp_path, **options))
     dataset = recbole.data.create_dataset(config)
     return config, [split._dataset for split in recbole.data.data_preparation(config, dataset)]

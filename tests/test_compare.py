@@ -149,6 +149,25 @@ def test_summary_opens_with_the_command_commit_and_each_entrys_tuned_file(tmp_pa
         assert "tuned_file" not in next(csv.reader(f))
 
 
+def test_summary_says_when_the_test_lacks_a_uniform_slice(tmp_path, monkeypatch):
+    def run_entry(entry, model, options, seed, *_):
+        return {"entry": entry, "model": model, "seed": seed, "ndcg@10": 0.1, "best_epoch": 1, "epochs": 2,
+                "train_s_per_epoch": 1.0, "valid_s_per_eval": 0.1, "test_eval_s": 0.1, "wall_s": 1.0, "per_user": {},
+                "tuned_file": None, "uniform_slice": ("data/coat/coat.uniform.inter", 232)}
+
+    monkeypatch.setattr(compare_module, "run_entry", run_entry)
+    compare(["MF", "MFIPS"], "coat", [1, 2], str(tmp_path / "out"), log=lambda *a, **k: None)
+    lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert lines[2] == (
+        "Test: without the uniform slice data/coat/coat.uniform.inter (232 random ratings the converter's "
+        "--uniform_slice moved out of the test; propensity naive_bayes estimates P(r) on them), for every entry: "
+        "not comparable with a table on the whole test."
+    )
+    assert lines[3].startswith("Configuration of each entry")
+    with open(tmp_path / "out" / "runs.csv") as f:
+        assert "uniform_slice" not in next(csv.reader(f))
+
+
 def test_plot_labels_leave_out_the_options_a_models_entries_share_and_shorten_the_rest():
     entries = ["TwoTowerSplit", "Endo[lr=0.1;dropout=0.2;stage1=0]", "Endo[lr=0.1;dropout=0.2;stage1=0.25;margin=0.5]",
                "BPR[learning_rate=0.0017525134087825378;weight_decay=1.0e-06;embedding_size=32]", "Pop", "Pop[x=1]"]

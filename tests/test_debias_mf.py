@@ -14,6 +14,7 @@ from recbole.data.interaction import Interaction
 from conftest import DATA_DIR, full_and_pointwise_scores
 from recbole_endo import Config
 from recbole_endo.experiments.tune import read_search_space, search_space_file
+from recbole_endo.files import write_atomic_file
 from recbole_endo.model import MF, MFDR, MFIPS, RelMF
 from recbole_endo.model.propensity import (
     Propensity,
@@ -71,6 +72,94 @@ def test_naive_bayes_propensities_by_hand():
     assert propensities == pytest.approx({1.0: 0.4, 2.0: 0.1, 3.0: 0.6})
     with pytest.raises(ValueError, match="rating 5 occurs in the observed ratings but not in the uniform sample"):
         naive_bayes_propensity([1, 5], [1, 2], 10)
+
+
+# 3 users x 4 items, 12 pairs. Training: ratings 5, 1, 5, 3, 5, 1; the uniform slice: 1, 1, 1, 3, 5, 5
+# (pairs of none of the test's; a pair may also be in training or validation, as on Coat).
+NB_FILES = {
+    "train": [(1, 1, 5), (1, 2, 1), (2, 1, 5), (2, 3, 3), (3, 2, 5), (3, 4, 1)],
+    "valid": [(3, 1, 4)],
+    "test": [(1, 1, 4), (2, 3, 2), (3, 2, 4)],
+    "uniform": [(1, 3, 1), (1, 4, 1), (2, 2, 1), (2, 4, 3), (3, 1, 5), (3, 3, 5)],
+}
+# By hand: P(O=1) = 6 / 12; P(r | O=1) = 2/6, 1/6, 3/6 and P(r) = 3/6, 1/6, 2/6 for r = 1, 3, 5;
+# P(O=1 | r) = P(r | O=1) P(O=1) / P(r).
+NB_BY_HAND = {1.0: 2 / 6 * 0.5 / (3 / 6), 3.0: 1 / 6 * 0.5 / (1 / 6), 5.0: 3 / 6 * 0.5 / (2 / 6)}
+
+
+def nb_dataset(tmp_path, files=NB_FILES):
+    """Config arguments for the dataset ``nb`` of ``files`` (benchmark parts and the uniform slice)."""
+    folder = tmp_path / "data" / "nb"
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, rows in files.items():
+        write_atomic_file(folder / f"nb.{part}.inter", ["user_id:token", "item_id:token", "rating:float"], rows)
+    return {
+        "dataset": "nb",
+        "config_dict": {
+            "data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"), "state": "ERROR",
+            "benchmark_filename": ["train", "valid", "test"], "load_col": {"inter": ["user_id", "item_id", "rating"]},
+            "embedding_size": 4, "train_batch_size": 4, "epochs": 1, "topk": [2], "valid_metric": "NDCG@2",
+            "propensity": "naive_bayes",
+        },
+    }
+
+
+def test_naive_bayes_propensities_by_hand_on_a_uniform_slice():
+    assert NB_BY_HAND == pytest.approx({1.0: 1 / 3, 3.0: 1 / 2, 5.0: 3 / 4})
+    ratings = [rating for _, _, rating in NB_FILES["train"]]
+    assert naive_bayes_propensity(ratings, [rating for _, _, rating in NB_FILES["uniform"]], 12) == pytest.approx(NB_BY_HAND)
+
+
+@pytest.mark.parametrize("name", ["MFIPS", "MFDR", "RelMF"])
+def test_naive_bayes_propensities_are_read_from_the_uniform_slice_by_rating(name, tmp_path):
+    model, dataset = build(name, nb_dataset(tmp_path))
+    assert (dataset.user_num, dataset.item_num) == (3 + 1, 4 + 1)  # n_pairs = 3 x 4, RecBole's padding left out
+    assert model.propensity.rating_values.tolist() == [1.0, 3.0, 5.0]
+    assert model.propensity.table.tolist() == pytest.approx([NB_BY_HAND[1.0], NB_BY_HAND[3.0], NB_BY_HAND[5.0]])
+    # Looked up by the pair's rating, whatever the user and item.
+    weights = model.propensity(torch.tensor([1, 2, 3]), torch.tensor([4, 1, 2]), torch.tensor([5.0, 1.0, 3.0]))
+    assert weights.tolist() == pytest.approx([0.75, 1 / 3, 0.5])
+    with pytest.raises(ValueError, match=r"rating 4 has no naive Bayes propensity.*\[1\.0, 3\.0, 5\.0\]"):
+        model.propensity(torch.tensor([1]), torch.tensor([1]), torch.tensor([4.0]))
+    with pytest.raises(ValueError, match="looked up by the pairs' ratings"):
+        model.propensity(torch.tensor([1]), torch.tensor([1]))
+
+
+def test_mfips_with_naive_bayes_weighs_each_row_by_one_over_its_ratings_propensity(tmp_path):
+    model, dataset = build("MFIPS", nb_dataset(tmp_path))
+    user = [dataset.token2id("user_id", token) for token in ("1", "2")]
+    item = [dataset.token2id("item_id", token) for token in ("2", "3")]
+    batch = Interaction({"user_id": torch.tensor(user), "item_id": torch.tensor(item), "rating": torch.tensor([1.0, 3.0])})
+    assert model.ips_weights(batch).tolist() == pytest.approx([3.0, 2.0])  # 1 / (1/3), 1 / (1/2)
+    # N / (U I) * mean((r - r-hat)^2 / P), N = 6 training ratings of U I = 12 pairs.
+    errors = [(score(model.mf, u, i) - r) ** 2 for u, i, r in zip(user, item, [1.0, 3.0])]
+    by_hand = 6 / 12 * (errors[0] / NB_BY_HAND[1.0] + errors[1] / NB_BY_HAND[3.0]) / 2
+    assert model.calculate_loss(batch).item() == pytest.approx(by_hand, rel=1e-5)
+    # A pair's propensity is its rating's: the same pairs rated 5 weigh 1 / 0.75 each.
+    batch["rating"] = torch.tensor([5.0, 5.0])
+    assert model.ips_weights(batch).tolist() == pytest.approx([4 / 3, 4 / 3])
+
+
+def test_naive_bayes_runs_and_reloads_through_the_runner(tmp_path):
+    arguments = nb_dataset(tmp_path)
+    result = run_recbole_endo(model="MFIPS", **arguments)
+    assert all(math.isfinite(value) for value in result["test_result"].values())
+    # What a comparison table's provenance names: the test lacks the slice's 6 ratings.
+    assert result["uniform_slice"] == (str(tmp_path / "data" / "nb" / "nb.uniform.inter"), 6)
+    _, model, _, _, _, _ = load_data_and_model(result["checkpoint"])
+    assert model.propensity.table.tolist() == pytest.approx([NB_BY_HAND[1.0], NB_BY_HAND[3.0], NB_BY_HAND[5.0]])
+
+
+def test_naive_bayes_refuses_a_slice_that_shares_a_pair_with_the_test_or_lacks_a_training_rating(tmp_path):
+    leaking = {**NB_FILES, "uniform": NB_FILES["uniform"] + [(2, 3, 3)]}  # (2, 3) is a test pair
+    with pytest.raises(ValueError, match=r"nb\.uniform\.inter shares 1 pairs \(user 2, item 3, \.\.\.\) with the test split"):
+        build("MFIPS", nb_dataset(tmp_path, leaking))
+    no_three = {**NB_FILES, "uniform": [row for row in NB_FILES["uniform"] if row[2] != 3]}
+    with pytest.raises(ValueError, match=r"nb\.uniform\.inter: rating 3 occurs in the observed ratings but not in the uniform"):
+        build("MFDR", nb_dataset(tmp_path, no_three))
+    # The slice's ratings are raw: min-max normalised training ratings would find no propensity.
+    with pytest.raises(ValueError, match=r"'propensity' compares raw ratings, but RecBole normalises the rating field"):
+        build("MFIPS", nb_dataset(tmp_path), normalize_all=True)
 
 
 def test_a_propensity_file_is_read_by_raw_id(tmp_path):
@@ -307,14 +396,10 @@ def test_a_propensity_file_with_other_tokens_is_refused_naming_the_token(tiny, t
         (
             "MFIPS",
             {"propensity": "naive_bayes"},
-            r"'propensity' naive_bayes is not available.*'propensity_uniform_share'.*cannot hold a slice of the test",
+            r"'propensity' naive_bayes \(MFIPS\) estimates P\(r\) on the dataset's uniformly exposed slice "
+            r"\S+tiny\.uniform\.inter, which does not exist: .*--uniform_slice",
         ),
-        (
-            "MFDR",
-            {"propensity": "naive_bayes", "propensity_uniform_share": 0.0},
-            r"'propensity_uniform_share' must be a number in \(0, 1\]",
-        ),
-        ("RelMF", {"propensity": "naive_bayes"}, r"'propensity' naive_bayes is not available to RelMF"),
+        ("RelMF", {"propensity": "naive_bayes"}, r"'propensity' naive_bayes \(RelMF\) .*tiny\.uniform\.inter"),
         ("MFIPS", {"propensity": "file"}, r"'propensity' file needs 'propensity_file'"),
         ("MFDR", {"propensity_clip": 2}, r"'propensity_clip' must be a number in \[0, 1\]"),
         ("MFDR", {"all_pairs_ratio": 0}, r"'all_pairs_ratio' must be an integer in \[1, inf\]"),

@@ -196,7 +196,7 @@ def test_a_bad_option_is_refused_in_one_line_before_the_data_loads(
         ("EndoDecouple", {"endo_eta": "-1"}, "'endo_eta' must be a number in [0, inf], got -1 (int)"),
         ("PDA", {"predict_method": "XYZ"}, "'predict_method' must be PD or PDA, got 'XYZ'"),
         ("MFIPS", {"propensity_clip": "2"}, "'propensity_clip' must be a number in [0, 1], got 2 (int)"),
-        ("MFDR", {"propensity": "naive_bayes"}, "'propensity' naive_bayes is not available to MFDR yet"),
+        ("MFDR", {"propensity": "naive_bayes"}, "'propensity' naive_bayes (MFDR) estimates P(r) on the dataset's uniformly"),
         ("RelMF", {"click_threshold": "high"}, "'click_threshold' must be a number in [-inf, inf], got 'high' (str)"),
         ("ItemMeanRating", {"mean_rating_prior": "-1"}, "'mean_rating_prior' must be a number in [0, inf], got -1"),
         ("SplitSASRec", {"mlp_hidden_size": "[0]"}, "'mlp_hidden_size' must be a list of positive integers, got [0]"),

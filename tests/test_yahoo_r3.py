@@ -9,6 +9,7 @@ import recbole.data
 
 import recbole_endo
 from recbole_endo.data import coat, yahoo_r3
+from recbole_endo.data.uniform_slice import uniform_slice_mask
 from recbole_endo.data.yahoo_r3 import RAW_FILES, convert_yahoo_r3
 
 REAL_YAHOO_R3 = os.environ.get("YAHOO_R3_RAW", "")
@@ -127,6 +128,27 @@ def test_split_depends_only_on_the_seed(tmp_path):
     others = [files(seed, f"seed{seed}") for seed in range(2, 8)]
     assert any(o["yahoo-r3.valid.inter"] != first["yahoo-r3.valid.inter"] for o in others)
     assert all(o["yahoo-r3.test.inter"] == first["yahoo-r3.test.inter"] for o in others)
+
+
+def test_a_uniform_slice_moves_a_share_of_the_random_ratings_to_their_own_file(tmp_path):
+    raw = make_raw(tmp_path / "raw")
+    without = folder_files(convert_yahoo_r3(raw, str(tmp_path / "plain"), seed=7))
+    folder = convert_yahoo_r3(raw, str(tmp_path / "out"), seed=7, uniform_slice=0.3)
+    # round(0.3 * 8) = 2 of the 8 random ratings, drawn per rating by Coat's converter's rule.
+    sliced = uniform_slice_mask(len(TEST), 0.3, 7)
+    assert sliced.sum() == 2
+    assert ratings(os.path.join(folder, "yahoo-r3.uniform.inter")) == [row for row, out in zip(TEST, sliced) if out]
+    assert ratings(os.path.join(folder, "yahoo-r3.test.inter")) == [row for row, out in zip(TEST, sliced) if not out]
+    with_slice = folder_files(folder)
+    assert sorted(with_slice) == sorted([*without, "yahoo-r3.uniform.inter"])
+    assert all(with_slice[name] == text for name, text in without.items() if name != "yahoo-r3.test.inter")
+    config = recbole_endo.Config(model="MF", dataset="yahoo-r3", config_dict={"data_path": str(tmp_path / "out"), "state": "ERROR"})
+    train, valid, test = recbole.data.create_dataset(config).build()  # the slice is no split
+    assert (train.inter_num, valid.inter_num, test.inter_num) == (13, 4, 6)
+    yahoo_r3.main([raw, str(tmp_path / "cli"), "--uniform_slice", "0.3", "--without_survey"])
+    assert sorted(os.listdir(tmp_path / "cli" / "yahoo-r3")) == [
+        "yahoo-r3.test.inter", "yahoo-r3.train.inter", "yahoo-r3.uniform.inter", "yahoo-r3.valid.inter",
+    ]
 
 
 def test_recbole_loads_the_benchmark_with_the_dataset_file(converted, tmp_path):

@@ -6,8 +6,11 @@ feature group, and its benchmark mode wants the split fixed on disk: train.ascii
 items) is split into train/valid per user, test.ascii (randomly exposed items) is the test set.
 Ids are the raw 1-based row/column numbers, so results can be joined back to the raw files.
 Item feature groups also used for users (gender) are written as item_<group>, see convert_coat.
+``--uniform_slice SHARE`` (default 0: none) moves a seeded share of the random test ratings, drawn
+per rating, to ``<name>.uniform.inter`` for ``propensity: naive_bayes``
+(:mod:`recbole_endo.data.uniform_slice`); the test then lacks them.
 
-    python -m recbole_endo.data.coat RAW_DIR OUT_DIR [--name coat] [--valid_share 0.1] [--seed 2020]
+    python -m recbole_endo.data.coat RAW_DIR OUT_DIR [--name coat] [--valid_share 0.1] [--seed 2020] [--uniform_slice 0]
 """
 
 import argparse
@@ -16,6 +19,7 @@ import sys
 
 import numpy as np
 
+from recbole_endo.data.uniform_slice import UNIFORM_PART, check_uniform_share, uniform_slice_mask
 from recbole_endo.files import dataset_folder, write_atomic_file
 
 FEATURES_DIR = "user_item_features"
@@ -116,13 +120,26 @@ def write_features(path, id_field, groups, values):
     write_atomic_file(path, header, ([number] + record for number, record in enumerate(values, 1)))
 
 
-def convert_coat(raw_dir, out_dir, dataset_name="coat", valid_share=0.1, seed=2020):
+def split_uniform_slice(test, share, seed):
+    """``(test, uniform)`` rating matrices: :func:`~recbole_endo.data.uniform_slice.uniform_slice_mask`
+    over the nonzero test entries in the order :func:`write_inter` writes them (user, then item)."""
+    users, items = np.nonzero(test)
+    sliced = np.zeros(test.shape, dtype=bool)
+    mask = uniform_slice_mask(len(users), share, seed)
+    sliced[users[mask], items[mask]] = True
+    return test * ~sliced, test * sliced
+
+
+def convert_coat(raw_dir, out_dir, dataset_name="coat", valid_share=0.1, seed=2020, uniform_slice=0.0):
     """Write ``out_dir/dataset_name/`` with .user, .item and .train/.valid/.test.inter; return its path.
+    With ``uniform_slice`` > 0, that share of the test ratings (drawn per rating, seeded by ``seed``)
+    goes to .uniform.inter instead of .test.inter (:mod:`recbole_endo.data.uniform_slice`).
 
     All input is read and checked before anything is written, so bad input leaves ``out_dir`` as it was.
     """
     if not 0 <= valid_share < 1:
         raise ValueError(f"valid_share must be in [0, 1), got {valid_share}")
+    check_uniform_share(uniform_slice)
     if not os.path.isdir(raw_dir):
         raise FileNotFoundError(f"Coat raw folder not found: {raw_dir}")
     paths = {key: os.path.join(raw_dir, name) for key, name in RAW_FILES.items()}
@@ -147,12 +164,17 @@ def convert_coat(raw_dir, out_dir, dataset_name="coat", valid_share=0.1, seed=20
     item_groups = [f"item_{group}" if group in entities["user"][0] else group for group in item_groups]
     entities["item"] = item_groups, item_values
     train_part, valid_part = split_train(train, valid_share, seed)
+    parts = [("train", train_part), ("valid", valid_part)]
+    if uniform_slice:
+        test, uniform = split_uniform_slice(test, uniform_slice, seed)
+        parts.append((UNIFORM_PART, uniform))
+    parts.append(("test", test))
 
     target = os.path.join(out_dir, dataset_name)
     with dataset_folder(target) as work:
         for entity, (groups, values) in entities.items():
             write_features(os.path.join(work, f"{dataset_name}.{entity}"), f"{entity}_id", groups, values)
-        for part, ratings in (("train", train_part), ("valid", valid_part), ("test", test)):
+        for part, ratings in parts:
             write_inter(os.path.join(work, f"{dataset_name}.{part}.inter"), ratings)
     return target
 
@@ -163,10 +185,13 @@ def main(argv=None):
     parser.add_argument("out_dir", help="RecBole data_path; the dataset folder is written inside it")
     parser.add_argument("--name", default="coat", help="dataset name (folder and file prefix)")
     parser.add_argument("--valid_share", type=float, default=0.1, help="share of each user's train ratings held out")
-    parser.add_argument("--seed", type=int, default=2020, help="seed of the train/valid split")
+    parser.add_argument("--seed", type=int, default=2020, help="seed of the train/valid split (and of the uniform slice)")
+    parser.add_argument("--uniform_slice", type=float, default=0.0,
+                        help="share of the random test ratings (drawn per rating) written to <name>.uniform.inter "
+                             "instead of the test, for propensity naive_bayes; 0 (default): none")
     args = parser.parse_args(argv)
     try:
-        print(convert_coat(args.raw_dir, args.out_dir, args.name, args.valid_share, args.seed))
+        print(convert_coat(args.raw_dir, args.out_dir, args.name, args.valid_share, args.seed, args.uniform_slice))
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
 

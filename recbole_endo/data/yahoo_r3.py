@@ -8,9 +8,12 @@ choice questions about when they rate (``...-survey-answers.txt``, line n = user
 split into train/valid per user (the same seeded hold-out rule), the random ones are the test.
 The survey answers are the users' side fields, one token per question; songs have no feature, so
 no ``.item`` file is written and the item tower reads the song id alone. Ids are the raw 1-based
-user and song numbers, so results can be joined back to the raw files.
+user and song numbers, so results can be joined back to the raw files. ``--uniform_slice SHARE``
+(default 0: none) moves a seeded share of the random ratings, drawn per rating, to
+``<name>.uniform.inter`` for ``propensity: naive_bayes`` (:mod:`recbole_endo.data.uniform_slice`,
+shared with Coat's converter); the test then lacks them.
 
-    python -m recbole_endo.data.yahoo_r3 RAW_DIR OUT_DIR [--name yahoo-r3] [--valid_share 0.1] [--seed 2020] [--without_survey]
+    python -m recbole_endo.data.yahoo_r3 RAW_DIR OUT_DIR [--name yahoo-r3] [--valid_share 0.1] [--seed 2020] [--uniform_slice 0] [--without_survey]
 
 The licence (Webscope's data sharing agreement) forbids redistribution: the data is never committed.
 """
@@ -22,6 +25,7 @@ import sys
 import numpy as np
 
 from recbole_endo.data.coat import read_lines
+from recbole_endo.data.uniform_slice import UNIFORM_PART, check_uniform_share, uniform_slice_mask
 from recbole_endo.files import dataset_folder, write_atomic_file
 
 PREFIX = "ydata-ymusic-rating-study-v1_0-"
@@ -117,13 +121,16 @@ def write_inter(path, rows):
     write_atomic_file(path, ["user_id:token", "item_id:token", "rating:float"], rows)
 
 
-def convert_yahoo_r3(raw_dir, out_dir, dataset_name="yahoo-r3", valid_share=0.1, seed=2020, survey=True):
+def convert_yahoo_r3(raw_dir, out_dir, dataset_name="yahoo-r3", valid_share=0.1, seed=2020, survey=True, uniform_slice=0.0):
     """Write ``out_dir/dataset_name/`` with .train/.valid/.test.inter and (``survey``) .user; return its path.
+    With ``uniform_slice`` > 0, that share of the random ratings (drawn per rating, seeded by ``seed``)
+    goes to .uniform.inter instead of .test.inter (:mod:`recbole_endo.data.uniform_slice`).
 
     All input is read and checked before anything is written, so bad input leaves ``out_dir`` as it was.
     """
     if not 0 <= valid_share < 1:
         raise ValueError(f"valid_share must be in [0, 1), got {valid_share}")
+    check_uniform_share(uniform_slice)
     if not os.path.isdir(raw_dir):
         raise FileNotFoundError(f"Yahoo! R3 raw folder not found: {raw_dir}")
     paths = {key: os.path.join(raw_dir, name) for key, name in RAW_FILES.items() if survey or key != "survey"}
@@ -136,6 +143,12 @@ def convert_yahoo_r3(raw_dir, out_dir, dataset_name="yahoo-r3", valid_share=0.1,
     answers = read_survey(paths["survey"]) if survey else None
     test = read_ratings(paths["test"], len(answers) if survey else None)
     train_part, valid_part = split_train(train, valid_share, seed)
+    parts = [("train", train_part), ("valid", valid_part)]
+    if uniform_slice:
+        sliced = uniform_slice_mask(len(test), uniform_slice, seed)
+        parts.append((UNIFORM_PART, [row for row, out in zip(test, sliced) if out]))
+        test = [row for row, out in zip(test, sliced) if not out]
+    parts.append(("test", test))
 
     target = os.path.join(out_dir, dataset_name)
     with dataset_folder(target) as work:
@@ -143,7 +156,7 @@ def convert_yahoo_r3(raw_dir, out_dir, dataset_name="yahoo-r3", valid_share=0.1,
             header = ["user_id:token"] + [f"{name}:token" for name, _ in SURVEY_FIELDS]
             rows = ([user] + record for user, record in enumerate(answers, 1))
             write_atomic_file(os.path.join(work, f"{dataset_name}.user"), header, rows)
-        for part, rows in (("train", train_part), ("valid", valid_part), ("test", test)):
+        for part, rows in parts:
             write_inter(os.path.join(work, f"{dataset_name}.{part}.inter"), rows)
     return target
 
@@ -154,12 +167,16 @@ def main(argv=None):
     parser.add_argument("out_dir", help="RecBole data_path; the dataset folder is written inside it")
     parser.add_argument("--name", default="yahoo-r3", help="dataset name (folder and file prefix)")
     parser.add_argument("--valid_share", type=float, default=0.1, help="share of each user's self-selected ratings held out")
-    parser.add_argument("--seed", type=int, default=2020, help="seed of the train/valid split")
+    parser.add_argument("--seed", type=int, default=2020, help="seed of the train/valid split (and of the uniform slice)")
+    parser.add_argument("--uniform_slice", type=float, default=0.0,
+                        help="share of the random ratings (drawn per rating) written to <name>.uniform.inter "
+                             "instead of the test, for propensity naive_bayes; 0 (default): none")
     parser.add_argument("--without_survey", action="store_true",
                         help="no survey answers file: write no .user file (run with a user tower of ids, see docs/protocols.md)")
     args = parser.parse_args(argv)
     try:
-        print(convert_yahoo_r3(args.raw_dir, args.out_dir, args.name, args.valid_share, args.seed, not args.without_survey))
+        print(convert_yahoo_r3(args.raw_dir, args.out_dir, args.name, args.valid_share, args.seed, not args.without_survey,
+                               args.uniform_slice))
     except (OSError, ValueError) as error:
         sys.exit(f"error: {error}")
 

@@ -96,6 +96,7 @@ def run_entry(entry, model, options, seed, dataset, config_file_list, config_dic
     run["wall_s"] = time.perf_counter() - start
     run["per_user"] = result["per_user"]
     run["tuned_file"] = result["tuned_file"]
+    run["uniform_slice"] = result.get("uniform_slice")
     return run
 
 
@@ -228,6 +229,14 @@ def provenance_markdown(command, commit, runs, jobs):
         f"Command: `{command}`" if command else "Command: not recorded (compare() called from Python).",
         f"Commit: {commit or 'unknown'}; machine: {machine()}; {jobs} run(s) at a time, "
         f"{run_threads(jobs)} torch thread(s) each.",
+    ]
+    for path, count in dict.fromkeys(tuple(run["uniform_slice"]) for run in runs if run.get("uniform_slice")):
+        lines.append(
+            f"Test: without the uniform slice {path} ({count} random ratings the converter's --uniform_slice "
+            "moved out of the test; propensity naive_bayes estimates P(r) on them), for every entry: not "
+            "comparable with a table on the whole test."
+        )
+    lines += [
         "Configuration of each entry (its options in brackets override it):",
         *(f"- {entry}: {origin}" for entry, origin in origins.items()),
     ]
@@ -276,7 +285,8 @@ def compare(
         raise RuntimeError(f"--compare: every run failed: {'; '.join(failed)}")
     per_user = per_user_table(runs)
     provenance = provenance_markdown(command, commit, runs, jobs)
-    runs = [{key: value for key, value in run.items() if key not in ("per_user", "tuned_file")} for run in runs]
+    provenance_only = ("per_user", "tuned_file", "uniform_slice")
+    runs = [{key: value for key, value in run.items() if key not in provenance_only} for run in runs]
     summary = write_tables(output_dir, runs, per_user, provenance, reference)
     if failed:
         raise RuntimeError(f"--compare: {len(failed)} of {len(tasks)} runs failed (the tables hold the others): {'; '.join(failed)}")

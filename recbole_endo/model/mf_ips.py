@@ -33,9 +33,12 @@ class MFIPS(MF):
     1/(U I) normalisation holds: Saito et al.'s relative (n_i / max n)^eta is not one);
     ``file``: a dataset's own matrix by raw id (``propensity_file``, e.g. Coat's
     propensities.ascii, learned on all of train.ascii, of which the plugin trains on 90 %);
-    ``naive_bayes`` is refused until the protocol can hold a uniform slice of the test out
-    (:func:`~recbole_endo.model.propensity.check_propensity_options`). ``propensity_clip`` floors
-    P at a value (default 0: the paper's unclipped estimator). Options: ``properties/model/MFIPS.yaml``.
+    ``naive_bayes``: the paper's § 5 estimator, P_ui = P(O=1 | r_ui) = P(r | O=1) P(O=1) / P(r),
+    P(r | O=1) and P(O=1) = N / (U I) from the training ratings, P(r) from the dataset's uniformly
+    exposed slice ``<dataset>.uniform.inter`` (a share of the random test ratings that the Coat and
+    Yahoo! R3 converters write with ``--uniform_slice`` and leave out of the test); each training
+    pair is weighed by its rating's propensity. ``propensity_clip`` floors P at a value (default 0:
+    the paper's unclipped estimator). Options: ``properties/model/MFIPS.yaml``.
     """
 
     @classmethod
@@ -54,8 +57,8 @@ class MFIPS(MF):
         self.observed_share = len(items) / (users * (self.n_items - 1))
 
     def ips_weights(self, interaction):
-        """1 / P_ui of the batch's pairs."""
-        return 1.0 / self.propensity(interaction[self.USER_ID], interaction[self.ITEM_ID])
+        """1 / P_ui of the batch's pairs (naive Bayes looks P up by the pair's rating)."""
+        return 1.0 / self.propensity(interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.RATING])
 
     def calculate_loss(self, interaction):
         return self.observed_share * (self.squared_errors(interaction) * self.ips_weights(interaction)).mean()

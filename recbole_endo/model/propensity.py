@@ -16,12 +16,17 @@ Estimators (functions of counts and ratings, so that they can be checked by hand
   popular item 1: RelMF's default (eta 0.5, n_i its clicks). It is a relative scale, not a
   probability: a loss whose terms it weighs against unweighted ones (DR's) would be mis-scaled.
 - :func:`naive_bayes_propensity`: P(O=1 | r) = P(r | O=1) P(O=1) / P(r), with P(r) from a
-  uniformly exposed sample of ratings (Schnabel et al.'s Yahoo! R3 propensities).
+  uniformly exposed sample of ratings (Schnabel et al.'s Yahoo! R3 propensities). ``propensity:
+  naive_bayes`` takes P(r | O=1) and P(O=1) = N / (U I) from the N training ratings and P(r) from
+  the dataset's uniform slice, ``<dataset>.uniform.inter`` beside its splits, which the Coat and
+  Yahoo! R3 converters write with ``--uniform_slice SHARE`` (a share of the random test ratings,
+  then left out of the test: :mod:`recbole_endo.data.uniform_slice`); each pair is weighed by the
+  propensity of its rating.
 - :func:`read_propensity_file`: a dataset's own users x items matrix (Coat's propensities.ascii),
   read by raw id.
 
-:func:`check_propensity_options` checks the options ``propensity``, ``propensity_clip``,
-``propensity_file`` and ``propensity_uniform_share`` from the config alone;
+:func:`check_propensity_options` checks the options ``propensity``, ``propensity_clip`` and
+``propensity_file`` (and that naive_bayes's slice exists) from the config alone;
 :func:`propensity_from_config` reads them and returns a :class:`Propensity` lookup.
 """
 
@@ -31,7 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from recbole_endo.model.options import choice_option, number_option
+from recbole_endo.data.uniform_slice import UNIFORM_PART, uniform_slice_path
+from recbole_endo.model.mf import rating_field
+from recbole_endo.model.options import check_raw_ratings, choice_option, number_option
 
 PROPENSITIES = ("popularity", "file", "naive_bayes")
 
@@ -124,41 +131,106 @@ def read_propensity_file(path, user_tokens, item_tokens):
     return table
 
 
+def read_atomic_columns(path, names):
+    """Columns ``names`` (field names without their ``:type``) of a RecBole atomic file, as lists of
+    strings; a missing column or a short line is a ValueError naming the file (and line)."""
+    with open(path) as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+        fields = [column.split(":")[0] for column in header]
+        missing = [name for name in names if name not in fields]
+        if missing:
+            raise ValueError(f"{path}: no column '{missing[0]}' in the header {header}")
+        indices = [fields.index(name) for name in names]
+        columns = [[] for _ in names]
+        for number, line in enumerate(f, 2):
+            values = line.rstrip("\r\n").split("\t")
+            if values == [""]:
+                continue
+            if len(values) != len(header):
+                raise ValueError(f"{path}, line {number}: {len(values)} fields, the header has {len(header)}")
+            for column, index in zip(columns, indices):
+                column.append(values[index])
+    return columns
+
+
+def read_uniform_slice(config):
+    """The ratings of the dataset's uniform slice (``<data_path>/<dataset>.uniform.inter``), after
+    checking that none of its pairs is in the test split (the last of ``benchmark_filename``)."""
+    path = uniform_slice_path(config["data_path"], config["dataset"])
+    uid, iid, rating = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["RATING_FIELD"]
+    users, items, ratings = read_atomic_columns(path, [uid, iid, rating])
+    try:
+        ratings = np.array(ratings, dtype=float)
+    except ValueError as error:
+        raise ValueError(f"{path}: the ratings ('{rating}') must be numbers: {error}") from None
+    parts = config["benchmark_filename"]
+    if parts:
+        test_path = os.path.join(config["data_path"], f"{config['dataset']}.{parts[-1]}.inter")
+        if os.path.isfile(test_path):
+            leaked = set(zip(users, items)) & set(zip(*read_atomic_columns(test_path, [uid, iid])))
+            if leaked:
+                user, item = min(leaked)
+                raise ValueError(
+                    f"{path} shares {len(leaked)} pairs (user {user}, item {item}, ...) with the test split "
+                    f"{test_path}: the slice that estimates P(r) must be left out of the test (the "
+                    "converters' --uniform_slice writes both files)"
+                )
+    return ratings
+
+
 class Propensity(nn.Module):
     """P(O_ui = 1) of a batch of pairs, clipped from below at ``clip`` (max(p, clip)).
 
-    ``table`` holds one propensity per item (popularity) or per user and item (a file). It is a
-    buffer left out of checkpoints: a reloaded model derives it again from its training split and
-    options, as the model it was saved from did.
+    ``table`` holds one propensity per item (popularity), per user and item (a file), or, with
+    ``rating_values`` (sorted), one per rating value (naive Bayes: ``table[k]`` is the propensity of
+    rating ``rating_values[k]``; the batch's ratings must be passed, and each must be one of the
+    values). The tables are buffers left out of checkpoints: a reloaded model derives them again
+    from its training split, options and files, as the model it was saved from did.
     """
 
-    def __init__(self, table, clip=0.0):
+    def __init__(self, table, clip=0.0, rating_values=None):
         super().__init__()
         self.clip = clip
+        self.by_rating = rating_values is not None
         self.register_buffer("table", torch.as_tensor(table).float().clamp(min=clip), persistent=False)
+        if self.by_rating:
+            self.register_buffer("rating_values", torch.as_tensor(rating_values).float(), persistent=False)
 
-    def forward(self, user, item):
+    def forward(self, user, item, rating=None):
+        if self.by_rating:
+            if rating is None:
+                raise ValueError("naive Bayes propensities are looked up by the pairs' ratings: pass them")
+            rating = rating.float()
+            index = torch.searchsorted(self.rating_values, rating).clamp(max=len(self.rating_values) - 1)
+            if not torch.equal(self.rating_values[index], rating):
+                unknown = rating[self.rating_values[index] != rating][0].item()
+                raise ValueError(
+                    f"rating {unknown:g} has no naive Bayes propensity: the training ratings have the values "
+                    f"{self.rating_values.tolist()}"
+                )
+            return self.table[index]
         return self.table[user, item] if self.table.dim() == 2 else self.table[item]
 
 
 def check_propensity_options(config, model_name):
     """Fail with a ValueError naming the option (and ``model_name``) on a bad propensity option.
 
-    It needs only the config (``propensity_file`` is read with the dataset, by
-    :func:`propensity_from_config`), so runs check it before loading any data. ``propensity``
-    naive_bayes is refused until the protocols can hold its uniform sample out of the test."""
+    It needs only the config (``propensity_file`` and the uniform slice are read with the dataset,
+    by :func:`propensity_from_config`), so runs check it before loading any data: naive_bayes's
+    slice file must exist, and the ratings it is looked up by must be raw."""
     kind = choice_option(config, "propensity", PROPENSITIES)
     number_option(config, "propensity_clip", 0, 1)
     if kind == "naive_bayes":
-        share = number_option(config, "propensity_uniform_share", 0, 1, low_open=True)
-        raise ValueError(
-            f"config option 'propensity' naive_bayes is not available to {model_name} yet: it estimates "
-            f"P(r) on a uniformly exposed sample, a share ({share}, 'propensity_uniform_share') of the "
-            "test's random ratings, and the test must then leave that share out; the plugin's protocols "
-            "cannot hold a slice of the test split out of evaluation, and reading the test's ratings "
-            "while testing on them would leak the test. Use propensity popularity, or file with "
-            "'propensity_file' (Coat ships propensities.ascii)"
-        )
+        path = uniform_slice_path(config["data_path"], config["dataset"])
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"config option 'propensity' naive_bayes ({model_name}) estimates P(r) on the dataset's "
+                f"uniformly exposed slice {path}, which does not exist: the Coat and Yahoo! R3 converters "
+                "write it with --uniform_slice SHARE (python -m recbole_endo.data.coat RAW_DIR DATA_PATH "
+                "--uniform_slice 0.05; the test then leaves the slice out), or use propensity popularity, or "
+                "file with 'propensity_file'"
+            )
+        check_raw_ratings(config, "propensity")
     if kind == "file":
         path = config["propensity_file"]
         if not isinstance(path, str) or not path:
@@ -172,6 +244,10 @@ def propensity_from_config(config, dataset, popularity):
     """The :class:`Propensity` of ``config``'s ``propensity`` options (checked by
     :func:`check_propensity_options`).
 
+    naive_bayes: :func:`naive_bayes_propensity` of the training split's ratings (``dataset``'s,
+    ``RATING_FIELD``) and the uniform slice's (:func:`read_uniform_slice`), with n_pairs = users x
+    items (RecBole's ids but the padding), one propensity per training rating value.
+
     Args:
         popularity (callable): returns the per-item propensities of ``popularity`` (the model's
             estimator: :func:`observed_share_propensity` or :func:`relative_popularity_propensity`).
@@ -181,4 +257,15 @@ def propensity_from_config(config, dataset, popularity):
         tokens = dataset.field2id_token
         table = read_propensity_file(config["propensity_file"], tokens[dataset.uid_field], tokens[dataset.iid_field])
         return Propensity(table, clip)
+    if config["propensity"] == "naive_bayes":
+        field = rating_field(config, dataset, f"{config['model']} with propensity naive_bayes")
+        observed = dataset.inter_feat[field].numpy()
+        uniform = read_uniform_slice(config)
+        try:
+            table = naive_bayes_propensity(observed, uniform, (dataset.user_num - 1) * (dataset.item_num - 1))
+        except ValueError as error:
+            path = uniform_slice_path(config["data_path"], config["dataset"])
+            raise ValueError(f"propensity naive_bayes with the {UNIFORM_PART} slice {path}: {error}") from None
+        values = sorted(table)
+        return Propensity([table[value] for value in values], clip, rating_values=values)
     return Propensity(popularity(), clip)

@@ -41,7 +41,9 @@ class RelMF(GeneralRecommender):
 
     Propensities :math:`\theta` (``propensity``): ``popularity`` (default) the paper's
     :math:`(n_i / \max_j n_j)^{\eta}`, n_i the item's training clicks, ``propensity_eta`` 0.5;
-    ``file`` a dataset's own matrix (:mod:`recbole_endo.model.propensity`). Clipping:
+    ``file`` a dataset's own matrix; ``naive_bayes`` P(O=1 | r) by the click's rating, from all
+    training ratings and the dataset's uniform slice (:mod:`recbole_endo.model.propensity`; it
+    needs the rating field). Clipping:
     :math:`\max(\theta, M)` with ``propensity_clip`` M = 0.1 by default, so no click weighs more
     than 10 (the paper's clipped estimator; 0 = unclipped). A click's :math:`1/\theta > 1` makes
     its loss unbounded below in :math:`s`; the non-clicks and ``weight_decay`` bound the sum.
@@ -78,9 +80,12 @@ class RelMF(GeneralRecommender):
         self.click_threshold = config["click_threshold"]
         items = dataset.inter_feat[self.ITEM_ID]
         clicked = torch.ones(len(items), dtype=torch.bool)
+        self.RATING = None
         if self.click_threshold is not None:
             self.RATING = rating_field(config, dataset, f"{type(self).__name__} with 'click_threshold'")
             clicked = dataset.inter_feat[self.RATING] >= self.click_threshold
+        elif config["propensity"] == "naive_bayes":
+            self.RATING = rating_field(config, dataset, f"{type(self).__name__} with propensity naive_bayes")
         eta = config["propensity_eta"]
         self.propensity = propensity_from_config(
             config, dataset, lambda: relative_popularity_propensity(item_counts(items[clicked], self.n_items), eta)
@@ -103,7 +108,8 @@ class RelMF(GeneralRecommender):
         score = self.forward(user, item)
         clicks = self.clicks(interaction)
         # Y / theta, 0 for a non-click whatever theta (an item never clicked has theta 0).
-        theta = self.propensity(user, item).clamp(min=1e-12)
+        rating = None if self.RATING is None else interaction[self.RATING]
+        theta = self.propensity(user, item, rating).clamp(min=1e-12)
         weight = torch.where(clicks > 0, clicks / theta, torch.zeros_like(clicks))
         # -log sigma(s) = softplus(-s), -log(1 - sigma(s)) = softplus(s)
         return (weight * F.softplus(-score) + (1 - weight) * F.softplus(score)).mean()
