@@ -1,21 +1,26 @@
-"""Writes ``docs/results.md`` from the comparison folders under ``results/``, so that no number in
-it is copied by hand: ``python -m recbole_endo.experiments.results_doc`` (``--spec docs/results.yaml``).
+"""Writes the pages of ``docs/results/`` from the comparison folders under ``results/``, so that no
+number in them is copied by hand: ``python -m recbole_endo.experiments.results_doc``
+(``--spec docs/results.yaml``).
 
-The spec lists the tables in order; each names its ``folder`` (written by ``run_recbole_endo.py
---compare``), a ``title``, the ``text`` that says what the table measures and how to read it,
-and the ``columns`` to show (of ``summary.csv``: ``valid ndcg@10``, ``exposed:ndcg@5``, ...).
-A table shows each entry's mean ± std over seeds for those columns, then, when the comparison
-had a reference, the paired difference to it for the NDCG columns among them (``paired.csv``),
-under the provenance lines that open the folder's ``summary.md`` (command, commit, machine,
-tuned files) and above its plot, ``docs/figures/<folder>.png`` (``<figure>.png`` when the table
-names a ``figure``, for two tables of one folder), of the first shown NDCG column
-(the folder's ``summary.png`` plots every NDCG metric of the comparison); a plot in
-``docs/figures`` that no table names any more is removed. A table that is not a
-comparison (the speed benchmark's ``speed.md``, the analysis's ``goal2.md``) names the file to
-``include`` instead, as it was written (its headings two levels down).
+The spec's ``pages`` each have a ``name`` (the page is ``<name>.md``), a ``title``, an optional
+``text`` and their ``tables`` in order. A table names its ``folder`` (written by
+``run_recbole_endo.py --compare``), a ``title``, the ``text`` that says what the table measures
+and how to read it, and the ``columns`` to show (of ``summary.csv``: ``valid ndcg@10``,
+``exposed:ndcg@5``, ...). It shows each entry's mean ± std over seeds for those columns, then,
+when the comparison had a reference, the paired difference to it for the NDCG columns among them
+(``paired.csv``), under the provenance lines that open the folder's ``summary.md`` (command,
+commit, machine, tuned files; on a page that already showed the folder, a line pointing there)
+and above its plot, ``figures/<folder>.png`` (``<figure>.png`` when the table names a
+``figure``, for two tables of one folder), of the first shown NDCG column (the folder's
+``summary.png`` plots every NDCG metric of the comparison). A table that is not a comparison
+(the speed benchmark's ``speed.md``, the analysis's ``goal2.md``) names the file to ``include``
+instead, as it was written (its headings two levels down). A plot, or a page written here, that
+the spec no longer names is removed.
 
-The spec's ``headline`` lists the ``models`` and, per column, the ``folder`` and ``metric`` of the
-README's headline table; it replaces the lines between the README's two ``headline`` markers.
+``index.md`` holds the spec's ``intro``, the ``headline`` table with its paired intervals and
+the list of pages with their tables. The headline lists the ``models`` and, per column, the
+``folder`` and ``metric``; in the README, between its two ``headline`` markers, the same table
+shows each cell's mean ± std and the marks of its paired difference only (``*``, ``†``).
 """
 
 import argparse
@@ -26,7 +31,7 @@ import sys
 import yaml
 
 from recbole_endo.experiments.compare import summary_figure, summary_provenance
-from recbole_endo.experiments.paired import format_difference, read_paired
+from recbole_endo.experiments.paired import excludes_zero, format_difference, read_paired
 from recbole_endo.files import open_replacing
 
 
@@ -91,9 +96,23 @@ HEADLINE_START = "<!-- headline: written by python -m recbole_endo.experiments.r
 HEADLINE_END = "<!-- headline end -->"
 
 
-def headline_markdown(headline, repository):
+GENERATED = "<!-- Written by python -m recbole_endo.experiments.results_doc from docs/results.yaml and results/: edit those. -->"
+
+
+def difference_marks(cell):
+    """``*`` when the bootstrap interval of a paired difference excludes 0, ``†`` when its seed
+    interval does (one of zero width never counts), as :func:`format_difference` marks them."""
+    marks = "*" if cell["ci_low"] is not None and excludes_zero(cell["ci_low"], cell["ci_high"]) else ""
+    low, high = cell.get("seed_ci_low"), cell.get("seed_ci_high")
+    if low is not None and low != high and excludes_zero(low, high):
+        marks += "†"
+    return marks
+
+
+def headline_markdown(headline, repository, intervals=True):
     """One row per model, one column per comparison: its mean ± std and its paired difference to
-    that comparison's reference; "—" where the comparison has no such entry."""
+    that comparison's reference (with ``intervals``; else the difference's marks only); "—" where
+    the comparison has no such entry."""
     header = ["model"] + [column["label"] for column in headline["columns"]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     folders = {column["folder"] for column in headline["columns"]}
@@ -108,7 +127,11 @@ def headline_markdown(headline, repository):
             mean, std = summary[model][column["metric"]]
             cell = f"{mean:.3f} ± {std:.3f}"
             if reference and model != reference:
-                cell += f" (Δ {format_difference(paired[(model, column['metric'])], p_value=False)})"
+                difference = paired[(model, column["metric"])]
+                if intervals:
+                    cell += f" (Δ {format_difference(difference, p_value=False)})"
+                elif marks := difference_marks(difference):
+                    cell += f" {marks}"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -123,39 +146,78 @@ def write_headline(headline, repository, readme_path):
     before, rest = text.split(HEADLINE_START, 1)
     after = rest.split(HEADLINE_END, 1)[1]
     with open_replacing(readme_path) as file:
-        file.write(f"{before}{HEADLINE_START}\n{headline_markdown(headline, repository)}\n{HEADLINE_END}{after}")
+        file.write(f"{before}{HEADLINE_START}\n{headline_markdown(headline, repository, intervals=False)}\n{HEADLINE_END}{after}")
 
 
-def write_results(spec_path, output_path, readme_path=None):
+def anchor(title):
+    """GitHub's anchor of a heading: lower case, punctuation but ``-`` and ``_`` dropped, spaces as ``-``."""
+    return "".join(character for character in title.lower() if character.isalnum() or character in " -_").replace(" ", "-")
+
+
+def table_parts(table, repository, documents, shown):
+    """The markdown lines of one table, and its plot's file name (None for an included table).
+    ``shown``: the folders this page has already given the provenance of (updated)."""
+    parts = [f"## {table['title']}", "", table["text"].rstrip(), ""]
+    if "include" in table:
+        with open(os.path.join(repository, table["include"])) as file:
+            lines = file.read().rstrip().splitlines()
+        included = "\n".join("##" + line if line.startswith("#") else line for line in lines)  # under the title
+        return parts + [f"`{table['include']}`:", "", included, ""], None
+    folder = os.path.join(repository, table["folder"])
+    comparison = read_comparison(folder)
+    markdown = table_markdown(folder, comparison, table["columns"])  # first: it names a missing column
+    plot = table.get("figure", os.path.basename(os.path.normpath(folder))) + ".png"
+    write_figure(comparison, table["columns"], os.path.join(documents, "figures", plot))
+    if table["folder"] in shown:
+        parts += [f"The runs of [{shown[table['folder']]}](#{anchor(shown[table['folder']])}) (`{table['folder']}`).", ""]
+    else:
+        shown[table["folder"]] = table["title"]
+        parts += [line + "  " for line in summary_provenance(folder).splitlines()] + [""]
+    return parts + [markdown, "", f"![{table['title']}](figures/{plot})", ""], plot
+
+
+def index_markdown(spec, repository):
+    parts = [GENERATED, "", spec["intro"].rstrip(), ""]
+    if "headline" in spec:
+        parts += ["## Headline", "", headline_markdown(spec["headline"], repository), ""]
+    parts += ["## Pages", ""]
+    for page in spec["pages"]:
+        parts.append(f"- [{page['title']}]({page['name']}.md)")
+        parts += [f"  - [{table['title']}]({page['name']}.md#{anchor(table['title'])})" for table in page["tables"]]
+    return "\n".join(parts) + "\n"
+
+
+def write_results(spec_path, output_dir, readme_path=None):
+    """Write ``output_dir``'s ``index.md`` and one page per spec page, their plots in
+    ``output_dir/figures``, and the README's headline when ``readme_path`` is given."""
     with open(spec_path) as file:
         spec = yaml.safe_load(file)
     repository = os.path.dirname(os.path.dirname(os.path.abspath(spec_path)))
-    documents = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(os.path.join(documents, "figures"), exist_ok=True)
-    parts, plots = [spec["intro"].rstrip(), ""], set()
-    for table in spec["tables"]:
-        if "include" in table:
-            with open(os.path.join(repository, table["include"])) as file:
-                lines = file.read().rstrip().splitlines()
-            included = "\n".join("##" + line if line.startswith("#") else line for line in lines)  # under the title
-            parts += [f"## {table['title']}", "", table["text"].rstrip(), ""]
-            parts += [f"`{table['include']}`:", "", included, ""]
-            continue
-        folder = os.path.join(repository, table["folder"])
-        comparison = read_comparison(folder)
-        markdown = table_markdown(folder, comparison, table["columns"])  # first: it names a missing column
-        plot = os.path.join("figures", table.get("figure", os.path.basename(os.path.normpath(folder))) + ".png")
-        write_figure(comparison, table["columns"], os.path.join(documents, plot))
-        plots.add(os.path.basename(plot))
-        parts += [f"## {table['title']}", "", table["text"].rstrip(), ""]
-        parts += [line + "  " for line in summary_provenance(folder).splitlines()] + [""]
-        parts += [markdown, "", f"![{table['title']}]({plot})", ""]
-    with open_replacing(output_path) as file:
-        file.write("<!-- Written by python -m recbole_endo.experiments.results_doc from docs/results.yaml and results/: edit those. -->\n\n")
-        file.write("\n".join(parts))
-    for name in set(os.listdir(os.path.join(documents, "figures"))) - plots:  # a table's old plot, dropped or renamed
+    figures = os.path.join(output_dir, "figures")
+    os.makedirs(figures, exist_ok=True)
+    pages, plots = {"index.md": index_markdown(spec, repository)}, set()
+    for page in spec["pages"]:
+        parts, shown = [GENERATED, "", f"# {page['title']}", "", "[All results](index.md)", ""], {}
+        if page.get("text"):
+            parts += [page["text"].rstrip(), ""]
+        for table in page["tables"]:
+            lines, plot = table_parts(table, repository, output_dir, shown)
+            parts += lines
+            plots |= {plot} - {None}
+        pages[f"{page['name']}.md"] = "\n".join(parts)
+    for name, text in pages.items():
+        with open_replacing(os.path.join(output_dir, name)) as file:
+            file.write(text)
+    for name in set(os.listdir(output_dir)) - set(pages):  # a page the spec dropped or renamed
+        path = os.path.join(output_dir, name)
+        if name.endswith(".md"):
+            with open(path) as file:
+                generated = file.readline().strip() == GENERATED
+            if generated:
+                os.remove(path)
+    for name in set(os.listdir(figures)) - plots:  # a table's old plot, dropped or renamed
         if name.endswith(".png"):
-            os.remove(os.path.join(documents, "figures", name))
+            os.remove(os.path.join(figures, name))
     if readme_path is not None and "headline" in spec:
         write_headline(spec["headline"], repository, readme_path)
 
@@ -163,10 +225,10 @@ def write_results(spec_path, output_path, readme_path=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="docs/results.yaml", help="the tables to write, in order")
-    parser.add_argument("--output", default="docs/results.md", help="the document written")
+    parser.add_argument("--output_dir", default="docs/results", help="the folder of the pages written")
     parser.add_argument("--readme", default="README.md", help="the README whose headline table is rewritten")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    write_results(args.spec, args.output, args.readme)
+    write_results(args.spec, args.output_dir, args.readme)
     return 0
 
 
