@@ -49,6 +49,15 @@ def log_sigmoid(x):
     return -math.log1p(math.exp(-x))
 
 
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def bce(s, y):
+    """The binary cross-entropy of sigmoid(s) against y in [0, 1], in plain floats."""
+    return -(y * log_sigmoid(s) + (1 - y) * log_sigmoid(-s))
+
+
 # --- the estimators, on a tiny matrix ------------------------------------------------------------
 
 
@@ -140,6 +149,28 @@ def test_mfips_with_naive_bayes_weighs_each_row_by_one_over_its_ratings_propensi
     assert model.ips_weights(batch).tolist() == pytest.approx([4 / 3, 4 / 3])
 
 
+def test_mfips_bce_weighs_each_rows_binary_cross_entropy_by_one_over_its_ratings_propensity(tmp_path):
+    model, dataset = build("MFIPS", nb_dataset(tmp_path), rating_loss="bce")
+    with torch.no_grad():
+        model.mf.user_embedding.weight.mul_(20.0)
+    user = [dataset.token2id("user_id", token) for token in ("1", "2", "3")]
+    item = [dataset.token2id("item_id", token) for token in ("2", "3", "4")]
+    ratings, labels = [5.0, 1.0, 3.0], [1.0, 0.0, 0.0]
+    batch = Interaction({"user_id": torch.tensor(user), "item_id": torch.tensor(item), "rating": torch.tensor(ratings)})
+    # Propensities stay those of the ratings (naive Bayes by rating value), the loss is the labels' BCE:
+    # N / (U I) * mean(BCE(sigmoid(s), y) / P(O=1 | r)), N = 6 training ratings of U I = 12 pairs.
+    assert model.ips_weights(batch).tolist() == pytest.approx([1 / NB_BY_HAND[5.0], 3.0, 2.0])
+    terms = [bce(score(model.mf, u, i), y) / NB_BY_HAND[r] for u, i, r, y in zip(user, item, ratings, labels)]
+    assert model.calculate_loss(batch).item() == pytest.approx(6 / 12 * sum(terms) / 3, rel=1e-5)
+
+
+def test_mfdr_bce_with_naive_bayes_runs_through_the_runner(tmp_path):
+    arguments = nb_dataset(tmp_path)
+    arguments["config_dict"].update(rating_loss="bce", all_pairs_ratio=4)
+    result = run_recbole_endo(model="MFDR", **arguments)
+    assert all(math.isfinite(value) for value in result["test_result"].values())
+
+
 def test_naive_bayes_runs_and_reloads_through_the_runner(tmp_path):
     arguments = nb_dataset(tmp_path)
     result = run_recbole_endo(model="MFIPS", **arguments)
@@ -188,6 +219,28 @@ def test_mf_loss_is_the_mean_squared_error_of_the_observed_ratings(tiny):
     assert model.calculate_loss(batch).item() == pytest.approx(by_hand, rel=1e-5)
     # The global bias starts at the mean training rating.
     assert float(model.mf.global_bias) == pytest.approx(float(dataset.inter_feat["rating"].mean()), rel=1e-6)
+
+
+def test_mf_bce_loss_is_the_binary_cross_entropy_of_the_binarised_ratings(tiny):
+    model, dataset = build("MF", tiny, rating_loss="bce")
+    with torch.no_grad():  # scores far from 0, so the terms differ clearly
+        model.mf.user_embedding.weight.mul_(20.0)
+    users, items, ratings = [1, 2, 3], [4, 5, 6], [5.0, 3.0, 4.0]
+    batch = Interaction({"user_id": torch.tensor(users), "item_id": torch.tensor(items), "rating": torch.tensor(ratings)})
+    # binarize_threshold 4: rated 5 and 4 -> 1, rated 3 -> 0; the loss is the mean BCE of sigmoid(score).
+    assert model.targets(batch["rating"]).tolist() == [1.0, 0.0, 1.0]
+    by_hand = sum(bce(score(model.mf, u, i), y) for u, i, y in zip(users, items, [1.0, 0.0, 1.0])) / 3
+    assert model.calculate_loss(batch).item() == pytest.approx(by_hand, rel=1e-5)
+    assert abs(build("MF", tiny, rating_loss="squared")[0].calculate_loss(batch).item() - by_hand) > 0.1  # not the MSE
+    model, _ = build("MF", tiny, rating_loss="bce")
+    # The global bias starts at the log-odds of the training ratings' share of 1s.
+    share = float((dataset.inter_feat["rating"] >= 4).double().mean())
+    assert float(model.mf.global_bias) == pytest.approx(math.log(share / (1 - share)), rel=1e-5)
+    # binarize_threshold 3: the row rated 3 is a 1.
+    model, _ = build("MF", tiny, rating_loss="bce", binarize_threshold=3)
+    assert model.targets(batch["rating"]).tolist() == [1.0, 1.0, 1.0]
+    by_hand = sum(bce(score(model.mf, u, i), 1.0) for u, i in zip(users, items)) / 3
+    assert model.calculate_loss(batch).item() == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_mfips_divides_each_squared_error_by_its_items_observed_share(tiny):
@@ -271,25 +324,47 @@ def test_relmf_loss_is_the_unbiased_log_loss_with_clipped_popularity_propensitie
     assert model.calculate_loss(batch).item() == pytest.approx(by_hand([0.0, 1.0, 0.0]), rel=1e-5)
 
 
-def test_mfdr_terms_by_hand_and_each_model_learns_from_its_own_objective_only(tiny):
-    model, dataset = build("MFDR", tiny)
+def squared_dr_errors(r, predicted, imputed):
+    """rating_loss squared: e = (r - r-hat)^2, e-hat = (r-hat - r-tilde)^2 in both models' steps."""
+    return (r - predicted) ** 2, (predicted - imputed) ** 2, (predicted - imputed) ** 2
+
+
+def bce_dr_errors(r, predicted, imputed):
+    """rating_loss bce, as the papers' MF_DR: y = [r >= 4], e = BCE(sigmoid(r-hat), y); the
+    prediction's step imputes BCE(sigmoid(r-hat), sigmoid(r-tilde)), the imputation's step scores
+    BCE(sigmoid(r-tilde), sigmoid(r-hat)) (their binary_cross_entropy(imputation_y, pred))."""
+    y = 1.0 if r >= 4 else 0.0
+    return bce(predicted, y), bce(predicted, sigmoid(imputed)), bce(imputed, sigmoid(predicted))
+
+
+@pytest.mark.parametrize("rating_loss, errors", [("squared", squared_dr_errors), ("bce", bce_dr_errors)])
+def test_mfdr_terms_by_hand_and_each_model_learns_from_its_own_objective_only(rating_loss, errors, tiny):
+    model, dataset = build("MFDR", tiny, rating_loss=rating_loss)
+    with torch.no_grad():  # scores far apart, so that each term counts
+        model.mf.user_embedding.weight.mul_(5.0)
+        model.imputation.item_embedding.weight.mul_(5.0)
     train = dataset.inter_feat
     counts = Counter(train["item_id"].tolist())
     users_count, pairs = model.n_users - 1, (model.n_users - 1) * (model.n_items - 1)
     share = len(train) / pairs
-    observed = train[:2]
+    # Two training rows, one rated 4 or more and one below (a 1 and a 0 under bce).
+    high, low = int(torch.nonzero(train["rating"] >= 4)[0]), int(torch.nonzero(train["rating"] < 4)[0])
+    observed = train[[high, low]]
     sampled_users, sampled_items = torch.tensor([4, 9, 1]), torch.tensor([7, 2, 30])
     dr_loss, imputation_loss = model.dr_losses(observed, sampled_users, sampled_items)
 
-    # By hand: r-hat from the prediction model, r-tilde from the imputation model,
-    # e = (r - r-hat)^2, e-hat = (r-hat - r-tilde)^2, p = n_i / U.
+    # By hand: r-hat from the prediction model, r-tilde from the imputation model, p = n_i / U,
+    # the errors of the rating loss (above).
     dr_observed, imputation_terms = [], []
     for u, i, r in zip(observed["user_id"].tolist(), observed["item_id"].tolist(), observed["rating"].tolist()):
         predicted, imputed = score(model.mf, u, i), score(model.imputation, u, i)
-        error, imputed_error, p = (r - predicted) ** 2, (predicted - imputed) ** 2, counts[i] / users_count
+        error, imputed_error, imputation_step_error = errors(r, predicted, imputed)
+        p = counts[i] / users_count
         dr_observed.append((error - imputed_error) / p)
-        imputation_terms.append((error - imputed_error) ** 2 / p)
-    direct = [(score(model.mf, u, i) - score(model.imputation, u, i)) ** 2 for u, i in zip([4, 9, 1], [7, 2, 30])]
+        imputation_terms.append((error - imputation_step_error) ** 2 / p)
+    direct = [
+        errors(0.0, score(model.mf, u, i), score(model.imputation, u, i))[1] for u, i in zip([4, 9, 1], [7, 2, 30])
+    ]
     assert dr_loss.item() == pytest.approx(sum(direct) / 3 + share * sum(dr_observed) / 2, rel=1e-5)
     assert imputation_loss.item() == pytest.approx(share * sum(imputation_terms) / 2, rel=1e-5)
 
@@ -332,9 +407,12 @@ def test_mfdr_draws_all_pairs_ratio_pairs_per_observed_rating_from_the_whole_mat
 # --- the model frame: scoring, options, checkpoints ------------------------------------------------
 
 
-@pytest.mark.parametrize("name", DEBIAS_MODELS)
-def test_predict_agrees_with_full_sort_predict(name, tiny):
-    model, _ = build(name, tiny)
+@pytest.mark.parametrize(
+    "name, options",
+    [(name, {}) for name in DEBIAS_MODELS] + [(name, {"rating_loss": "bce"}) for name in ("MF", "MFIPS", "MFDR")],
+)
+def test_predict_agrees_with_full_sort_predict(name, options, tiny):
+    model, _ = build(name, tiny, **options)
     model.eval()
     with torch.no_grad():
         for parameter in model.parameters():  # biases away from their initial zeros
@@ -403,6 +481,9 @@ def test_a_propensity_file_with_other_tokens_is_refused_naming_the_token(tiny, t
         ("MFIPS", {"propensity": "file"}, r"'propensity' file needs 'propensity_file'"),
         ("MFDR", {"propensity_clip": 2}, r"'propensity_clip' must be a number in \[0, 1\]"),
         ("MFDR", {"all_pairs_ratio": 0}, r"'all_pairs_ratio' must be an integer in \[1, inf\]"),
+        ("MF", {"rating_loss": "mse"}, r"'rating_loss' must be squared or bce, got 'mse'"),
+        ("MFDR", {"rating_loss": "bce", "binarize_threshold": "high"}, r"'binarize_threshold' must be a number.*'high'"),
+        ("MFIPS", {"rating_loss": "bce", "normalize_all": True}, r"'binarize_threshold' compares raw ratings"),
         (
             "MF",
             {"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},

@@ -6,16 +6,28 @@ Recommender Systems", IEEE Computer 2009 (the biased model); trained as the naiv
 Tobias Schnabel et al., "Recommendations as Treatments: Debiasing Learning and Evaluation",
 ICML 2016: the mean squared error on the observed ratings, each weighing the same.
 
+``rating_loss`` (shared by MF, MFIPS and MFDR, which inherit it from :class:`MF`): ``squared``
+(default) follows Schnabel et al.'s MF-Naive / MF-IPS and Wang et al.'s DR-JL on the ratings;
+``bce`` follows the public code of the doubly robust papers on Coat and Yahoo! R3 (e.g.
+CrazyDumpling/CDR_CIKM2023 ``baseline/MF.py``, the StableDR code): ratings binarised (rating >=
+``binarize_threshold`` → 1, else 0; their ``binarize``: > 3) and the binary cross-entropy of
+sigmoid(score) against the label.
+
 :class:`BiasedMF` is the scoring module that MF, MFIPS, MFDR (both of its models) and RelMF share.
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_endo.model.options import number_option
+from recbole_endo.model.options import check_raw_ratings, choice_option, number_option
+
+RATING_LOSSES = ("squared", "bce")
 
 
 class BiasedMF(nn.Module):
@@ -67,15 +79,27 @@ def refuse_sampled_negatives(config, model_name):
 
 
 class MF(GeneralRecommender):
-    r"""Biased MF trained on the observed ratings by their mean squared error,
-    :math:`\frac{1}{|B|} \sum_{(u,i) \in B} (r_{ui} - \hat r_{ui})^2` over a batch ``B`` of
-    training ratings, with :math:`\hat r_{ui} = p_u \cdot q_i + b_u + b_i + b`.
+    r"""Biased MF trained on the observed ratings by their mean loss,
+    :math:`\frac{1}{|B|} \sum_{(u,i) \in B} \ell(\hat r_{ui}, y_{ui})` over a batch ``B`` of
+    training ratings, with the score :math:`\hat r_{ui} = p_u \cdot q_i + b_u + b_i + b`.
 
-    Point-wise on RecBole's training rows, with the rating (``RATING_FIELD``) as the target
-    (neither ``LABEL_FIELD`` nor ``threshold``: those make 0/1 labels) and no sampled negatives
-    (``train_neg_sample_args: ~``). The global bias starts at the mean training rating.
-    Regularisation is RecBole's ``weight_decay`` (Adam's L2 term), as BPR's. Items are ranked by
-    predicted rating. Options: ``properties/model/MF.yaml``.
+    ``rating_loss`` picks :math:`\ell` and the target :math:`y` (:meth:`pair_losses`,
+    :meth:`targets`), here and in MFIPS and MFDR, which inherit both:
+
+    - ``squared`` (default): :math:`y = r_{ui}`, :math:`\ell = (y - \hat r)^2`, the mean squared
+      error of Schnabel et al.; the global bias starts at the mean training rating.
+    - ``bce``: :math:`y = [r_{ui} \ge` ``binarize_threshold`` :math:`]` and
+      :math:`\ell = -[y \log \sigma(\hat r) + (1 - y) \log(1 - \sigma(\hat r))]`, the binary
+      cross-entropy on the sigmoid of the score of the doubly robust papers' code (their
+      ``binarize`` makes rating > 3 a 1, i.e. >= 4 on Coat's and Yahoo! R3's integer ratings); the
+      global bias starts at the log-odds of the training ratings' share of 1s (as the mean rating
+      for ``squared``, the constant that minimises the loss).
+
+    Point-wise on RecBole's training rows, with the rating (``RATING_FIELD``) as the source of the
+    target (neither ``LABEL_FIELD`` nor ``threshold``) and no sampled negatives
+    (``train_neg_sample_args: ~``). Regularisation is RecBole's ``weight_decay`` (Adam's L2 term),
+    as BPR's. Items are ranked by score: the predicted rating, or with ``bce`` the logit, whose
+    order the sigmoid keeps. Options: ``properties/model/MF.yaml``.
     """
 
     input_type = InputType.POINTWISE
@@ -88,25 +112,58 @@ class MF(GeneralRecommender):
         dataset, when the model is built."""
         refuse_sampled_negatives(config, cls.__name__)
         number_option(config, "embedding_size", 1, integer=True)
+        if choice_option(config, "rating_loss", RATING_LOSSES) == "bce":
+            number_option(config, "binarize_threshold")
+            check_raw_ratings(config, "binarize_threshold")
 
     def __init__(self, config, dataset):
         self.check_config(config)
         super().__init__(config, dataset)
         self.RATING = rating_field(config, dataset, type(self).__name__)
         self.embedding_size = config["embedding_size"]
-        self.mean_rating = float(dataset.inter_feat[self.RATING].double().mean())
-        self.mf = BiasedMF(self.n_users, self.n_items, self.embedding_size, self.mean_rating)
+        self.rating_loss = config["rating_loss"]
+        self.binarize_threshold = config["binarize_threshold"] if self.rating_loss == "bce" else None
+        self.initial_bias = self.constant_fit(dataset.inter_feat[self.RATING])
+        self.mf = BiasedMF(self.n_users, self.n_items, self.embedding_size, self.initial_bias)
+
+    def constant_fit(self, ratings):
+        """The constant score that minimises the loss on ``ratings``, where the global biases start:
+        the mean rating (squared), the log-odds of the share of 1s (bce; clamped off 0 and 1)."""
+        targets = self.targets(ratings).double()
+        if self.rating_loss == "squared":
+            return float(targets.mean())
+        share = min(max(float(targets.mean()), 1e-3), 1 - 1e-3)
+        return math.log(share / (1 - share))
+
+    def targets(self, ratings):
+        """The training targets y of ``ratings``: the ratings (squared), 0/1 labels (bce)."""
+        ratings = ratings.float()
+        if self.rating_loss == "bce":
+            return (ratings >= self.binarize_threshold).float()
+        return ratings
+
+    def as_target(self, score):
+        """What a score predicts, as a target of :meth:`pair_losses`: the rating itself (squared),
+        the probability sigmoid(score) (bce); MFDR's imputed targets."""
+        return torch.sigmoid(score) if self.rating_loss == "bce" else score
+
+    def pair_losses(self, score, target):
+        """Per-pair loss of ``score`` against ``target``: (target - score)^2 (squared), the binary
+        cross-entropy of sigmoid(score) against ``target`` in [0, 1] (bce)."""
+        if self.rating_loss == "bce":
+            return F.binary_cross_entropy_with_logits(score, target, reduction="none")
+        return (score - target) ** 2
 
     def forward(self, user, item):
         return self.mf(user, item)
 
-    def squared_errors(self, interaction):
-        """(r_ui - r̂_ui)^2 of the batch's pairs."""
+    def errors(self, interaction):
+        """The loss of each of the batch's pairs, e_ui = pair_losses(r̂_ui, y_ui)."""
         prediction = self.forward(interaction[self.USER_ID], interaction[self.ITEM_ID])
-        return (prediction - interaction[self.RATING].float()) ** 2
+        return self.pair_losses(prediction, self.targets(interaction[self.RATING]))
 
     def calculate_loss(self, interaction):
-        return self.squared_errors(interaction).mean()
+        return self.errors(interaction).mean()
 
     def predict(self, interaction):
         return self.forward(interaction[self.USER_ID], interaction[self.ITEM_ID])

@@ -2,6 +2,11 @@
 
 Reference: Tobias Schnabel, Adith Swaminathan, Ashudeep Singh, Navin Chandak and Thorsten
 Joachims, "Recommendations as Treatments: Debiasing Learning and Evaluation", ICML 2016 (MF-IPS).
+
+``rating_loss`` (MF's option): ``squared`` (default) is the paper's IPS-weighted squared error on
+the ratings; ``bce`` the 1/p-weighted binary cross-entropy on binarised ratings of the doubly
+robust papers' public code (e.g. CrazyDumpling/CDR_CIKM2023 ``baseline/MF.py``, ``MF_IPS``), here
+with the paper's 1/(U I) normalisation (their code averages the weighted terms over the batch).
 """
 
 from recbole_endo.model.mf import MF
@@ -15,9 +20,13 @@ from recbole_endo.model.propensity import (
 
 class MFIPS(MF):
     r"""MF (the same biased model, :class:`~recbole_endo.model.mf.MF`) trained on the paper's IPS
-    estimate of the mean squared error over the whole rating matrix:
+    estimate of the mean error over the whole rating matrix:
 
-    .. math:: \hat R_{IPS} = \frac{1}{U \cdot I} \sum_{(u,i): O_{ui} = 1} \frac{(r_{ui} - \hat r_{ui})^2}{P_{ui}}
+    .. math:: \hat R_{IPS} = \frac{1}{U \cdot I} \sum_{(u,i): O_{ui} = 1} \frac{e_{ui}}{P_{ui}}
+
+    with MF's per-pair loss :math:`e_{ui}` of ``rating_loss``: :math:`(r_{ui} - \hat r_{ui})^2`
+    (``squared``, the paper's) or the binary cross-entropy of :math:`\sigma(\hat r_{ui})` against
+    the binarised rating (``bce``, the doubly robust papers' code).
 
     Normalisation: the paper's IPS (the sum over the whole matrix, :math:`U \cdot I` pairs), not
     SNIPS (dividing by the sum of the weights instead): IPS is the estimator the paper trains
@@ -25,7 +34,7 @@ class MFIPS(MF):
     paper's variance-reduction alternative for evaluation. A batch ``B`` of the N training
     ratings estimates the sum without bias by :math:`\frac{N}{U I} \cdot \frac{1}{|B|}
     \sum_{B} e_{ui} / P_{ui}`, the loss returned. With propensities that are probabilities
-    (the sum of 1/P over the observed pairs is about U I) the loss is on the scale of MF's MSE.
+    (the sum of 1/P over the observed pairs is about U I) the loss is on the scale of MF's.
 
     Propensities (``propensity``, :mod:`recbole_endo.model.propensity`): ``popularity`` (default)
     P_ui = n_i / U, the share of the users who rated item i in the training split, the maximum
@@ -61,4 +70,4 @@ class MFIPS(MF):
         return 1.0 / self.propensity(interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.RATING])
 
     def calculate_loss(self, interaction):
-        return self.observed_share * (self.squared_errors(interaction) * self.ips_weights(interaction)).mean()
+        return self.observed_share * (self.errors(interaction) * self.ips_weights(interaction)).mean()
