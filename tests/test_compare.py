@@ -304,23 +304,25 @@ def test_retabulating_one_folder_keeps_an_entry_a_failed_run_left_short_of_a_see
     assert "| B | 1 |" in before["summary.md"]
 
 
-def test_a_later_folder_replaces_an_entrys_runs_when_asked(tmp_path, monkeypatch):
+def test_a_rerun_folder_replaces_its_entries_runs_on_every_seed_of_the_other_folders(tmp_path, monkeypatch):
     fake_runs(monkeypatch)
     quiet = {"log": lambda *a, **k: None, "reference": "A"}
-    compare(["A", "B", "C"], "tiny", [1, 2], str(tmp_path / "old"), **quiet)
+    compare(["A", "B", "C"], "tiny", [1], str(tmp_path / "old"), **quiet)
+    compare(["A", "B", "C"], "tiny", [2], str(tmp_path / "old-more-seeds"), **quiet)
     compare(["A", "B"], "tiny", [1, 2], str(tmp_path / "rerun"), **quiet)
-    compare(["C"], "tiny", [1, 2], str(tmp_path / "baselines"), log=quiet["log"])
     compare(["A", "B"], "tiny", [1, 2], str(tmp_path / "rerun-only"), **quiet)
+    old = [str(tmp_path / "old"), str(tmp_path / "old-more-seeds")]
     with pytest.raises(ValueError, match="A has seed 1 in both"):
-        compare_module.retabulate([str(tmp_path / "old"), str(tmp_path / "rerun")], str(tmp_path / "merged"))
-    compare_module.main([str(tmp_path / "old"), str(tmp_path / "rerun"), "--output_dir", str(tmp_path / "merged"),
-                         "--later_replaces", "--reference", "A"])
+        compare_module.retabulate([*old, str(tmp_path / "rerun")], str(tmp_path / "merged"))
+    compare_module.main([*old, "--rerun", str(tmp_path / "rerun"), "--output_dir", str(tmp_path / "merged"), "--reference", "A"])
     with open(tmp_path / "merged" / "runs.csv") as file:
         runs = list(csv.DictReader(file))
-    # C's runs come from the old folder only; A's and B's from the rerun only, one per seed.
+    # C keeps both old folders' seeds; A and B come from the rerun only, one run per seed.
     assert sorted((run["entry"], run["seed"]) for run in runs) == [(e, s) for e in "ABC" for s in "12"]
     merged = (tmp_path / "merged" / "summary.md").read_text()
-    assert f"A's runs in `{tmp_path / 'old'}` replaced by those in `{tmp_path / 'rerun'}`." in merged
+    for entry in "AB":
+        for folder in old:
+            assert f"{entry}'s runs in `{folder}` replaced by those in `{tmp_path / 'rerun'}`." in merged
     assert "C's runs" not in merged
     with open(tmp_path / "merged" / "paired.csv") as file:
         rows = {(row["model"], row["metric"]): row for row in csv.DictReader(file)}

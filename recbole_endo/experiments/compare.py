@@ -359,19 +359,20 @@ def summary_provenance(folder):
         return ("\n" + file.read()).split("\n| model |", 1)[0].strip("\n")
 
 
-def retabulate(folders, output_dir, reference=None, later_replaces=False):
+def retabulate(folders, output_dir, reference=None, rerun=None):
     """Rewrite the tables of comparison folders from their saved runs and per-user values, with
     today's statistics, without repeating a run. One folder: in place (``output_dir`` may be it),
     every entry kept. Several: merged into ``output_dir``, one table of the entries that have a
     run on every seed the folders hold between them (the others are left out, and the table's
-    lines say so); no entry may have the same seed in two folders, unless ``later_replaces``:
-    then an entry's runs in a later folder replace all its runs in earlier ones (a rerun of some
-    rows after their code changed; the table's lines name what was replaced). ``reference``
-    defaults to the first folder's."""
+    lines say so); no entry may have the same seed in two folders. ``rerun``: a folder of rows run
+    again after their code changed, merged last; its entries' runs replace all their runs in
+    ``folders`` (the table's lines name what was replaced). ``reference`` defaults to the first
+    folder's."""
     parts = [read_comparison_runs(folder) for folder in folders]
     replaced = []
-    if later_replaces:
-        parts, replaced = _drop_replaced(folders, parts)
+    if rerun is not None:
+        parts, replaced = _drop_rerun(folders, parts, rerun)
+        folders = [*folders, rerun]
     found = {}
     for folder, (runs, *_) in zip(folders, parts):
         for run in runs:
@@ -404,7 +405,7 @@ def retabulate(folders, output_dir, reference=None, later_replaces=False):
         provenance = (
             "Merged by `python -m recbole_endo.experiments.compare` from the folders below; "
             f"entries without a run on every seed left out: {', '.join(left_out) or 'none'}."
-            + "".join(f" {entry}'s runs in `{old}` replaced by those in `{new}`." for entry, old, new in replaced)
+            + "".join(f" {entry}'s runs in `{old}` replaced by those in `{folders[-1]}`." for entry, old in replaced)
             + "\n\n"
             + "".join(f"From `{folder}`:\n\n{part[2]}" for folder, part in zip(folders, parts))
         )
@@ -412,24 +413,21 @@ def retabulate(folders, output_dir, reference=None, later_replaces=False):
     return write_tables(output_dir, runs, per_user, provenance, reference)
 
 
-def _drop_replaced(folders, parts):
-    """``parts`` without the runs of an entry that a later folder also ran, and the list of
-    ``(entry, earlier folder, later folder)`` dropped."""
-    last = {}
-    for index, (runs, *_) in enumerate(parts):
-        for run in runs:
-            last[run["entry"]] = index
+def _drop_rerun(folders, parts, rerun):
+    """``parts`` without the runs of the entries the ``rerun`` folder holds, with the rerun's part
+    appended, and the list of ``(entry, folder)`` whose runs were dropped."""
+    rerun_part = read_comparison_runs(rerun)
+    again = {run["entry"] for run in rerun_part[0]}
     kept, replaced = [], []
-    for index, (runs, per_user, provenance, reference) in enumerate(parts):
-        gone = {run["entry"] for run in runs if last[run["entry"]] > index}
-        replaced += [(entry, folders[index], folders[last[entry]]) for entry in sorted(gone)]
+    for folder, (runs, per_user, provenance, reference) in zip(folders, parts):
+        replaced += [(entry, folder) for entry in dict.fromkeys(run["entry"] for run in runs) if entry in again]
         kept.append((
-            [run for run in runs if run["entry"] not in gone],
-            {key: rows for key, rows in per_user.items() if key[0] not in gone},
+            [run for run in runs if run["entry"] not in again],
+            {key: rows for key, rows in per_user.items() if key[0] not in again},
             provenance,
             reference,
         ))
-    return kept, replaced
+    return [*kept, rerun_part], replaced
 
 
 def main(argv=None):
@@ -442,13 +440,13 @@ def main(argv=None):
     parser.add_argument("folders", nargs="+", help="folders written by run_recbole_endo.py --compare")
     parser.add_argument("--output_dir", help="where the merged tables go (one folder: default, in place)")
     parser.add_argument("--reference", help="entry the others get paired differences to (default: the first folder's)")
-    parser.add_argument("--later_replaces", action="store_true",
-                        help="an entry's runs in a later folder replace its runs in earlier ones (rows rerun after a change)")
+    parser.add_argument("--rerun", help="a folder of rows run again after their code changed: merged last, its entries' "
+                        "runs replace theirs in the other folders")
     args = parser.parse_args(argv)
-    if len(args.folders) > 1 and not args.output_dir:
+    if (len(args.folders) > 1 or args.rerun) and not args.output_dir:
         parser.error("merging several folders needs --output_dir")
     try:
-        retabulate(args.folders, args.output_dir or args.folders[0], args.reference, args.later_replaces)
+        retabulate(args.folders, args.output_dir or args.folders[0], args.reference, args.rerun)
     except ValueError as error:
         parser.error(str(error))
 
