@@ -319,6 +319,8 @@ def test_a_rerun_folder_replaces_its_entries_runs_on_every_seed_of_the_other_fol
         runs = list(csv.DictReader(file))
     # C keeps both old folders' seeds; A and B come from the rerun only, one run per seed.
     assert sorted((run["entry"], run["seed"]) for run in runs) == [(e, s) for e in "ABC" for s in "12"]
+    with open(tmp_path / "merged" / "summary.csv") as file:
+        assert [row["model"] for row in csv.DictReader(file)] == ["A", "B", "C"]  # rerun entries keep their place
     merged = (tmp_path / "merged" / "summary.md").read_text()
     for entry in "AB":
         for folder in old:
