@@ -61,21 +61,33 @@ FORMAT = "recbole_endo.retrieval/1"  # metadata.json's "format": what Retriever.
 SPLITS = ("train", "valid", "test")  # the splits whose interactions count as a user's seen items
 
 # Exact search scores every item: items x dimension multiply-adds per user, 6.4 million at 100,000
-# items of 64 dimensions, about a millisecond on one core. Below that an approximate index saves
-# little and loses recall; above it HNSW answers in a few hundred distance computations. Its graph
-# (2 x HNSW_M neighbours per item) and build time grow with the catalogue, so from IVF_FROM items
-# an IVF index, trained in one k-means pass, takes over. Where exactly the lines lie is the
-# benchmark's to measure (docs/retrieval.md).
-HNSW_FROM = 100_000
-IVF_FROM = 2_000_000
+# items of 64 dimensions, about a millisecond on one core. Below APPROXIMATE_FROM items an
+# approximate index saves little and loses recall; from there the exporter builds IVF.
+#
+# The approximate indexes search in L2 over each item vector x written as [x, sqrt(R^2 - |x|^2)],
+# R the largest norm, with the query [q, 0]: |[q, 0] - [x, r]|^2 = |q|^2 + R^2 - 2 q.x, so the
+# nearest row is the one of the largest inner product (the reduction of maximum inner product search
+# to L2 of the faiss wiki, Bachrach et al. 2014), and the rows found are scored by q.x itself
+# (l2_reduced, search). On the benchmark's 1,001,682 items (ml-100k's and a million new ones,
+# EndoDecouple's towers; the 943 users' top 10, one query at a time, one thread, on a 2-core VM
+# busy with two other jobs: rates are rough, docs/retrieval.md) HNSW over inner products found
+# 0.11-0.39 of the exact top 10 (efSearch 16-512): faiss's neighbour pruning, which assumes a
+# metric, left about one link per item, and 68 % of the items of the exact top 10 without one
+# pointing to them. Reduced to L2 it links 19 per item but reaches 0.95 at efSearch 512 (M 32 or
+# 64) and 0.97 at 1024 (M 64): the queries point away from most items (median cosine -0.41), and
+# two thirds of their top 10 are among the 1,682 trained items. IVF with 4 sqrt(n) lists over the
+# reduced vectors reaches 0.9895 at nprobe 128 and 0.9926 at 144, 1,200-1,700 queries/s (with
+# inner-product lists 0.9636 at 128 and 0.9865 at 256; 2 or 8 sqrt(n) lists cost more at the same
+# recall). The reduction is no gain on isotropic random vectors (tests/test_retrieval.py).
+APPROXIMATE_FROM = 100_000
 APPROXIMATE_KINDS = ("auto", "none", "hnsw", "ivf")
-HNSW_M = 32  # neighbours per node: faiss's usual choice for recall above 0.9 at moderate memory
+HNSW_M = 32  # neighbours per node: faiss's usual choice (64 found no more above)
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128  # raised to the number of candidates a query asks for
-IVF_LISTS_PER_ROOT = 4  # nlist = 4 sqrt(n), faiss's rule of thumb
+IVF_LISTS_PER_ROOT = 4  # nlist = 4 sqrt(n), faiss's rule of thumb, and the cheapest at recall 0.99 above
 IVF_MIN_POINTS_PER_LIST = 39  # faiss's k-means warns below 39 training points per centroid
 IVF_TRAIN_POINTS_PER_LIST = 256  # faiss's k-means samples at most 256 points per centroid anyway
-IVF_NPROBE = 64
+IVF_NPROBE = 144  # the fewest lists reaching recall@10 0.99 on the million items above
 
 UNSEEN = -1  # a token outside the tower's vocabulary: embedded as its field's mean seen token
 
@@ -189,12 +201,12 @@ def _array(vectors):
 
 def approximate_kind(items, requested="auto"):
     """The approximate index for a catalogue of ``items``: ``requested``, or with ``auto`` none
-    below ``HNSW_FROM`` items (the exact index answers), HNSW below ``IVF_FROM``, IVF above."""
+    below ``APPROXIMATE_FROM`` items (the exact index answers), IVF from there."""
     if requested not in APPROXIMATE_KINDS:
         raise ValueError(f"approximate index {requested!r} is none of {', '.join(APPROXIMATE_KINDS)}")
     if requested != "auto":
         return requested
-    return "none" if items < HNSW_FROM else "hnsw" if items < IVF_FROM else "ivf"
+    return "none" if items < APPROXIMATE_FROM else "ivf"
 
 
 def ivf_lists(items):
@@ -202,50 +214,85 @@ def ivf_lists(items):
     return max(1, min(int(IVF_LISTS_PER_ROOT * math.sqrt(items)), items // IVF_MIN_POINTS_PER_LIST))
 
 
+def largest_norm(vectors):
+    """The largest Euclidean norm among the rows of ``vectors``."""
+    return float(np.sqrt(np.einsum("ij,ij->i", vectors, vectors).max()))
+
+
+def l2_reduced(vectors, radius):
+    """Each row x of ``vectors`` as ``[x, sqrt(radius^2 - |x|^2)]`` (``radius`` at least the
+    largest norm), so that a query ``[q, 0]`` is nearest in L2 to the row of the largest q.x."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    rest = np.maximum(radius * radius - np.einsum("ij,ij->i", vectors, vectors), 0)
+    return np.hstack([vectors, np.sqrt(rest)[:, None]]).astype(np.float32)
+
+
 def build_index(vectors, kind):
-    """A faiss inner-product index over ``vectors`` (float32 rows): ``exact`` (IndexFlatIP),
-    ``hnsw`` (IndexHNSWFlat) or ``ivf`` (IndexIVFFlat, trained on a seeded sample)."""
+    """A faiss index over ``vectors`` (float32 rows): ``exact`` (IndexFlatIP), or over the rows
+    L2-reduced (:func:`l2_reduced`, the radius their largest norm) ``hnsw`` (IndexHNSWFlat) or
+    ``ivf`` (IndexIVFFlat, trained on a seeded sample)."""
     faiss = _faiss()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dimension = vectors.shape[1]
     if kind == "exact":
-        index = faiss.IndexFlatIP(dimension)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dimension, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-    elif kind == "ivf":
-        lists = ivf_lists(len(vectors))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dimension), dimension, lists, faiss.METRIC_INNER_PRODUCT)
-        sample = min(len(vectors), IVF_TRAIN_POINTS_PER_LIST * lists)
-        index.train(vectors[np.random.default_rng(0).choice(len(vectors), sample, replace=False)])
-        index.nprobe = min(IVF_NPROBE, lists)
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    elif kind in ("hnsw", "ivf"):
+        vectors = l2_reduced(vectors, largest_norm(vectors))
+        dimension = vectors.shape[1]
+        if kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dimension, HNSW_M)
+            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            index.hnsw.efSearch = HNSW_EF_SEARCH
+        else:
+            lists = ivf_lists(len(vectors))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dimension), dimension, lists)
+            sample = min(len(vectors), IVF_TRAIN_POINTS_PER_LIST * lists)
+            index.train(vectors[np.random.default_rng(0).choice(len(vectors), sample, replace=False)])
+            index.nprobe = min(IVF_NPROBE, lists)
     else:
         raise ValueError(f"index kind {kind!r} is none of exact, hnsw, ivf")
     index.add(vectors)
     return index
 
 
-def index_parameters(index):
-    """What metadata.json says of an index: its kind and search parameters."""
+def index_parameters(index, radius=None):
+    """What metadata.json says of an index: its kind and search parameters, and for an L2-reduced
+    one its ``radius``."""
     faiss = _faiss()
     if isinstance(index, faiss.IndexHNSW):
-        return {"type": "IndexHNSWFlat", "M": HNSW_M, "efConstruction": index.hnsw.efConstruction,
-                "efSearch": f"max({HNSW_EF_SEARCH}, candidates)"}
-    if isinstance(index, faiss.IndexIVF):
-        return {"type": "IndexIVFFlat", "nlist": index.nlist, "nprobe": index.nprobe}
-    return {"type": type(index).__name__}
+        parameters = {"type": "IndexHNSWFlat", "M": HNSW_M, "efConstruction": index.hnsw.efConstruction,
+                      "efSearch": f"max({HNSW_EF_SEARCH}, candidates)"}
+    elif isinstance(index, faiss.IndexIVF):
+        parameters = {"type": "IndexIVFFlat", "nlist": index.nlist, "nprobe": index.nprobe}
+    else:
+        return {"type": type(index).__name__}
+    return {**parameters, "vectors": "L2-reduced: [x, sqrt(radius^2 - |x|^2)], queries [q, 0], rows scored by q.x",
+            "radius": radius}
 
 
-def search(index, query, candidates):
+def search(index, query, candidates, vectors=None):
     """``(scores, rows)`` of the ``candidates`` best rows of ``index`` for one query vector; rows
-    of -1 mark places an approximate index could not fill."""
+    of -1 mark places an approximate index could not fill. An L2-reduced index (one dimension
+    wider than the query) needs the item ``vectors`` (:func:`search_index`)."""
     faiss = _faiss()
     candidates = min(candidates, index.ntotal)
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = max(HNSW_EF_SEARCH, candidates)
-    scores, rows = index.search(np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1), candidates)
+    scores, rows = search_index(index, np.reshape(query, (1, -1)), candidates, vectors)
     return scores[0], rows[0]
+
+
+def search_index(index, queries, k, vectors=None):
+    """``index.search(queries, k)`` at the index's settings, scored by inner products: an index one
+    dimension wider than the queries holds the item ``vectors`` L2-reduced, so each query gets a
+    0 and the rows found are scored by their inner products with it (from ``vectors``), best first;
+    a row of -1 (a place left unfilled) scores float32's lowest value, as in faiss."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if index.d == queries.shape[1]:
+        return index.search(queries, k)
+    _, rows = index.search(np.hstack([queries, np.zeros((len(queries), 1), np.float32)]), k)
+    scores = np.where(rows >= 0, np.einsum("qd,qkd->qk", queries, vectors[rows]), np.finfo(np.float32).min)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
 def sha256(path):
@@ -425,7 +472,8 @@ class Retriever:
             },
             "title_field": title_field,
             "indexes": {"exact": index_parameters(exact),
-                        "approximate": None if approximate_index is None else index_parameters(approximate_index)},
+                        "approximate": None if approximate_index is None
+                        else index_parameters(approximate_index, largest_norm(item_vectors))},
             "faiss": _faiss().__version__,
             "added": [],
         }
@@ -551,7 +599,7 @@ class Retriever:
         else:
             query = self.embed_user(features, strict=strict)
         index = self.exact if exact or self.approximate is None else self.approximate
-        scores, rows = search(index, query, k + len(seen))
+        scores, rows = search(index, query, k + len(seen), self.item_vectors)
         chosen = [(row, score) for row, score in zip(rows.tolist(), scores.tolist()) if row >= 0 and row not in seen][:k]
         return [Recommendation(self.items["id"][row], score + offset, self.items["title"][row]) for row, score in chosen]
 
@@ -667,14 +715,30 @@ class Retriever:
             "trained": np.concatenate([self.items["trained"], np.zeros(len(ids), dtype=bool)]),
             "title": self.items["title"] + titles,
         }
-        for index in (self.exact, self.approximate):
-            if index is not None:
-                index.add(vectors)
+        self.exact.add(vectors)
+        if self.approximate is not None:
+            self._add_approximate(vectors)
         self.metadata["items"] = len(self.items["id"])
         self.metadata["added"].append({"file": os.path.abspath(item_file), "items": len(ids),
                                        "added": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         self._index_maps()
         return ids
+
+    def _add_approximate(self, vectors):
+        """Add ``vectors`` (already among ``item_vectors``) to the approximate index, L2-reduced with
+        its radius. A vector longer than the radius would be reduced to one too far from every
+        query, so the index is then built again over every item, with the new largest norm. An
+        index without a radius (exported before the reduction) holds the vectors as they are."""
+        parameters = self.metadata["indexes"]["approximate"]
+        radius = parameters.get("radius")
+        if radius is None:
+            self.approximate.add(vectors)
+        elif largest_norm(vectors) <= radius:
+            self.approximate.add(l2_reduced(vectors, radius))
+        else:
+            kind = "hnsw" if isinstance(self.approximate, _faiss().IndexHNSW) else "ivf"
+            self.approximate = build_index(self.item_vectors, kind)
+            self.metadata["indexes"]["approximate"] = index_parameters(self.approximate, largest_norm(self.item_vectors))
 
     def _tower_fields(self, entity, given, source):
         """The tower's fields but the id; each of ``given`` checked to be one of them."""
@@ -865,7 +929,7 @@ def build_parser():
     export_parser.add_argument("checkpoint")
     export_parser.add_argument("out_dir")
     export_parser.add_argument("--approximate", default="auto", choices=APPROXIMATE_KINDS,
-                               help=f"approximate index; auto: none below {HNSW_FROM} items, HNSW below {IVF_FROM}, IVF above")
+                               help=f"approximate index; auto: none below {APPROXIMATE_FROM} items, IVF from there")
     export_parser.add_argument("--title-field", help="the item field printed as the title (default: the first with 'title' in its name)")
     recommend = commands.add_parser("recommend", allow_abbrev=False, help="print a user's top-k items")
     recommend.add_argument("out_dir")

@@ -17,7 +17,10 @@ from recbole_endo import retrieval
 from recbole_endo.checkpoint import read_checkpoint
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
-from recbole_endo.retrieval import Retriever, approximate_kind, build_index, exported_kind, main, search
+from recbole_endo.retrieval import (
+    Retriever, approximate_kind, build_index, exported_kind, index_parameters, l2_reduced, largest_norm, main, search,
+    search_index,
+)
 
 K = 10
 EXPORTED = ["TwoTowerSplit", "TwoTowerConcat", "EndoDecouple", "BPR", "LightGCN", "DICE", "MF"]
@@ -147,15 +150,18 @@ def test_an_approximate_index_is_written_loaded_and_searched_by_default(trained,
     assert isinstance(retriever.approximate, faiss.IndexHNSW)
     assert retriever.metadata["indexes"]["approximate"]["type"] == "IndexHNSWFlat"
     for user in ("u1", "u7", "u40"):  # 60 items: the graph search visits them all
-        assert retriever.recommend(user=user) == retriever.recommend(user=user, exact=True)
+        found, exact = retriever.recommend(user=user), retriever.recommend(user=user, exact=True)
+        # The same items, each scored by its inner product (numpy's sum, faiss's in another order).
+        assert [(item, title) for item, _, title in found] == [(item, title) for item, _, title in exact]
+        assert [score for _, score, _ in found] == pytest.approx([score for _, score, _ in exact], rel=1e-6)
     os.remove(tmp_path / "index" / "approximate.faiss")
     with pytest.raises(FileNotFoundError, match="lacks approximate.faiss: export it again"):
         Retriever.load(tmp_path / "index")
 
 
 def test_the_approximate_index_follows_the_catalogue_size():
-    assert approximate_kind(99_999) == "none" and approximate_kind(100_000) == "hnsw"
-    assert approximate_kind(1_999_999) == "hnsw" and approximate_kind(2_000_000) == "ivf"
+    assert approximate_kind(99_999) == "none" and approximate_kind(100_000) == "ivf"
+    assert approximate_kind(10_000_000) == "ivf" and approximate_kind(200_000, "hnsw") == "hnsw"
     assert approximate_kind(50, "ivf") == "ivf"
     with pytest.raises(ValueError, match="approximate index 'annoy' is none of auto, none, hnsw, ivf"):
         approximate_kind(50, "annoy")
@@ -167,8 +173,65 @@ def test_the_approximate_indexes_find_most_of_the_exact_top_k(kind, floor):
     vectors = rng.standard_normal((5000, 32)).astype(np.float32)
     queries = rng.standard_normal((200, 32)).astype(np.float32)
     exact, approximate = build_index(vectors, "exact"), build_index(vectors, kind)
-    found = [len(set(search(exact, query, K)[1]) & set(search(approximate, query, K)[1])) for query in queries]
+    found = [len(set(search(exact, query, K)[1]) & set(search(approximate, query, K, vectors)[1])) for query in queries]
     assert np.mean(found) / K >= floor
+
+
+def wide_norms(rng, items, dimension):
+    """Gaussian rows scaled by e^u, u uniform in [-2, 2]: norms spread over a factor of 55, as
+    inner product search is hard for an index that ignores them."""
+    vectors = rng.standard_normal((items, dimension)) * np.exp(rng.uniform(-2, 2, (items, 1)))
+    return vectors.astype(np.float32)
+
+
+def test_the_l2_reduction_ranks_by_inner_product_and_the_rows_found_score_their_inner_products():
+    rng = np.random.default_rng(0)
+    vectors, queries = wide_norms(rng, 3000, 16), rng.standard_normal((50, 16)).astype(np.float32)
+    radius = largest_norm(vectors)
+    assert radius == pytest.approx(np.linalg.norm(vectors, axis=1).max())
+    # Every reduced row has norm radius, and the squared distance to [q, 0] is |q|^2 + radius^2 - 2 q.x.
+    reduced = l2_reduced(vectors, radius)
+    assert reduced.shape == (3000, 17) and np.allclose(np.linalg.norm(reduced, axis=1), radius, rtol=1e-5)
+    query = np.append(queries[0], 0)
+    assert np.allclose(((reduced - query) ** 2).sum(1), queries[0] @ queries[0] + radius**2 - 2 * vectors @ queries[0], atol=1e-3)
+    # Searched exhaustively (IVF probing every list, HNSW asked for every row) an index over the
+    # reduced rows finds the exact inner-product top k, best first, scored by the inner products.
+    exact, ivf, hnsw = build_index(vectors, "exact"), build_index(vectors, "ivf"), build_index(vectors, "hnsw")
+    assert ivf.d == hnsw.d == 17 and ivf.metric_type == hnsw.metric_type == faiss.METRIC_L2
+    ivf.nprobe = ivf.nlist
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :K]
+    for query, expected in zip(queries, truth):
+        assert np.array_equal(search(exact, query, K)[1], expected)
+        for index, candidates in ((ivf, K), (hnsw, len(vectors))):
+            scores, rows = search(index, query, candidates, vectors)
+            assert np.array_equal(rows[:K], expected) and np.all(np.diff(scores) <= 0)
+            assert np.allclose(scores, vectors[rows] @ query, rtol=1e-6, atol=1e-5)
+    assert index_parameters(hnsw, radius)["radius"] == radius and index_parameters(exact) == {"type": "IndexFlatIP"}
+    # A place an index could not fill (5 rows, 10 asked) is row -1 at faiss's lowest score.
+    scores, rows = search_index(build_index(vectors[:5], "hnsw"), queries[:1], K, vectors)
+    assert sorted(rows[0, :5]) == list(range(5)) and list(rows[0, 5:]) == [-1] * 5
+    assert np.all(scores[0, 5:] == np.finfo(np.float32).min)
+
+
+def test_a_vector_longer_than_the_radius_rebuilds_the_approximate_index(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = wide_norms(rng, 400, 8)
+    radius = largest_norm(vectors)
+    ivf = build_index(vectors, "ivf")
+    metadata = {"checkpoint": {"path": str(tmp_path / "none.pth")}, "indexes": {"approximate": index_parameters(ivf, radius)}}
+    retriever = Retriever(metadata, {"id": [str(row) for row in range(400)]}, vectors, {"id": []}, np.zeros((0, 8), np.float32),
+                          None, {}, build_index(vectors, "exact"), ivf)
+    # A shorter vector joins the index under the same radius; a longer one (the new best for a
+    # query along it) has the index built again over every row, with its norm as the radius.
+    for added, kept in ((vectors[:1] * 0.5, True), (vectors[:1] * 2 * radius / np.linalg.norm(vectors[0]), False)):
+        retriever.item_vectors = np.concatenate([retriever.item_vectors, added])
+        retriever._add_approximate(added)
+        assert (retriever.approximate is ivf) == kept and retriever.approximate.ntotal == len(retriever.item_vectors)
+    assert retriever.metadata["indexes"]["approximate"]["radius"] == pytest.approx(2 * radius)
+    retriever.approximate.nprobe = retriever.approximate.nlist
+    scores, rows = search(retriever.approximate, vectors[0], K, retriever.item_vectors)
+    assert rows[0] == 401 and scores[0] == pytest.approx(float(retriever.item_vectors[401] @ vectors[0]))
+    assert np.array_equal(rows, np.argsort(-(retriever.item_vectors @ vectors[0]))[:K])
 
 
 def split_tower_by_hand(tower, ids, unseen_atoms=True, side_columns=None):

@@ -74,9 +74,11 @@ def query_rows(vectors, tmp_path, threads=1):
 def test_query_rows_cover_each_index_and_setting_with_recall_against_exact(vectors, tmp_path):
     rows = query_rows(vectors, tmp_path)
     single = {(row["index"], row["parameter"]): row for row in rows if row["measure"] == "single"}
+    # Each sweep, with the exporter's setting added where the sweep lacks it.
     assert sorted(single) == sorted(
-        [("IndexFlatIP", "")] + [("IndexHNSWFlat", f"efSearch={value}") for value in bench.EF_SEARCH_SWEEP]
-        + [("IndexIVFFlat", f"nprobe={value}") for value in bench.NPROBE_SWEEP]
+        [("IndexFlatIP", "")]
+        + [("IndexHNSWFlat", f"efSearch={value}") for value in {*bench.EF_SEARCH_SWEEP, bench.HNSW_EF_SEARCH}]
+        + [("IndexIVFFlat", f"nprobe={value}") for value in {*bench.NPROBE_SWEEP, bench.IVF_NPROBE}]
     )
     assert single[("IndexFlatIP", "")]["recall_at_10"] == 1.0
     # 300 items: HNSW's graph and IVF's lists at nprobe 8 cover all of them, so they search exactly.

@@ -18,15 +18,17 @@ Measured, with k = 10 and the ml-100k users' vectors as queries (at most ``--que
 
 - per catalogue and index kind, the index build (``recbole_endo.retrieval.build_index``:
   ``IndexFlatIP``, and on the large catalogue the approximate index ``approximate_kind`` chooses
-  at its size (``IndexHNSWFlat`` at a million) and the others ``--approximate`` lists): seconds,
+  at its size (``IndexIVFFlat`` at a million) and the others ``--approximate`` lists): seconds,
   growth of the process's resident memory, size of the written index; and the seconds of
   ``add_items`` (threads: ``--build_threads``, also training's);
-- single queries, one query vector per ``index.search`` call: latency p50/p99 and queries per
-  second (one over the mean latency), at each of ``--threads`` (``faiss.omp_set_num_threads``,
-  ``torch.set_num_threads``); the approximate indexes also over an efSearch (HNSW) or nprobe
-  (IVF) sweep, each point with its recall@10 against the exact index;
-- batched queries, every query user in one ``index.search`` call, against the same top 10
-  through ``full_sort_predict``'s computation (``FeatureTowerRecommender.full_sort_predict``:
+- single queries, one query vector per search call (``recbole_endo.retrieval.search_index``, as
+  the exporter searches: an approximate index over the L2-reduced item vectors, its rows scored
+  by their inner products): latency p50/p99 and queries per second (one over the mean latency),
+  at each of ``--threads`` (``faiss.omp_set_num_threads``, ``torch.set_num_threads``); the
+  approximate indexes also over an efSearch (HNSW) or nprobe (IVF) sweep, each point with its
+  recall@10 against the exact index;
+- batched queries, every query user in one search call, against the same top 10 through
+  ``full_sort_predict``'s computation (``FeatureTowerRecommender.full_sort_predict``:
   user vectors @ item vectors.T in torch, here in chunks of at most 2^26 scores, then ``topk``;
   the item vectors precomputed, as its evaluation cache holds them): queries per second and the
   speed-up over full_sort_predict. The exact index's and full_sort_predict's top-10 scores are
@@ -74,7 +76,7 @@ from recbole_endo.experiments.benchmark import default_threads
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.files import open_replacing
 from recbole_endo.retrieval import (
-    IVF_NPROBE, HNSW_EF_SEARCH, Retriever, _faiss, approximate_kind, build_index, read_atomic_file,
+    IVF_NPROBE, HNSW_EF_SEARCH, Retriever, _faiss, approximate_kind, build_index, read_atomic_file, search_index,
 )
 
 K = 10
@@ -169,26 +171,27 @@ def timed_build(vectors, kind, path):
     return index, {"seconds": seconds, "rss_growth_mib": growth, "index_mib": os.path.getsize(path) / 2**20}
 
 
-def single_queries(index, queries, k=K):
-    """Search ``index`` for each row of ``queries`` alone: ``(seconds per query, rows, scores)``."""
+def single_queries(index, queries, k=K, vectors=None):
+    """Search ``index`` for each row of ``queries`` alone (``search_index``: an L2-reduced index
+    scores its rows from the item ``vectors``): ``(seconds per query, rows, scores)``."""
     for query in queries[:WARMUP_QUERIES]:
-        index.search(query[None], k)
+        search_index(index, query[None], k, vectors)
     seconds, rows, scores = [], [], []
     for query in queries:
         start = time.perf_counter()
-        found_scores, found_rows = index.search(query[None], k)
+        found_scores, found_rows = search_index(index, query[None], k, vectors)
         seconds.append(time.perf_counter() - start)
         rows.append(found_rows[0])
         scores.append(found_scores[0])
     return np.asarray(seconds), np.stack(rows), np.stack(scores)
 
 
-def batched_queries(index, queries, k=K, repeats=BATCH_REPEATS):
+def batched_queries(index, queries, k=K, repeats=BATCH_REPEATS, vectors=None):
     """Every row of ``queries`` in one search call, ``repeats`` times: ``(median seconds, rows, scores)``."""
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        scores, rows = index.search(queries, k)
+        scores, rows = search_index(index, queries, k, vectors)
         seconds.append(time.perf_counter() - start)
     return float(np.median(seconds)), rows, scores
 
@@ -253,14 +256,14 @@ def measure_queries(catalogue, item_vectors, user_vectors, indexes, threads, k=K
         recalls = {}
         for value in sorted(set(values) | {default_parameter(kind)}):
             set_value(value)
-            seconds, found_rows, found_scores = single_queries(index, user_vectors, k)
+            seconds, found_rows, found_scores = single_queries(index, user_vectors, k, item_vectors)
             rows.append(_single_row(base, kind, f"{name}={value}", seconds, found_rows, found_scores,
                                     exact_rows, exact_scores))
             recalls[value] = rows[-1]["recall_at_10"]
         reaching = [value for value, recall in sorted(recalls.items()) if recall >= TARGET_RECALL][:1]
         for value in dict.fromkeys([default_parameter(kind), *reaching]):
             set_value(value)
-            rows.append(batched_row(kind, f"{batch}, {name}={value}", *batched_queries(index, user_vectors, k)))
+            rows.append(batched_row(kind, f"{batch}, {name}={value}", *batched_queries(index, user_vectors, k, vectors=item_vectors)))
         set_value(default_parameter(kind))
     return rows
 
