@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from recbole.config import Config as RecBoleConfig
 from recbole.utils import EvaluatorType, InputType, ModelType
 
+from recbole_endo.compat.config import FixedRecBoleConfig
 from recbole_endo.model.options import number_option
 from recbole_endo.registry import get_model
 
@@ -145,36 +145,6 @@ def check_options(config):
         check_model_options(config)
 
 
-def read_options_file(file, loader):
-    """The options of YAML file ``file`` read with RecBole's ``loader`` (an empty file: none), or
-    a ValueError naming the file: missing, not YAML (with the line and column) or not a mapping."""
-    try:
-        with open(file, encoding="utf-8") as stream:
-            options = yaml.load(stream, Loader=loader)
-    except FileNotFoundError:
-        raise ValueError(f"config file '{file}' does not exist") from None
-    except yaml.YAMLError as error:
-        problem, context = getattr(error, "problem", None), getattr(error, "context", None)
-        if problem is None:  # no place to name
-            raise ValueError(f"config file '{file}' is not valid YAML: {' '.join(str(error).split())}") from None
-        what = f"{_at(error.problem_mark)}: {problem}"
-        if context:  # e.g. "while parsing a flow sequence", where the bracket opened
-            what += f" ({context}{_at(error.context_mark)})"
-        raise ValueError(f"config file '{file}' is not valid YAML{what}; correct the file there") from None
-    if options is None:
-        return {}
-    if not isinstance(options, dict):
-        raise ValueError(
-            f"config file '{file}' holds a YAML {type(options).__name__}, not options: "
-            "write one 'option: value' per line"
-        )
-    return options
-
-
-def _at(mark):
-    return "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
-
-
 def options_from_args(args):
     """``--key=value`` arguments as a config dict, values read as YAML (as ``--compare`` entries)."""
     config_dict = {}
@@ -186,94 +156,29 @@ def options_from_args(args):
     return config_dict
 
 
-class Config(RecBoleConfig):
+class Config(FixedRecBoleConfig):
     """RecBole's Config with the plugin's properties layered over RecBole's for *every* model.
 
     Built-in models (BPR, LightGCN, ...) run through this Config get the same split, metrics and
     dataset fields as the plugin's models, so all of them are compared under one protocol;
-    sequential models get the sequential one (``sequential.yaml``), and train without sampled
-    negatives when their ``loss_type`` is CE unless the user's options ask for them.
-    Distributed processes without CUDA join with ``gloo`` (:meth:`_init_device`), and the config
-    pickles as plain data (:func:`restore_config`). A config file that is missing or not YAML, or
-    no model or dataset given, fails with a ValueError naming the file (and line) or the option.
+    sequential models get the sequential one (``sequential.yaml``). The config pickles as plain
+    data (:func:`restore_config`). What it fixes in RecBole's Config (distributed runs without
+    CUDA, errors naming the file or option, ...) is :class:`~recbole_endo.compat.config.FixedRecBoleConfig`'s.
     """
-
-    def _load_config_files(self, file_list):
-        """RecBole's, with errors that name the file (:func:`read_options_file`): RecBole reads a
-        file's text and names a YAML error's place in "<unicode string>"."""
-        options = {}
-        for file in file_list or []:
-            options.update(read_options_file(file, self.yaml_loader))
-        return options
-
-    def _update_internal_config_dict(self, file):
-        options = read_options_file(file, self.yaml_loader)
-        self.internal_config_dict.update(options)
-        return options
-
-    def _get_model_and_dataset(self, model, dataset):
-        """RecBole's, failing with a ValueError (RecBole's KeyError) when no model or dataset is given."""
-        try:
-            return super()._get_model_and_dataset(model, dataset)
-        except KeyError:
-            missing = "model" if model is None and "model" not in self.external_config_dict else "dataset"
-            raise ValueError(
-                f"no {missing} given: name it with --{missing}=NAME or '{missing}: NAME' in a config file"
-            ) from None
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         layer_plugin_properties(self, model, model_class, dataset)
 
     def _set_default_parameters(self):
-        options = self.final_config_dict
-        # RecBole refuses sampled training negatives for a sequential model trained with CE over all
-        # items (SASRec and most of its sequential models by default), and its default samples them.
-        if (
-            is_sequential(self.model_class)
-            and options.get("loss_type") == "CE"
-            and "train_neg_sample_args" not in self.external_config_dict
-        ):
-            options["train_neg_sample_args"] = None
         super()._set_default_parameters()
-        # RecBole reads ml-100k from its wheel whatever data_path says; a data_path given by the
-        # user (a cold-start split of ml-100k, recbole_endo.data.cold_start) is honoured as for any dataset.
-        if self.dataset == "ml-100k" and "data_path" in self.external_config_dict:
-            options["data_path"] = os.path.join(self.external_config_dict["data_path"], self.dataset)
+        options = self.final_config_dict
         # "{seed}" in data_path picks a split written per seed, so --compare's seeds run on
         # different cold-start splits as they run on different random splits.
         options["data_path"] = options["data_path"].replace("{seed}", str(options["seed"]))
         # RecBole's progress bars where someone watches them (tqdm writes to stderr); not in a log file.
         if "show_progress" not in self.external_config_dict:
             options["show_progress"] = sys.stderr.isatty()
-
-    def _init_device(self):
-        """RecBole's ``_init_device``, except that a distributed process without CUDA joins its
-        process group with ``gloo`` and runs on the CPU.
-
-        RecBole joins every distributed process (one with ``local_rank``) with ``nccl`` on GPU
-        ``local_rank``, which fails without CUDA.
-        """
-        options = self.final_config_dict
-        if "local_rank" not in options:
-            return super()._init_device()
-        # RecBole's single-process set-up picks the device: CUDA when gpu_id names one and CUDA is
-        # available (it sets CUDA_VISIBLE_DEVICES before anything starts CUDA). It resets local_rank.
-        local_rank = options.pop("local_rank")
-        super()._init_device()
-        options["local_rank"] = local_rank
-        if options["device"].type == "cuda":
-            return super()._init_device()  # RecBole's own: nccl, one GPU per process
-        torch.distributed.init_process_group(
-            backend="gloo",
-            rank=local_rank + options["offset"],
-            world_size=options["world_size"],
-            init_method=f"tcp://{options['ip']}:{options['port']}",
-        )
-        options["single_spec"] = False
-        if local_rank != 0:
-            # As RecBole's: only the first process of each machine logs.
-            options.update(state="error", show_progress=False, verbose=False)
 
     def __reduce__(self):
         return restore_config, (config_state(self),)

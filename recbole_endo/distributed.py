@@ -5,7 +5,7 @@ RecBole's DDP, unchanged: each process trains on its ``1/world_size`` share of e
 (RecBole divides ``train_batch_size`` by ``world_size``), gradients are averaged across processes,
 each evaluates its share of the users and the metrics are averaged, and rank 0 writes the
 checkpoint. Without CUDA the processes join with ``gloo`` on the CPU (see
-:meth:`recbole_endo.config.Config._init_device`); with CUDA, with RecBole's ``nccl``, one GPU each.
+:meth:`recbole_endo.compat.config.FixedRecBoleConfig._init_device`); with CUDA, with RecBole's ``nccl``, one GPU each.
 """
 
 import os

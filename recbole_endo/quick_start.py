@@ -18,14 +18,14 @@ from recbole.data import create_dataset, data_preparation
 from recbole.trainer import DecisionTreeTrainer
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
-from recbole_endo.checkpoint import load_weights, read_checkpoint
+from recbole_endo.compat.checkpoint import load_weights, read_checkpoint
+from recbole_endo.compat.feature_join import skip_feature_join
+from recbole_endo.compat.run_scope import FILE_ONLY, keep_file_only_records_off, plugin_run
 from recbole_endo.config import Config, check_options
 from recbole_endo.data.synth import prepare_dataset
 from recbole_endo.data.uniform_slice import held_out_slice
 from recbole_endo.evaluation.protocols import check_evaluation_options, extra_evaluation, full_sort_per_user
-from recbole_endo.fast_path import skip_feature_join
 from recbole_endo.registry import get_model
-from recbole_endo.run_scope import FILE_ONLY, keep_file_only_records_off, plugin_run
 from recbole_endo.trainer import get_trainer
 
 

@@ -49,7 +49,7 @@ import torch
 from recbole.model.general_recommender import BPR, LightGCN
 from recbole.utils import FeatureType, ModelType
 
-from recbole_endo.checkpoint import read_checkpoint
+from recbole_endo.compat.checkpoint import read_checkpoint
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.files import dataset_folder
 from recbole_endo.model import DICE, MF, MFDR, MFIPS, MODELS, RelMF

@@ -12,9 +12,10 @@ import torch
 from recbole.trainer import PretrainTrainer, TraditionalTrainer, Trainer
 from recbole.utils import set_color
 
-from recbole_endo.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
+from recbole_endo.compat.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
+from recbole_endo.compat.collector import PlainEntriesCollector
+from recbole_endo.compat.run_scope import FILE_ONLY
 from recbole_endo.evaluation.protocols import (
-    PlainEntriesCollector,
     StructKeepingEvaluator,
     candidate_lists,
     cold_start_evaluation,
@@ -25,7 +26,6 @@ from recbole_endo.evaluation.protocols import (
 from recbole_endo.model import MODELS
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 from recbole_endo.model.split_sasrec import SplitSASRec
-from recbole_endo.run_scope import FILE_ONLY
 
 _recbole_get_trainer = recbole.utils.utils.get_trainer
 
@@ -35,7 +35,7 @@ class PluginTrainerMixin:
     rather than in RecBole's (see :func:`plugin_trainer`):
 
     - checkpoints that torch's safe loader reads, written atomically, with the model's
-      ``other_parameter()`` state as plain data (``recbole_endo.checkpoint``), read back so by
+      ``other_parameter()`` state as plain data (``recbole_endo.compat.checkpoint``), read back so by
       ``evaluate(load_best_model=True)`` and ``resume_checkpoint``;
     - resuming restores everything an uninterrupted run holds after the checkpoint's epoch, the
       random state included, so the resumed run ends as the uninterrupted one;
@@ -89,7 +89,7 @@ class PluginTrainerMixin:
         return valid_score, self.valid_result
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        """RecBole's checkpoint, as ``recbole_endo.checkpoint`` writes it; under DDP rank 0 writes."""
+        """RecBole's checkpoint, as ``recbole_endo.compat.checkpoint`` writes it; under DDP rank 0 writes."""
         distributed = not self.config["single_spec"]
         if not distributed or self.config["local_rank"] == 0:
             write_checkpoint(self, epoch, verbose, **kwargs)

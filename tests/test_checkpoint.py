@@ -6,7 +6,7 @@ import scipy.sparse
 import torch
 import torch.nn as nn
 
-from recbole_endo.checkpoint import plain_other_parameter, restore_other_parameter
+from recbole_endo.compat.checkpoint import plain_other_parameter, restore_other_parameter
 
 
 class HoldsState(nn.Module):

@@ -1,5 +1,5 @@
 """Importing recbole_endo registers its models and changes nothing else in RecBole; what the
-plugin's runs need is scoped to them (recbole_endo.run_scope)."""
+plugin's runs need is scoped to them (recbole_endo.compat.run_scope)."""
 
 import os
 import subprocess
@@ -13,8 +13,8 @@ from recbole.evaluator.collector import Collector
 from recbole.trainer import Trainer
 
 from conftest import DATA_DIR, TINY_YAML
+from recbole_endo.compat.run_scope import plugin_run
 from recbole_endo.quick_start import run_recbole_endo
-from recbole_endo.run_scope import plugin_run
 
 
 
@@ -82,7 +82,7 @@ def test_ensure_dir_is_race_free_inside_a_plugin_run_and_recbole_own_outside(tmp
     recbole_ensure_dir = recbole.trainer.trainer.ensure_dir
     with plugin_run():
         for module in (recbole.trainer.trainer, recbole.utils.logger):
-            assert module.ensure_dir.__module__ == "recbole_endo.run_scope"
+            assert module.ensure_dir.__module__ == "recbole_endo.compat.run_scope"
         folder = tmp_path / "saved"
         folder.mkdir()  # another process created it between RecBole's check and its makedirs
         recbole.trainer.trainer.ensure_dir(str(folder))

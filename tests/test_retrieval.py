@@ -14,7 +14,7 @@ from recbole.data.interaction import Interaction
 
 from conftest import DATA_DIR, TINY_YAML
 from recbole_endo import retrieval
-from recbole_endo.checkpoint import read_checkpoint
+from recbole_endo.compat.checkpoint import read_checkpoint
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.quick_start import load_data_and_model, run_recbole_endo
 from recbole_endo.retrieval import (

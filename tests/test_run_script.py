@@ -12,8 +12,8 @@ from conftest import DATA_DIR, TINY_YAML
 
 import recbole_endo.quick_start
 from recbole_endo import Config
+from recbole_endo.compat.checkpoint import read_checkpoint
 from recbole_endo.config import check_options
-from recbole_endo.checkpoint import read_checkpoint
 
 SCRIPT = os.path.join(os.path.dirname(DATA_DIR), "..", "run_recbole_endo.py")
 

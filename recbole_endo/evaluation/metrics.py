@@ -1,9 +1,9 @@
-"""The metrics of the plugin's list protocols, ``GradedNDCG`` and ``ListAUC``, registered with
-RecBole's metric registry by name (no RecBole file is edited)."""
+"""The metrics of the plugin's list protocols, ``GradedNDCG`` and ``ListAUC``; importing
+``recbole_endo`` registers them with RecBole's metric registry by name
+(:func:`recbole_endo.compat.registration.register`)."""
 
 import numpy as np
 import torch
-from recbole.evaluator import register
 from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
 
@@ -81,18 +81,3 @@ class ListAUC(ListMetric):
         right = (relevant.double().cumsum(1) * irrelevant).sum(1)
         pairs = relevant.sum(1).double() * irrelevant.sum(1)
         return {"auc": torch.where(pairs > 0, right / pairs, torch.nan).numpy()}
-
-
-def register_metric(metric_class):
-    """Make ``metric_class`` available to RecBole by name, as its own metrics are, without
-    editing RecBole: its registry dictionaries are shared by every module that imported them."""
-    name = metric_class.__name__.lower()
-    register.metrics_dict[name] = metric_class
-    register.metric_information[name] = metric_class.metric_need
-    register.metric_types[name] = metric_class.metric_type
-    if metric_class.smaller and name not in register.smaller_metrics:
-        register.smaller_metrics.append(name)
-
-
-register_metric(GradedNDCG)
-register_metric(ListAUC)

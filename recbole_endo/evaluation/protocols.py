@@ -32,7 +32,6 @@ Users without a relevant item in their list (or stratum) are left out, as RecBol
 users without test items.
 """
 
-import copy
 import inspect
 from collections import OrderedDict
 
@@ -42,7 +41,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.data.interaction import Interaction
 from recbole.evaluator import register
 from recbole.evaluator.base_metric import TopkMetric
-from recbole.evaluator.collector import Collector, DataStruct
+from recbole.evaluator.collector import DataStruct
 from recbole.evaluator.evaluator import Evaluator
 from recbole.utils import ModelType
 
@@ -56,25 +55,6 @@ UNSELECTED = "exposed_unselected"  # the exposed test without the user's history
 COLD_EVAL_ENTITIES = ("none", "item", "user")
 COLD_STRATA = ("cold", "warm")  # the key prefixes of cold_start_evaluation's metrics
 EXTRA_PROTOCOLS_OFF = {"list_eval": "none", "head_share": None, "cold_eval": "none"}
-
-
-class PlainEntriesCollector(Collector):
-    """RecBole's Collector, with ``get_data_struct`` leaving non-tensor entries alone.
-
-    RecBole 1.2.1 calls ``.cpu()`` on every collected entry, so the int and Counter entries
-    (``data.num_items``, ``data.count_items``) that its own AveragePopularity, GiniIndex,
-    ItemCoverage and TailPercentage need raise AttributeError at the first evaluation. The
-    plugin's trainers collect with this class (``recbole_endo.trainer``).
-    """
-
-    def get_data_struct(self):
-        data = self.data_struct._data_dict
-        plain = {key: data.pop(key) for key in list(data) if not isinstance(data[key], torch.Tensor)}
-        returned = super().get_data_struct()
-        data.update(plain)
-        for key, value in plain.items():
-            returned.set(key, copy.deepcopy(value))
-        return returned
 
 
 class StructKeepingEvaluator(Evaluator):

@@ -174,7 +174,7 @@ def measure(
 
 def run_worker(spec_file):
     """The child process: read the spec, measure, write the result JSON beside the spec."""
-    from recbole_endo.run_scope import plugin_run
+    from recbole_endo.compat.run_scope import plugin_run
 
     with open(spec_file) as file:
         spec = json.load(file)

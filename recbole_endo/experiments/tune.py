@@ -61,11 +61,11 @@ import sqlalchemy
 import yaml
 from recbole.utils import init_logger
 
+from recbole_endo.compat.run_scope import plugin_run
 from recbole_endo.config import Config, options_from_args, properties_folder, tuned_file
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.files import open_replacing
 from recbole_endo.quick_start import _build
-from recbole_endo.run_scope import plugin_run
 
 # The pruner waits for this many finished trials, and each trial for this many validations.
 PRUNER_STARTUP_TRIALS = 5

@@ -10,7 +10,7 @@ from recbole.model.general_recommender import BPR, LightGCN
 from recbole.model.sequential_recommender import DIN
 
 from recbole_endo import Config, EndoDecouple, TwoTowerConcat, TwoTowerSplit
-from recbole_endo.fast_path import reads_joined_features, without_features
+from recbole_endo.compat.feature_join import reads_joined_features, without_features
 from recbole_endo.quick_start import _build, run_recbole_endo
 
 FEATURES = ("age", "gender", "favourite", "title", "class", "price")

@@ -1,6 +1,12 @@
 """The checkpoint format of the plugin's runs: what RecBole's ``Trainer._save_checkpoint`` stores,
 as data that torch's safe loader (``weights_only=True``) reads back, written atomically.
 
+RecBole 1.2.1 pickles its ``Config`` object and the raw ``other_parameter()`` values into every
+checkpoint, with pickle protocol 4, and reloads them with ``torch.load``'s default, which torch
+2.6 made the safe loader: its own runs fail when they reload the best checkpoint to test it, and
+resuming and ``load_data_and_model`` fail the same way. It writes the file in place, so a crash
+while writing leaves a truncated checkpoint.
+
 - The config pickles as plain data (:class:`recbole_endo.config.Config`).
 - ``other_parameter()``, the state RecBole's models keep outside their parameters, is stored as
   tensors and plain values (:func:`plain_other_parameter`) and rebuilt on load
