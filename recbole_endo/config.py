@@ -24,7 +24,7 @@ import yaml
 from recbole.utils import EvaluatorType, InputType, ModelType
 
 from recbole_endo.compat.config import FixedRecBoleConfig
-from recbole_endo.model.options import number_option
+from recbole_endo.options import number_option
 from recbole_endo.registry import get_model
 
 

@@ -50,11 +50,12 @@ from recbole.model.general_recommender import BPR, LightGCN
 from recbole.utils import FeatureType, ModelType
 
 from recbole_endo.compat.checkpoint import read_checkpoint
+from recbole_endo.data.interactions import trained_entities
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.files import dataset_folder
 from recbole_endo.model import DICE, MF, MFDR, MFIPS, MODELS, RelMF
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
-from recbole_endo.model.towers import ENTITIES, EndoTower, FeatureEmbedding, trained_entities
+from recbole_endo.model.towers import ENTITIES, EndoTower, FeatureEmbedding
 from recbole_endo.registry import get_model
 
 FORMAT = "recbole_endo.retrieval/1"  # metadata.json's "format": what Retriever.load reads

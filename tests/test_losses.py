@@ -3,11 +3,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from recbole_endo.data.interactions import grade_labels
 from recbole_endo.model.losses import (
     batch_normalised,
     complementary_field_masks,
     fake_negative_mask,
-    grade_labels,
     LowerGradeSampler,
     graded_bpr_loss,
     info_nce,

@@ -10,7 +10,7 @@ from recbole.data.interaction import Interaction
 
 from recbole_endo import Config, EndoSASRec, SplitSASRec, get_trainer
 from recbole_endo.data.cold_start import write_sequential_cold_item_split
-from recbole_endo.model.towers import trained_entities
+from recbole_endo.data.interactions import trained_entities
 from recbole_endo.quick_start import _build, load_data_and_model, run_recbole_endo
 
 from conftest import DATA_DIR

@@ -52,7 +52,7 @@ from logging import getLogger
 import numpy as np
 
 from recbole_endo.files import dataset_folder, write_atomic_file
-from recbole_endo.model.options import number_option
+from recbole_endo.options import number_option
 
 SYNTH_DATASET = "endo-synth"
 SPLIT_PARTS = ("train", "valid", "test")  # its benchmark_filename

@@ -45,10 +45,9 @@ from recbole.evaluator.collector import DataStruct
 from recbole.evaluator.evaluator import Evaluator
 from recbole.utils import ModelType
 
+from recbole_endo.data.interactions import grade_labels, trained_entities
 from recbole_endo.evaluation.metrics import ListMetric
-from recbole_endo.model.losses import grade_labels
-from recbole_endo.model.towers import trained_entities
-from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option, sizes_option
+from recbole_endo.options import check_raw_ratings, number_option, numbers_option, sizes_option
 
 LIST_PROTOCOLS = ("none", "sampled", "exposed")
 UNSELECTED = "exposed_unselected"  # the exposed test without the user's history pairs, reported beside it

@@ -1,8 +1,8 @@
 """The plugin's models, one per file, and their shared pieces: the two-tower frame and ranking
-loss (``feature_recommender``), the feature towers (``towers``), the losses (``losses``), the
-decoupling terms (``decoupling``) and the option checks (``options``). The general recommenders
-share the two-tower frame; the sequential ones (EndoSASRec, SplitSASRec) put the item tower
-under SASRec's encoder; SideProfile is their content-based floor."""
+loss (``feature_recommender``), the feature towers (``towers``), the losses (``losses``) and the
+decoupling terms (``decoupling``). The general recommenders share the two-tower frame; the
+sequential ones (EndoSASRec, SplitSASRec) put the item tower under SASRec's encoder; SideProfile
+is their content-based floor."""
 
 from recbole_endo.model.dice import DICE
 from recbole_endo.model.endo_decouple import EndoDecouple

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from recbole_endo.model.losses import fake_negative_mask, info_nce, orthogonal_component, truncated_cosine_loss
-from recbole_endo.model.options import choice_option, number_option, sizes_option
 from recbole_endo.model.towers import FIELD_GROUPS
+from recbole_endo.options import choice_option, number_option, sizes_option
 
 TERMS = ("stage1", "side_ssl", "atom_ssl")
 

@@ -16,7 +16,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 
-from recbole_endo.model.options import choice_option, number_option
+from recbole_endo.options import choice_option, number_option
 
 
 def distance_correlation(x, y):

@@ -17,8 +17,8 @@ import torch
 from recbole_endo.model.decoupling import DecouplingTerms
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 from recbole_endo.model.losses import batch_normalised
-from recbole_endo.model.options import number_option
 from recbole_endo.model.towers import EndoTower
+from recbole_endo.options import number_option
 
 
 class EndoDecouple(FeatureTowerRecommender):

@@ -6,8 +6,8 @@ import torch.nn as nn
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
-from recbole_endo.model.losses import LowerGradeSampler, batch_normalised, grade_labels, graded_bpr_loss
-from recbole_endo.model.options import check_raw_ratings, number_option, numbers_option
+from recbole_endo.data.interactions import grade_labels
+from recbole_endo.model.losses import LowerGradeSampler, batch_normalised, graded_bpr_loss
 from recbole_endo.model.towers import (
     ENTITIES,
     EvaluationCache,
@@ -16,6 +16,7 @@ from recbole_endo.model.towers import (
     initialise_towers,
     parse_endo_fields,
 )
+from recbole_endo.options import check_raw_ratings, number_option, numbers_option
 
 
 class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):

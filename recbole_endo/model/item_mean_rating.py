@@ -9,7 +9,7 @@ import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
-from recbole_endo.model.options import number_option
+from recbole_endo.options import number_option
 
 
 class ItemMeanRating(GeneralRecommender):

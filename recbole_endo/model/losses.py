@@ -55,13 +55,6 @@ def complementary_field_masks(rows, fields, device=None):
     return torch.stack([first, ~first])
 
 
-def grade_labels(ratings, thresholds):
-    """Graded relevance of observed interactions: 1 + the number of thresholds ``rating`` reaches
-    (the design: rating >= 3 → 2, else 1). Sampled negatives have grade 0."""
-    thresholds = torch.as_tensor(thresholds, dtype=ratings.dtype, device=ratings.device)
-    return 1 + (ratings.unsqueeze(-1) >= thresholds).sum(-1)
-
-
 def gain(grade):
     """The gain of a grade, :math:`2^g - 1` (a sampled negative, grade 0, gains 0)."""
     return torch.pow(2.0, grade.float()) - 1

@@ -25,7 +25,7 @@ from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_endo.model.options import check_raw_ratings, choice_option, number_option
+from recbole_endo.options import check_raw_ratings, choice_option, number_option
 
 RATING_LOSSES = ("squared", "bce")
 

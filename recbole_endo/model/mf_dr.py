@@ -16,7 +16,7 @@ import torch
 
 from recbole_endo.model.mf import BiasedMF
 from recbole_endo.model.mf_ips import MFIPS
-from recbole_endo.model.options import number_option
+from recbole_endo.options import number_option
 
 
 class MFDR(MFIPS):

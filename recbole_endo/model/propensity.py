@@ -38,7 +38,7 @@ from torch import nn
 
 from recbole_endo.data.uniform_slice import UNIFORM_PART, uniform_slice_path
 from recbole_endo.model.mf import rating_field
-from recbole_endo.model.options import check_raw_ratings, choice_option, number_option
+from recbole_endo.options import check_raw_ratings, choice_option, number_option
 
 PROPENSITIES = ("popularity", "file", "naive_bayes")
 

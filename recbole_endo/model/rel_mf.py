@@ -10,13 +10,13 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 
 from recbole_endo.model.mf import BiasedMF, rating_field
-from recbole_endo.model.options import check_raw_ratings, number_option
 from recbole_endo.model.propensity import (
     check_propensity_options,
     item_counts,
     propensity_from_config,
     relative_popularity_propensity,
 )
+from recbole_endo.options import check_raw_ratings, number_option
 
 
 class RelMF(GeneralRecommender):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureType, InputType, ModelType
 
-from recbole_endo.model.options import number_option
 from recbole_endo.model.towers import check_endo_fields, check_fields, parse_endo_fields
+from recbole_endo.options import number_option
 
 
 class SideProfile(SequentialRecommender):

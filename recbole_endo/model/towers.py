@@ -19,8 +19,9 @@ from recbole.model.init import xavier_normal_initialization
 from recbole.model.layers import MLPLayers
 from recbole.utils import FeatureSource, FeatureType
 
+from recbole_endo.data.interactions import trained_entities
 from recbole_endo.model.losses import complementary_field_masks, orthogonal_component
-from recbole_endo.model.options import number_option, sizes_option
+from recbole_endo.options import number_option, sizes_option
 
 ENTITIES = ("user", "item")
 FIELD_GROUPS = ("atom", "side")
@@ -127,20 +128,6 @@ def check_fields(dataset, entity, group, fields):
                 f"endo_fields.{entity}.{group} names field '{field}', which is loaded from "
                 f"'{dataset.field2source[field].value}' data, not from '{path}'"
             )
-
-
-def trained_entities(dataset, entity):
-    """Bool per internal id of ``entity``: it has an interaction in ``dataset`` (the training split).
-    In a sequential training split an item also trains as a step of the input sequences (a user's
-    first item is no row's target)."""
-    counter = dataset.user_counter if entity == "user" else dataset.item_counter
-    trained = torch.zeros(dataset.user_num if entity == "user" else dataset.item_num, dtype=torch.bool)
-    trained[list(counter)] = True
-    item_lists = getattr(dataset, "item_id_list_field", None)  # a RecBole SequentialDataset's
-    if entity == "item" and item_lists in dataset.inter_feat:
-        trained[dataset.inter_feat[item_lists].flatten()] = True
-        trained[0] = False  # the sequences' padding; RecBole's padding item was never trained
-    return trained
 
 
 class FeatureEmbedding(nn.Module):

@@ -1,4 +1,6 @@
-"""Reading the plugin models' options from a RecBole Config, with errors that name the option."""
+"""Reading options from a RecBole Config, with errors that name the option: shared by the run's
+option checks (``recbole_endo.config``), the models' ``check_config``, the evaluation protocols'
+options and the endo-synth generator's."""
 
 import numbers
 
