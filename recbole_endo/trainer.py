@@ -1,7 +1,8 @@
 """Trainers of the plugin's runs: :class:`PluginTrainerMixin` gives any RecBole trainer the
 plugin's checkpoints (safe, atomic, resumable, holding any model's ``other_parameter()`` state),
-and the plugin's models train with :class:`FeatureTowerTrainer`, found by model name (RecBole's
-``<Model>Trainer`` convention).
+and a model class chooses its trainer by its attributes (:func:`registered_trainer`): one that
+``reports_loss_components`` trains with :class:`FeatureTowerTrainer`, one with a ``trainer_type``
+with RecBole's trainer for that type.
 """
 
 import functools
@@ -9,7 +10,7 @@ import math
 
 import recbole.utils.utils
 import torch
-from recbole.trainer import PretrainTrainer, TraditionalTrainer, Trainer
+from recbole.trainer import PretrainTrainer, Trainer
 from recbole.utils import set_color
 
 from recbole_endo.compat.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
@@ -23,9 +24,7 @@ from recbole_endo.evaluation.protocols import (
     list_evaluation,
     validation_protocol,
 )
-from recbole_endo.model import MODELS
-from recbole_endo.model.feature_recommender import FeatureTowerRecommender
-from recbole_endo.model.split_sasrec import SplitSASRec
+from recbole_endo.registry import get_model
 
 _recbole_get_trainer = recbole.utils.utils.get_trainer
 
@@ -247,23 +246,16 @@ def check_finite(components, where):
             raise ValueError(f"loss component '{name}' is {value} {where}")
 
 
-# The feature-tower models log their loss components. SideProfile learns nothing but is sequential
-# (RecBole builds its sequences by type), so it gets the one-pass traditional trainer instead of
-# RecBole's choice for its type, which would run it until early stopping. The others
-# (ItemMeanRating) take RecBole's trainer for their type, with the plugin's checkpoints (plugin_trainer).
-TRAINERS = {
-    name: FeatureTowerTrainer
-    for name, model in MODELS.items()
-    if issubclass(model, (FeatureTowerRecommender, SplitSASRec))
-} | {"SideProfile": TraditionalTrainer}
-
-
 def registered_trainer(model_type, model_name):
-    """The trainer RecBole uses for ``model_name`` once the plugin is registered: the plugin's
-    for its models, else RecBole's own choice, unchanged."""
-    if model_name in TRAINERS:
-        return TRAINERS[model_name]
-    return _recbole_get_trainer(model_type, model_name)
+    """The trainer RecBole uses for ``model_name`` once the plugin is registered, as its class
+    asks: :class:`FeatureTowerTrainer` for a model that ``reports_loss_components`` (the feature
+    towers' and the SASRecs' on them), RecBole's choice for the model's ``trainer_type`` when it
+    declares one (SideProfile, sequential for its data, trains in one traditional pass), else
+    RecBole's own choice for ``model_type``, unchanged (RecBole's models, ItemMeanRating, ...)."""
+    model_class = get_model(model_name)
+    if getattr(model_class, "reports_loss_components", False):
+        return FeatureTowerTrainer
+    return _recbole_get_trainer(getattr(model_class, "trainer_type", model_type), model_name)
 
 
 def get_trainer(model_type, model_name):

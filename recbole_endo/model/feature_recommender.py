@@ -42,8 +42,10 @@ class FeatureTowerRecommender(EvaluationCache, GeneralRecommender):
 
     input_type = InputType.PAIRWISE
     SAMPLE_WEIGHTS = ("none", "ipw")
-    # The towers look features up by id: RecBole need not join them into batches (fast_path.py).
+    # The towers look features up by id: RecBole need not join them into batches (compat/feature_join.py).
     reads_joined_features = False
+    # calculate_loss leaves its components in loss_components: the trainer logs them (recbole_endo.trainer).
+    reports_loss_components = True
 
     @classmethod
     def check_config(cls, config):

@@ -23,14 +23,16 @@ class SideProfile(SequentialRecommender):
     fields are left out) and the sum of those vectors over the last ``profile_length`` items of
     the sequence (0: the whole sequence).
 
-    It needs no training (the plugin gives it RecBole's traditional trainer, one pass of a zero
-    loss; its type stays sequential so that RecBole builds the sequences). Nothing is learned
+    It needs no training (``trainer_type``: RecBole's traditional trainer, one pass of a zero
+    loss; its ``type`` stays sequential so that RecBole builds the sequences). Nothing is learned
     from ids, so a new item is scored as a trained one: the floor a sequential model must beat
     on new items with the same side fields. Items with the same side tokens tie.
     """
 
     input_type = InputType.POINTWISE
     type = ModelType.SEQUENTIAL
+    # RecBole picks a trainer by the model's type; sequential would train until early stopping.
+    trainer_type = ModelType.TRADITIONAL
     reads_joined_features = False
 
     @classmethod

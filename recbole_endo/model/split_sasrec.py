@@ -57,8 +57,10 @@ class SplitSASRec(EvaluationCache, SASRec):
     tower_class = SplitTower
     # BPR ranks each target against RecBole's sampled negative: config.sample_bpr_negatives sees to one.
     bpr_reads_sampled_negative = True
-    # The tower looks item features up by id: RecBole need not join them into batches (fast_path.py).
+    # The tower looks item features up by id: RecBole need not join them into batches (compat/feature_join.py).
     reads_joined_features = False
+    # calculate_loss leaves its components in loss_components: the trainer logs them (recbole_endo.trainer).
+    reports_loss_components = True
 
     @classmethod
     def check_config(cls, config):
