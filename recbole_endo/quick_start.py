@@ -22,22 +22,28 @@ from recbole_endo.compat.checkpoint import load_weights, read_checkpoint
 from recbole_endo.compat.feature_join import skip_feature_join
 from recbole_endo.compat.run_scope import FILE_ONLY, keep_file_only_records_off, plugin_run
 from recbole_endo.config import Config, check_options
-from recbole_endo.data.synth import prepare_dataset
+from recbole_endo.data.preparers import prepare_dataset
 from recbole_endo.data.uniform_slice import held_out_slice
 from recbole_endo.evaluation.protocols import check_evaluation_options, extra_evaluation, full_sort_per_user
 from recbole_endo.registry import get_model
 from recbole_endo.trainer import get_trainer
 
 
-def _build(config):
-    """Dataset, splits, model and trainer for ``config``, seeded as RecBole seeds them."""
+def build(config):
+    """Dataset, splits, model and trainer for ``config``, seeded as RecBole seeds them: what a run
+    trains and tests, built without training (the tuner, the benchmark and ``load_data_and_model``
+    build so too).
+
+    Returns:
+        tuple: (dataset, model, trainer, (train_data, valid_data, test_data))
+    """
     # Before the data loads. The runs below have checked before their log starts (_run_files);
     # the tuner and load_data_and_model build directly.
     check_options(config)
     init_seed(config["seed"], config["reproducibility"])
     if getattr(config, "tuned_file", None):
         getLogger().info(f"tuned options layered after the dataset file: {config.tuned_file} (tuned: False to run without)")
-    prepare_dataset(config)  # endo-synth is generated on first use; other datasets are left alone
+    prepare_dataset(config)  # a dataset with a preparer (endo-synth) is written when missing or stale
     dataset = create_dataset(config)
     check_evaluation_options(config, dataset)  # before training: a typo must not cost a run
     train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -222,7 +228,7 @@ def run_recbole_endo(
         logger = getLogger()
         logger.info(sys.argv)
         logger.info(config, extra=FILE_ONLY)
-        dataset, model, run.trainer, splits = _build(config)
+        dataset, model, run.trainer, splits = build(config)
         logger.info(dataset, extra=FILE_ONLY)
         logger.info(model, extra=FILE_ONLY)
         if resume_file:
@@ -246,7 +252,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     """The objective for RecBole's ``HyperTuning``: train, select on validation, report test."""
     config = Config(config_dict=config_dict, config_file_list=config_file_list)
     with _run_files(config) as run:
-        _, _, run.trainer, splits = _build(config)
+        _, _, run.trainer, splits = build(config)
         return _train_and_test(config, run.trainer, splits, saved, verbose=False)
 
 
@@ -261,6 +267,6 @@ def load_data_and_model(model_file):
     config = checkpoint["config"]
     init_logger(config)
     getLogger().info(config)
-    dataset, model, _, (train_data, valid_data, test_data) = _build(config)
+    dataset, model, _, (train_data, valid_data, test_data) = build(config)
     load_weights(model, checkpoint)
     return config, model, dataset, train_data, valid_data, test_data

@@ -16,13 +16,14 @@ from recbole_endo.model.dice import DICE, distance_correlation
 from recbole_endo.model.macr import MACR
 from recbole_endo.model.pda import PDA
 from recbole_endo.experiments.tune import default_params, read_search_space, search_space_file
-from recbole_endo.quick_start import _build, load_data_and_model, run_recbole_endo
+from recbole_endo.quick_start import build, load_data_and_model, run_recbole_endo
 from recbole_endo.trainer import get_trainer
 
 
-def build(name, tiny, **options):
+def built(name, tiny, **options):
+    """``(model, trainer, splits)`` of ``name`` on the tiny data with ``options``."""
     config = Config(model=name, **{**tiny, "config_dict": {**tiny["config_dict"], **options}})
-    _, model, trainer, splits = _build(config)
+    _, model, trainer, splits = build(config)
     return model, trainer, splits
 
 
@@ -75,7 +76,7 @@ def test_dice_splits_pairs_by_popularity_and_each_part_learns_its_cause(tiny):
     #   row 1: rare R over popular P, the negative more popular   -> O2: interest prefers R, conformity P
     #   row 2: two items of the same popularity, within the margin -> the click term only
     weights = {"interest_weight": 0.3, "conformity_weight": 0.7, "discrepancy_weight": 0.5}
-    model, _, splits = build("DICE", tiny, pop_margin=2, margin_decay=1.0, loss_decay=1.0, **weights)
+    model, _, splits = built("DICE", tiny, pop_margin=2, margin_decay=1.0, loss_decay=1.0, **weights)
     counts = training_counts(model, splits)
     popular, rare = max(counts, key=counts.get), min(counts, key=counts.get)
     assert counts[popular] - counts[rare] > 2
@@ -115,7 +116,7 @@ def test_dice_splits_pairs_by_popularity_and_each_part_learns_its_cause(tiny):
 
 
 def test_dice_margin_and_cause_weights_decay_per_training_epoch(tiny):
-    model, trainer, (train_data, valid_data, _) = build(
+    model, trainer, (train_data, valid_data, _) = built(
         "DICE", tiny, pop_margin=8, margin_decay=0.5, loss_decay=0.8, interest_weight=0.1, conformity_weight=0.2
     )
     assert model.schedule() == (8, 0.1, 0.2)
@@ -140,7 +141,7 @@ def elu_plus_one(x):
 
 
 def test_pda_trains_on_the_popularity_weighted_score_and_ranks_without_it(tiny):
-    model, _, splits = build("PDA", tiny, pop_exponent=0.5)
+    model, _, splits = built("PDA", tiny, pop_exponent=0.5)
     counts = training_counts(model, splits)
     top = max(counts.values())
     assert torch.allclose(model.stage_popularity[0, 1:], torch.tensor([counts[i] / top for i in range(1, model.n_items)]))
@@ -177,7 +178,7 @@ def stage_popularity_by_hand(model, splits, stages):
 
 
 def test_pda_local_popularity_weighs_each_interaction_by_its_stage_and_pda_ranks_by_the_last(tiny):
-    model, _, splits = build(
+    model, _, splits = built(
         "PDA", tiny, pop_exponent=0.5, popularity_stages=2, predict_method="PDA", adjust_exponent=0.3
     )
     stage_of, popularity = stage_popularity_by_hand(model, splits, 2)
@@ -223,8 +224,8 @@ def test_pda_refuses_stages_or_pda_inference_without_time(tiny, option, value):
         "item": ["item_id", "title", "class", "price"],
     }
     with pytest.raises(ValueError, match=rf"config option '{option}' is .*{value}.*no timestamp field 'timestamp'"):
-        build("PDA", tiny, **{option: value})
-    build("PDA", tiny)  # PD on the global training popularity needs no time
+        built("PDA", tiny, **{option: value})
+    built("PDA", tiny)  # PD on the global training popularity needs no time
 
 
 # --- MACR ---------------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def macr_branches(model, users, items):
 
 
 def test_macr_ranks_by_the_fused_score_minus_its_counterfactual_part(tiny):
-    model, _, _ = build("MACR", tiny, counterfactual_c=2.5)
+    model, _, _ = built("MACR", tiny, counterfactual_c=2.5)
     model.eval()
     users, items = [1, 1, 6], [2, 9, 9]
     with torch.no_grad():
@@ -256,7 +257,7 @@ def test_macr_ranks_by_the_fused_score_minus_its_counterfactual_part(tiny):
 
 @pytest.mark.parametrize("fusion_loss", ["bce", "bpr"])
 def test_macr_trains_the_fused_score_and_both_modules(tiny, fusion_loss):
-    model, _, _ = build("MACR", tiny, fusion_loss=fusion_loss, item_loss_weight=0.3, user_loss_weight=0.2)
+    model, _, _ = built("MACR", tiny, fusion_loss=fusion_loss, item_loss_weight=0.3, user_loss_weight=0.2)
     users, pos, neg = [3, 8], [1, 4], [7, 2]
     with torch.no_grad():
         for parameter in model.parameters():
@@ -297,7 +298,7 @@ VARIANTS = [
 
 @pytest.mark.parametrize("name, options", VARIANTS)
 def test_predict_agrees_with_full_sort_predict(tiny, name, options):
-    model, _, _ = build(name, tiny, **options)
+    model, _, _ = built(name, tiny, **options)
     model.eval()
     full, pointwise = full_and_pointwise_scores(model, torch.tensor([1, 5, 9]))
     assert full.shape == (3, model.n_items)
@@ -318,7 +319,7 @@ def test_predict_agrees_with_full_sort_predict(tiny, name, options):
 )
 def test_a_bad_option_fails_before_training_naming_it(tiny, name, option, value, message):
     with pytest.raises(ValueError, match=f"config option '{option}' {message}"):
-        build(name, tiny, **{option: value})
+        built(name, tiny, **{option: value})
 
 
 @pytest.mark.parametrize("name, options", [VARIANTS[0], VARIANTS[3], VARIANTS[4]])
@@ -357,7 +358,7 @@ def test_dice_resumed_run_continues_the_curriculum_and_ends_as_the_uninterrupted
             **tiny["config_dict"], "checkpoint_dir": f"{tiny['config_dict']['checkpoint_dir']}/{run}", "epochs": epochs,
             "margin_decay": 0.5, "loss_decay": 0.5, "pop_margin": 4,
         }
-        _, model, trainer, (train_data, valid_data, test_data) = _build(Config(model="DICE", **{**tiny, "config_dict": config_dict}))
+        _, model, trainer, (train_data, valid_data, test_data) = build(Config(model="DICE", **{**tiny, "config_dict": config_dict}))
         if resume_file:
             trainer.resume_checkpoint(resume_file)
         trainer.fit(train_data, valid_data)

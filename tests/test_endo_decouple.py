@@ -9,13 +9,13 @@ from recbole.data.interaction import Interaction
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from recbole_endo import Config, EndoDecouple
-from recbole_endo.quick_start import _build
+from recbole_endo.quick_start import build
 
 
 def fit(tiny, **options):
     tiny["config_dict"].update({"learning_rate": 0.01, **options})
     config = Config(model="EndoDecouple", **tiny)
-    _, model, trainer, (train_data, valid_data, _) = _build(config)
+    _, model, trainer, (train_data, valid_data, _) = build(config)
     trainer.fit(train_data, valid_data, saved=False)
     return model, trainer
 
@@ -65,7 +65,7 @@ def test_each_auxiliary_loss_can_be_switched_off(tiny, switch, absent):
 def test_atom_ssl_views_are_the_atom_part_orthogonal_to_the_side_or_the_atom_itself(tiny, orthogonalize):
     # No view dropout and an identity head: the views are what the atom SSL compares.
     tiny["config_dict"].update({"ssl_dropout": 0.0, "orthogonalize": orthogonalize})
-    _, model, _, _ = _build(Config(model="EndoDecouple", **tiny))
+    _, model, _, _ = build(Config(model="EndoDecouple", **tiny))
     tower = model.towers["item"].train()
     tower.heads["atom"] = torch.nn.Identity()
     ids = torch.tensor([1, 2, 3])
@@ -94,7 +94,7 @@ def test_field_views_train_and_views_of_one_row_know_complementary_fields(tiny):
 
 
 def test_dropout_views_drop_each_entry_at_the_rate_and_scale_the_kept_ones_as_dropout_does(tiny):
-    _, model, _, _ = _build(Config(model="EndoDecouple", **tiny))
+    _, model, _, _ = build(Config(model="EndoDecouple", **tiny))
     tower = model.towers["user"]
     tower.ssl_dropout = 0.25
     torch.manual_seed(0)
@@ -126,13 +126,13 @@ def test_side_orthogonal_ranking_scores_scale_times_side_plus_weighted_orthogona
 def test_unknown_rank_representation_is_refused_naming_the_option(tiny):
     tiny["config_dict"]["rank_representation"] = "atom"
     with pytest.raises(ValueError, match="'rank_representation' must be output or side_orthogonal"):
-        _build(Config(model="EndoDecouple", **tiny))
+        build(Config(model="EndoDecouple", **tiny))
 
 
 def test_unknown_ssl_views_are_refused_naming_the_option(tiny):
     tiny["config_dict"]["ssl_views"] = "masks"
     with pytest.raises(ValueError, match="'ssl_views' must be dropout or fields"):
-        _build(Config(model="EndoDecouple", **tiny))
+        build(Config(model="EndoDecouple", **tiny))
 
 
 @pytest.mark.parametrize("margin, inside", [(2.0, 1.0), (-1.0, 0.0)])
@@ -151,7 +151,7 @@ def test_sample_weights_reach_the_ranking_loss_as_the_documented_map_with_mean_o
     # the positive item; each divided by its batch mean.
     eta = {"ipw": ("ipw_eta", 1.0), "endo": ("endo_eta", 2.0)}[sample_weight]
     tiny["config_dict"].update({"sample_weight": sample_weight, eta[0]: eta[1]})
-    _, model, _, (train_data, _, _) = _build(Config(model="EndoDecouple", **tiny))
+    _, model, _, (train_data, _, _) = build(Config(model="EndoDecouple", **tiny))
     captured = {}
     ranking_loss = model.ranking_loss
 
@@ -178,7 +178,7 @@ def test_sample_weights_reach_the_ranking_loss_as_the_documented_map_with_mean_o
 def test_unknown_sample_weight_is_refused_naming_the_option(tiny):
     tiny["config_dict"]["sample_weight"] = "propensity"
     with pytest.raises(ValueError, match="'sample_weight'.*none, ipw, endo"):
-        _build(Config(model="EndoDecouple", **tiny))
+        build(Config(model="EndoDecouple", **tiny))
 
 
 @pytest.mark.parametrize(
@@ -199,12 +199,12 @@ def test_bad_yaml_values_are_refused_naming_the_option(tiny, tmp_path, line, mes
     bad_yaml.write_text(line + "\n")
     tiny["config_file_list"].append(str(bad_yaml))
     with pytest.raises(ValueError, match=message):
-        _build(Config(model="EndoDecouple", **tiny))
+        build(Config(model="EndoDecouple", **tiny))
 
 
 def test_non_finite_loss_component_stops_training_naming_it(tiny, monkeypatch):
     config = Config(model="EndoDecouple", **tiny)
-    _, model, trainer, (train_data, valid_data, _) = _build(config)
+    _, model, trainer, (train_data, valid_data, _) = build(config)
     calculate_loss = model.calculate_loss
 
     def diverging(interaction):
@@ -219,7 +219,7 @@ def test_non_finite_loss_component_stops_training_naming_it(tiny, monkeypatch):
 
 def test_side_ssl_sees_views_of_the_normalised_side_representation(tiny):
     """Scaling the side branch leaves s = norm(side branch), so the side SSL, unchanged."""
-    _, model, _, (train_data, _, _) = _build(Config(model="EndoDecouple", **tiny))
+    _, model, _, (train_data, _, _) = build(Config(model="EndoDecouple", **tiny))
     model.train()
     batch = next(iter(train_data))
 
@@ -239,9 +239,9 @@ def test_side_ssl_sees_views_of_the_normalised_side_representation(tiny):
 @pytest.mark.parametrize("dropout_prob", [0.0, 0.2])
 def test_with_every_decoupling_term_off_and_the_same_weights_it_computes_what_two_tower_split_does(tiny, dropout_prob):
     tiny["config_dict"].update({"dropout_prob": dropout_prob, "within_user_weight": 1.0})
-    _, split, _, (train_data, _, _) = _build(Config(model="TwoTowerSplit", **tiny))
+    _, split, _, (train_data, _, _) = build(Config(model="TwoTowerSplit", **tiny))
     off = {"stage1_weight": 0, "side_ssl_weight": 0, "atom_ssl_weight": 0}
-    _, endo, _, _ = _build(Config(model="EndoDecouple", **{**tiny, "config_dict": {**tiny["config_dict"], **off}}))
+    _, endo, _, _ = build(Config(model="EndoDecouple", **{**tiny, "config_dict": {**tiny["config_dict"], **off}}))
     missing, unexpected = endo.load_state_dict(split.state_dict(), strict=False)
     assert not unexpected and all(".heads." in key for key in missing)  # only the unused SSL heads
     batch = next(iter(train_data))
@@ -261,7 +261,7 @@ def test_fake_negatives_of_repeated_entities_and_equal_sides_are_masked_whatever
     romance); u1 and i1 come twice. Each SSL problem's InfoNCE must leave exactly those pairs
     out, as a hand computation over the captured views does."""
     tiny["config_dict"].update({"dropout_prob": dropout_prob, "ssl_views": ssl_views})
-    _, model, _, (train_data, _, _) = _build(Config(model="EndoDecouple", **tiny))
+    _, model, _, (train_data, _, _) = build(Config(model="EndoDecouple", **tiny))
     dataset = train_data._dataset
     users = torch.tensor([dataset.token2id("user_id", u) for u in ("u1", "u2", "u1", "u3", "u5", "u4")])
     items = torch.tensor([dataset.token2id("item_id", i) for i in ("i1", "i2", "i1", "i3", "i4", "i5")])
@@ -299,7 +299,7 @@ def test_fake_negatives_of_repeated_entities_and_equal_sides_are_masked_whatever
 @pytest.mark.parametrize("side_gradient", [True, False])
 def test_atom_ssl_reaches_the_side_branch_only_when_its_side_gradient_is_on(tiny, side_gradient):
     tiny["config_dict"]["atom_ssl_side_gradient"] = side_gradient
-    _, model, _, _ = _build(Config(model="EndoDecouple", **tiny))
+    _, model, _, _ = build(Config(model="EndoDecouple", **tiny))
     tower = model.towers["item"].train()
     _, terms = model.decoupling.tower_terms(tower, torch.arange(1, 9))
     # The atom SSL alone: the ranking loss and the other terms reach both branches anyway.
@@ -313,7 +313,7 @@ def test_atom_ssl_reaches_the_side_branch_only_when_its_side_gradient_is_on(tiny
 @pytest.mark.parametrize("shared", [False, True])
 def test_shared_projection_heads_are_one_module_whose_parameters_train_once(tiny, shared):
     tiny["config_dict"]["share_projection_heads"] = shared
-    _, model, _, _ = _build(Config(model="EndoDecouple", **tiny))
+    _, model, _, _ = build(Config(model="EndoDecouple", **tiny))
     heads = model.towers["item"].heads
     assert (heads["side"] is heads["atom"]) == shared
     # mlp_hidden_size [16, 8], projection 64: a head is Linear(8, 8) and Linear(8, 64)

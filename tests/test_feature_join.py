@@ -11,7 +11,7 @@ from recbole.model.sequential_recommender import DIN
 
 from recbole_endo import Config, EndoDecouple, TwoTowerConcat, TwoTowerSplit
 from recbole_endo.compat.feature_join import reads_joined_features, without_features
-from recbole_endo.quick_start import _build, run_recbole_endo
+from recbole_endo.quick_start import build, run_recbole_endo
 
 FEATURES = ("age", "gender", "favourite", "title", "class", "price")
 
@@ -20,9 +20,9 @@ class GeneralWithFeatures(BPR):
     """A user's own general model: it might read joined features, so it keeps the join."""
 
 
-def build(tiny, model, **options):
+def built(tiny, model, **options):
     tiny["config_dict"].update(options)
-    return _build(Config(model=model, **tiny))
+    return build(Config(model=model, **tiny))
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_only_models_that_read_features_by_id_skip_the_join(model_class, reads):
 
 @pytest.mark.parametrize("model", ["TwoTowerSplit", "BPR"])
 def test_batches_carry_no_feature_columns_under_auto_and_all_of_them_under_true(tiny, model):
-    _, _, _, (train_data, valid_data, test_data) = build(tiny, model)
+    _, _, _, (train_data, valid_data, test_data) = built(tiny, model)
     batch = next(iter(train_data))
     assert {"user_id", "item_id", "neg_item_id", "rating"} <= set(batch.columns)
     assert not {*FEATURES, "neg_title"} & set(batch.columns)
@@ -52,7 +52,7 @@ def test_batches_carry_no_feature_columns_under_auto_and_all_of_them_under_true(
     assert list(users.columns) == ["user_id"]
     assert all(data._dataset.join is without_features for data in (train_data, valid_data, test_data))
 
-    _, _, _, (train_data, _, test_data) = build(tiny, model, join_features=True)
+    _, _, _, (train_data, _, test_data) = built(tiny, model, join_features=True)
     batch = next(iter(train_data))
     assert {*FEATURES, "neg_title", "neg_price"} <= set(batch.columns)
     users, *_ = next(iter(test_data))
@@ -83,11 +83,11 @@ def test_same_seed_gives_identical_results_with_and_without_the_join(tiny, model
 @pytest.mark.parametrize("value", [False, "sometimes", 1])
 def test_bad_join_features_is_refused_naming_the_option(tiny, value):
     with pytest.raises(ValueError, match="'join_features' must be auto or true"):
-        build(tiny, "BPR", join_features=value)
+        built(tiny, "BPR", join_features=value)
 
 
 def test_user_and_item_towers_are_cached_for_one_evaluation_only(tiny):
-    _, model, _, _ = build(tiny, "TwoTowerSplit")
+    _, model, _, _ = built(tiny, "TwoTowerSplit")
     users = torch.tensor([1, 2, 3])
     model.eval()
     with torch.no_grad():
@@ -105,7 +105,7 @@ def test_user_and_item_towers_are_cached_for_one_evaluation_only(tiny):
 
 
 def test_loss_components_are_kept_as_tensors_and_logged_as_epoch_means(tiny, monkeypatch):
-    _, model, trainer, (train_data, _, _) = build(tiny, "EndoDecouple")
+    _, model, trainer, (train_data, _, _) = built(tiny, "EndoDecouple")
     calculate_loss = model.calculate_loss
     reported = []
 
@@ -138,7 +138,7 @@ def test_loss_components_are_kept_as_tensors_and_logged_as_epoch_means(tiny, mon
 
 
 def test_a_non_finite_loss_names_its_component_and_batch(tiny, monkeypatch):
-    _, model, trainer, (train_data, _, _) = build(tiny, "TwoTowerSplit")
+    _, model, trainer, (train_data, _, _) = built(tiny, "TwoTowerSplit")
     calculate_loss = model.calculate_loss
     calls = []
 
@@ -177,7 +177,7 @@ def gradients(model):
 
 @pytest.mark.parametrize("name", ["TwoTowerSplit", "TwoTowerConcat", "EndoDecouple"])
 def test_towers_run_once_per_distinct_id_with_the_loss_and_gradients_of_every_row_run_alone(tiny, name):
-    _, model, _, (train_data, _, _) = build(tiny, name)
+    _, model, _, (train_data, _, _) = built(tiny, name)
     batch = next(iter(train_data))
     items = torch.cat([batch["item_id"], batch["neg_item_id"]])
     assert len(items.unique()) < len(items)  # the batch repeats items: there is something to share
@@ -228,7 +228,7 @@ def test_towers_with_dropout_run_once_per_distinct_id_its_rows_sharing_one_mask(
     dropout mask (each row's loss keeps its distribution). The item tower sees each distinct item
     once, two rows of one item are equal, and the output differs from the eval-mode one: the
     mask is there."""
-    _, model, _, (train_data, _, _) = build(tiny, "TwoTowerSplit", dropout_prob=0.5)
+    _, model, _, (train_data, _, _) = built(tiny, "TwoTowerSplit", dropout_prob=0.5)
     batch = next(iter(train_data))
     items = torch.cat([batch["item_id"], batch["neg_item_id"]])
     assert len(items.unique()) < len(items)

@@ -6,7 +6,7 @@ import torch
 
 from recbole_endo import Config
 from recbole_endo.files import open_replacing
-from recbole_endo.quick_start import _build
+from recbole_endo.quick_start import build
 
 
 def test_failure_while_writing_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
@@ -31,7 +31,7 @@ def test_file_is_created_as_open_creates_it(tmp_path):
 
 
 def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tiny, monkeypatch):
-    _, _, trainer, _ = _build(Config(model="BPR", **tiny))
+    _, _, trainer, _ = build(Config(model="BPR", **tiny))
     trainer._save_checkpoint(0)
     with open(trainer.saved_model_file, "rb") as file:
         previous = file.read()

@@ -11,7 +11,7 @@ import recbole.data
 from recbole.utils import init_seed
 
 import recbole_endo
-from recbole_endo.quick_start import _build, run_recbole_endo
+from recbole_endo.quick_start import build, run_recbole_endo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = os.path.join(ROOT, "properties", "protocols", "ml-1m-recbole-gnn.yaml")
@@ -89,7 +89,7 @@ def test_ml_1m_runs_endo_decouple_on_recbole_s_fields(tmp_path):
     data_path = write_movielens(tmp_path / "data", "ml-1m")
     config = recbole_endo.Config(model="EndoDecouple", dataset="ml-1m", config_dict=small_run(data_path, tmp_path))
     assert config["normalize_all"] is False and config["grade_thresholds"] == [3]
-    _, model, trainer, (train_data, valid_data, test_data) = _build(config)
+    _, model, trainer, (train_data, valid_data, test_data) = build(config)
     assert model.endo_fields == {
         "user": {"atom": ["user_id", "zip_code"], "side": ["age", "gender", "occupation"]},
         "item": {"atom": ["item_id", "movie_title"], "side": ["release_year", "genre"]},
@@ -113,7 +113,7 @@ def test_ml_10m_and_20m_read_either_spelling_of_the_item_file(tmp_path, dataset,
     data_path = write_movielens(tmp_path / "data", dataset, header)
     config = recbole_endo.Config(model="EndoDecouple", dataset=dataset, config_dict=small_run(data_path, tmp_path))
     assert config["normalize_all"] is False and config["grade_thresholds"] == [3]
-    loaded, model, trainer, (train_data, valid_data, _) = _build(config)
+    loaded, model, trainer, (train_data, valid_data, _) = build(config)
     # Derived from the loaded spelling: 16 titles for 16 movies (atom); 3 years, 4 genre lists (side).
     # A genre column named type is not loaded (see the next test): release year is the side then.
     side = ["release_year", genres] if genres == "genre" else ["release_year"]
@@ -134,7 +134,7 @@ def test_ml_10m_and_20m_read_either_spelling_of_the_item_file(tmp_path, dataset,
 def test_a_genre_field_named_type_cannot_be_embedded(tmp_path):
     data_path = write_movielens(tmp_path / "data", "ml-20m", ITEM_SPELLINGS["movie_name/type"])
     options = small_run(data_path, tmp_path, load_col={"inter": ["user_id", "item_id", "rating"], "item": ["item_id", "type"]})
-    _build(recbole_endo.Config(model="EndoDecouple", dataset="ml-20m", config_dict=options))
+    build(recbole_endo.Config(model="EndoDecouple", dataset="ml-20m", config_dict=options))
 
 
 def recbole_gnn_config(data_path):

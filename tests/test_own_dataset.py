@@ -14,7 +14,7 @@ from recbole_endo import Config
 from recbole_endo.model import MODELS
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 from recbole_endo.model.towers import FeatureEmbedding, derive_endo_fields
-from recbole_endo.quick_start import _build, run_recbole_endo
+from recbole_endo.quick_start import build, run_recbole_endo
 
 # RecBole's own model-test style: its atomic files, every float normalised, no plugin option.
 RECBOLE_STYLE_YAML = """\
@@ -79,7 +79,7 @@ def without_item_file(tmp_path):
 
 def test_without_an_item_file_endo_decouple_runs_its_item_tower_undecoupled(without_item_file, caplog):
     with caplog.at_level(logging.WARNING):
-        _, model, trainer, (train_data, valid_data, _) = _build(Config(model="EndoDecouple", **without_item_file))
+        _, model, trainer, (train_data, valid_data, _) = build(Config(model="EndoDecouple", **without_item_file))
         trainer.fit(train_data, valid_data, saved=False)
     assert model.endo_fields["item"] == {"atom": ["item_id"], "side": []}
     assert not model.towers["item"].decoupled and model.towers["user"].decoupled
@@ -97,7 +97,7 @@ def test_endo_weight_without_item_side_fields_is_refused_before_training(without
 
 @pytest.mark.parametrize("name", ["TwoTowerConcat", "TwoTowerSplit"])
 def test_without_an_item_file_the_two_towers_run_with_an_id_item_tower(name, without_item_file):
-    _, model, trainer, (train_data, valid_data, test_data) = _build(Config(model=name, **without_item_file))
+    _, model, trainer, (train_data, valid_data, test_data) = build(Config(model=name, **without_item_file))
     assert model.endo_fields["item"] == {"atom": ["item_id"], "side": []}
     tower = model.towers["item"]
     (embedding,) = [module for module in tower.modules() if isinstance(module, FeatureEmbedding)]

@@ -7,7 +7,7 @@ import torch
 
 from conftest import DATA_DIR, TINY_YAML
 from recbole_endo import Config
-from recbole_endo.quick_start import _build, run_recbole_endo
+from recbole_endo.quick_start import build, run_recbole_endo
 
 SCRIPT = os.path.join(os.path.dirname(DATA_DIR), "..", "run_recbole_endo.py")
 # Options under which every random stream matters: TwoTowerSplit's tiny default has no dropout.
@@ -26,7 +26,7 @@ def options(tiny, run, **extra):
 
 
 def built(tiny, model, run, **extra):
-    _, _, trainer, splits = _build(Config(model=model, **options(tiny, run, **OPTIONS.get(model, {}), **extra)))
+    _, _, trainer, splits = build(Config(model=model, **options(tiny, run, **OPTIONS.get(model, {}), **extra)))
     return trainer, splits
 
 

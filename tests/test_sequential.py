@@ -11,7 +11,7 @@ from recbole.data.interaction import Interaction
 from recbole_endo import Config, EndoSASRec, SplitSASRec, get_trainer
 from recbole_endo.data.cold_start import write_sequential_cold_item_split
 from recbole_endo.data.interactions import trained_entities
-from recbole_endo.quick_start import _build, load_data_and_model, run_recbole_endo
+from recbole_endo.quick_start import build, load_data_and_model, run_recbole_endo
 
 from conftest import DATA_DIR
 
@@ -29,7 +29,7 @@ def seq_tiny(tiny):
 
 def built(name, seq_tiny, **options):
     seq_tiny["config_dict"].update(options)
-    dataset, model, trainer, splits = _build(Config(model=name, **seq_tiny))
+    dataset, model, trainer, splits = build(Config(model=name, **seq_tiny))
     return model, trainer, splits
 
 

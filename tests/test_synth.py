@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 import recbole_endo
-from recbole_endo.data import synth
+from recbole_endo.data import preparers, synth
 from recbole_endo.quick_start import run_recbole_endo
 from recbole_endo.data.synth import (
     DEFAULT_OPTIONS,
@@ -199,10 +199,13 @@ def test_prepare_generates_once_and_again_when_options_change(tmp_path, monkeypa
     assert sorted(os.listdir(tmp_path / "data")) == ["endo-synth"]  # no temporary folder left
 
 
-def test_prepare_leaves_other_datasets_alone(tmp_path):
+def test_a_run_prepares_endo_synth_and_leaves_other_datasets_alone(tmp_path):
+    assert preparers.DATASET_PREPARERS == {"endo-synth": prepare_dataset}
     config = recbole_endo.Config(model="BPR", dataset="tiny", config_dict={"data_path": str(tmp_path / "data")})
-    prepare_dataset(config)
+    preparers.prepare_dataset(config)
     assert not (tmp_path / "data").exists()
+    preparers.prepare_dataset(synth_config(tmp_path))
+    assert sorted(os.listdir(tmp_path / "data" / "endo-synth")) == FILES
 
 
 def test_prepare_leaves_a_split_made_from_endo_synth_alone(tmp_path):

@@ -209,9 +209,9 @@ def test_atom_dropout_outside_0_1_or_beside_the_id_path_is_refused(tiny, options
 
 @pytest.mark.parametrize("name", ["TwoTowerConcat", "EndoDecouple"])
 def test_padding_rows_embed_as_zeros_after_initialisation_and_training(name, tiny):
-    from recbole_endo.quick_start import _build
+    from recbole_endo.quick_start import build
 
-    _, model, trainer, (train_data, valid_data, _) = _build(Config(model=name, **tiny))
+    _, model, trainer, (train_data, valid_data, _) = build(Config(model=name, **tiny))
     padded = [module for module in model.modules() if isinstance(module, torch.nn.Embedding) and module.padding_idx == 0]
     assert len(padded) == 7  # user_id, age, gender, favourite; item_id, title, class
     assert all(not module.weight[0].any() for module in padded)

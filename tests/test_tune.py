@@ -69,7 +69,7 @@ def test_a_new_study_first_runs_the_models_defaults(tiny, tmp_path):
 
 
 def test_the_test_split_is_never_evaluated_during_a_search(tiny, tmp_path, monkeypatch):
-    build, built, evaluated = tune_module._build, {}, []
+    build, built, evaluated = tune_module.build, {}, []
 
     def watched_build(config):
         dataset, model, trainer, splits = build(config)
@@ -82,7 +82,7 @@ def test_the_test_split_is_never_evaluated_during_a_search(tiny, tmp_path, monke
         trainer.evaluate = recorded
         return dataset, model, trainer, splits
 
-    monkeypatch.setattr(tune_module, "_build", watched_build)
+    monkeypatch.setattr(tune_module, "build", watched_build)
     tiny_search(tiny, tmp_path, trials=1)
     _, valid_data, _ = built["splits"]
     assert len(evaluated) == 2 and all(data is valid_data for data in evaluated)  # one validation per epoch
@@ -102,7 +102,7 @@ def test_tuned_files_are_layered_after_the_dataset_file_unless_tuned_is_false(ti
     assert mine["learning_rate"] == 0.05  # an option given by the user wins over the tuned one
     assert Config(model="TwoTowerConcat", **tiny).tuned_file is None  # another model's file is not read
     caplog.set_level(logging.INFO)
-    quick_start._build(config)
+    quick_start.build(config)
     assert f"tuned options layered after the dataset file: {tuned}" in caplog.text
 
 

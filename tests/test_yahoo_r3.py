@@ -166,14 +166,14 @@ def test_recbole_loads_the_benchmark_with_the_dataset_file(converted, tmp_path):
 
 def test_endo_decouple_decouples_the_user_tower_and_reads_songs_by_id(converted, tmp_path, caplog):
     from recbole_endo.model.towers import FeatureEmbedding
-    from recbole_endo.quick_start import _build
+    from recbole_endo.quick_start import build
 
     options = {
         "data_path": str(tmp_path / "out"), "checkpoint_dir": str(tmp_path / "saved"), "state": "ERROR",
         "epochs": 1, "train_batch_size": 8, "embedding_size": 4, "mlp_hidden_size": [8, 4],
         "topk": [5], "valid_metric": "exposed:gndcg",  # 8 songs: RecBole's full ranking cannot cut at 10
     }
-    _, model, trainer, (train_data, valid_data, test_data) = _build(
+    _, model, trainer, (train_data, valid_data, test_data) = build(
         recbole_endo.Config(model="EndoDecouple", dataset="yahoo-r3", config_dict=options))
     assert model.endo_fields == {"user": {"atom": ["user_id"], "side": SURVEY_FIELDS}, "item": {"atom": ["item_id"], "side": []}}
     assert model.towers["user"].decoupled and not model.towers["item"].decoupled
@@ -210,7 +210,7 @@ def test_without_the_survey_file_it_is_named_unless_left_out_on_purpose(tmp_path
 
 def test_without_the_survey_endo_decouple_runs_with_id_towers(tmp_path):
     """docs/protocols.md: without the answers, endo_fields names the ids alone (the file's user fields do not exist)."""
-    from recbole_endo.quick_start import _build
+    from recbole_endo.quick_start import build
 
     convert_yahoo_r3(make_raw(tmp_path / "raw", survey=None), str(tmp_path / "out"), survey=False)
     options = {
@@ -219,9 +219,9 @@ def test_without_the_survey_endo_decouple_runs_with_id_towers(tmp_path):
     }
     config = recbole_endo.Config(model="EndoDecouple", dataset="yahoo-r3", config_dict=options)
     with pytest.raises(ValueError, match="endo_fields.user.side names field 'rating_habit'"):
-        _build(config)
+        build(config)
     options["endo_fields"] = {"user": {"atom": ["user_id"]}, "item": {"atom": ["item_id"]}}
-    _, model, trainer, (train_data, valid_data, _) = _build(
+    _, model, trainer, (train_data, valid_data, _) = build(
         recbole_endo.Config(model="EndoDecouple", dataset="yahoo-r3", config_dict=options))
     assert not model.towers["user"].decoupled and not model.towers["item"].decoupled
     trainer.fit(train_data, valid_data, saved=False)

@@ -339,12 +339,13 @@ def is_up_to_date(folder, dataset_name, options):
 
 def prepare_dataset(config):
     """Generate ``endo-synth`` into ``config["data_path"]`` from the ``synth_*`` options when it is
-    missing or was generated with other options; any other dataset, and endo-synth read through
-    other benchmark files (a split made from it, such as a cold-start split), is left alone.
+    missing or was generated with other options; endo-synth read through other benchmark files (a
+    split made from it, such as a cold-start split) is left alone. A run calls it for endo-synth
+    only (:data:`recbole_endo.data.preparers.DATASET_PREPARERS`).
 
     RecBole has already joined ``data_path`` and the dataset name, so the folder is the data path.
     """
-    if config["dataset"] != SYNTH_DATASET or config["benchmark_filename"] != list(SPLIT_PARTS):
+    if config["benchmark_filename"] != list(SPLIT_PARTS):
         return
     options = check_options({name: config[key] for name, key in CONFIG_KEYS.items() if config[key] is not None})
     folder = os.path.normpath(config["data_path"])

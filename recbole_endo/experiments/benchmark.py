@@ -10,7 +10,7 @@ dataset, ``EndoDecouple[ssl_batch_size=128]`` with that option.
 
 Each (dataset, model) runs in a fresh Python process, one at a time, so its peak memory is its
 own and no run inherits another's caches. The process builds the dataset, splits and model as a
-normal run does (``quick_start._build``: the same config layering, seed and fast paths), then
+normal run does (``quick_start.build``: the same config layering, seed and fast paths), then
 times ``--epochs_measured`` training epochs after one warm-up epoch (``Trainer._train_epoch``,
 as the quick start times epochs; the table gives their median) and one full-sort evaluation of
 the test split (``Trainer.evaluate``, the item and user towers computed inside it). Peak memory
@@ -108,11 +108,11 @@ def measure(
 
     torch.set_num_threads(threads)
     from recbole_endo.config import Config
-    from recbole_endo.quick_start import _build
+    from recbole_endo.quick_start import build
 
     start = time.perf_counter()
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
-    _, _, trainer, (train_data, _, test_data) = _build(config)
+    _, _, trainer, (train_data, _, test_data) = build(config)
     build_s = time.perf_counter() - start
     cuda = config["device"].type == "cuda"
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
@@ -214,11 +214,13 @@ def dataset_cases(datasets, config_dict, synth_interactions=()):
 
 
 def prepare(dataset, model, config_file_list, config_dict):
-    """Generate endo-synth (when it is missing or stale) here, before any timed process."""
-    if dataset != SYNTH_DATASET:
+    """Write a dataset that a run writes before loading it (endo-synth, when it is missing or
+    stale) here, before any timed process."""
+    from recbole_endo.data.preparers import DATASET_PREPARERS, prepare_dataset
+
+    if dataset not in DATASET_PREPARERS:
         return
     from recbole_endo.config import Config
-    from recbole_endo.data.synth import prepare_dataset
 
     prepare_dataset(Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict))
 

@@ -65,7 +65,7 @@ from recbole_endo.compat.run_scope import plugin_run
 from recbole_endo.config import Config, options_from_args, properties_folder, tuned_file
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.files import open_replacing
-from recbole_endo.quick_start import _build
+from recbole_endo.quick_start import build
 
 # The pruner waits for this many finished trials, and each trial for this many validations.
 PRUNER_STARTUP_TRIALS = 5
@@ -159,7 +159,7 @@ def train_on_validation(trial, model, dataset, config_file_list, config_dict, pa
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=options)
     with plugin_run():
         init_logger(config)
-        _, _, trainer, (train_data, valid_data, _) = _build(config)
+        _, _, trainer, (train_data, valid_data, _) = build(config)
         valid_epoch = trainer._valid_epoch
         validations = []
 
