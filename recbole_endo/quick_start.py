@@ -160,6 +160,8 @@ def _progress(trainer, train_seconds, valid_seconds):
 
 
 def _train_and_test(config, trainer, splits, saved, verbose=True):
+    """Train ``trainer`` on ``splits`` (:func:`build`'s), test it and time both: the result that
+    :func:`run_recbole_endo` returns, less ``log_file``."""
     train_data, valid_data, test_data = splits
     # Timed on the instance, so every trainer (RecBole's too) is measured the same way.
     train_seconds, valid_seconds = [], []
@@ -221,7 +223,12 @@ def run_recbole_endo(
             This run's learning_rate and weight_decay may differ from the checkpoint's: it trains with its own.
 
     Returns:
-        dict: best validation score and result, test result, epochs run, fit seconds, checkpoint.
+        dict: RecBole's keys (``model``, ``best_valid_score``, ``valid_score_bigger``,
+        ``best_valid_result``, ``test_result``), and ``valid_metric``, ``epochs``, ``best_epoch``,
+        the seconds (``fit_seconds``, ``train_s_per_epoch``, ``valid_s_per_eval``,
+        ``test_eval_s``), ``checkpoint``, ``tuned_file``, ``uniform_slice``, ``per_user`` and
+        ``log_file`` (:func:`_train_and_test`). A dict, as RecBole's ``run_recbole`` and
+        ``objective_function`` return: RecBole's ``HyperTuning`` reads these keys.
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     with _run_files(config, resume_file) as run:

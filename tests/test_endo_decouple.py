@@ -281,11 +281,15 @@ def test_fake_negatives_of_repeated_entities_and_equal_sides_are_masked_whatever
     model.calculate_loss(batch)
     repeated = {(0, 2), (2, 0)}
     same_user_side = {(i, j) for group in ((0, 1, 2), (3, 4)) for i in group for j in group if i != j}
-    fake = {"user_side_ssl": same_user_side, "user_atom_ssl": repeated, "item_side_ssl": repeated, "item_atom_ssl": repeated}
+    fake = {
+        ("user", "side_ssl"): same_user_side, ("user", "atom_ssl"): repeated,
+        ("item", "side_ssl"): repeated, ("item", "atom_ssl"): repeated,
+    }
     temperature = model.decoupling.temperature
-    for name, pairs in fake.items():
+    for (entity, term), pairs in fake.items():
+        name = f"{entity}_{term}"
         assert model.loss_components[f"{name}_fake_share"].item() == pytest.approx(len(pairs) / 30)
-        views = F.normalize(captured[name].views.detach(), dim=-1).tolist()
+        views = F.normalize(captured[entity, term].views.detach(), dim=-1).tolist()
         anchors, positives = views
         cos = lambda x, y: sum(p * q for p, q in zip(x, y))  # noqa: E731 (unit vectors)
         losses = []
@@ -303,7 +307,7 @@ def test_atom_ssl_reaches_the_side_branch_only_when_its_side_gradient_is_on(tiny
     tower = model.towers["item"].train()
     _, terms = model.decoupling.tower_terms(tower, torch.arange(1, 9))
     # The atom SSL alone: the ranking loss and the other terms reach both branches anyway.
-    loss = model.decoupling.ssl_losses({"item_atom_ssl": terms.problems["atom_ssl"]})[0]["item_atom_ssl"]
+    loss = model.decoupling.ssl_losses({("item", "atom_ssl"): terms.problems["atom_ssl"]})[0]["item", "atom_ssl"]
     side, atom = (list(tower.mlps[group].parameters()) for group in ("side", "atom"))
     gradients = torch.autograd.grad(loss, side + atom, allow_unused=True)
     reached = [any(g is not None and g.abs().sum() > 0 for g in part) for part in (gradients[: len(side)], gradients[len(side):])]

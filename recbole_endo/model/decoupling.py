@@ -114,8 +114,8 @@ class DecouplingTerms:
         return tower.combine(ids, branches), TowerTerms(losses, problems, cos)
 
     def ssl_losses(self, problems):
-        """``({name: InfoNCE}, {name: share of fake negatives})`` of every SSL problem, solved as
-        one batch (they all have the same rows and sizes). The share counts the off-diagonal
+        """``({key: InfoNCE}, {key: share of fake negatives})`` of every SSL problem of
+        ``problems`` (``{key: SSLProblem}``), solved as one batch (they all have the same rows and sizes). The share counts the off-diagonal
         entries that :func:`fake_negative_mask` marks, masked out or not (``mask_fake_negatives``),
         so the diagnostic says how many negatives were fake either way."""
         if not problems:
@@ -133,19 +133,20 @@ class DecouplingTerms:
         decoupled is left out), and the detached components a trainer logs: each loss, each SSL
         problem's share of fake negatives, and per tower the mean and minimum cos(a, s) and the
         share of rows inside the stage-1 margin."""
+        # Keyed by (entity, term): the term gives the weight, both name the logged component.
         losses, problems = {}, {}
         for entity, tower_terms in terms.items():
-            losses |= {f"{entity}_{name}": loss for name, loss in tower_terms.losses.items()}
-            problems |= {f"{entity}_{name}": problem for name, problem in tower_terms.problems.items()}
+            losses |= {(entity, term): loss for term, loss in tower_terms.losses.items()}
+            problems |= {(entity, term): problem for term, problem in tower_terms.problems.items()}
         ssl_losses, fake_shares = self.ssl_losses(problems)
         losses |= ssl_losses
         total = rank
         # Detached tensors, not floats: .item() would wait for the device once per component.
         components = {"rank": rank.detach()}
-        for name, loss in losses.items():
-            total = total + self.weights[name.split("_", 1)[1]] * loss
-            components[name] = loss.detach()
-        components |= {f"{name}_fake_share": share for name, share in fake_shares.items()}
+        for (entity, term), loss in losses.items():
+            total = total + self.weights[term] * loss
+            components[f"{entity}_{term}"] = loss.detach()
+        components |= {f"{entity}_{term}_fake_share": share for (entity, term), share in fake_shares.items()}
         for entity, tower_terms in terms.items():
             cos = tower_terms.cos.detach()
             components[f"{entity}_cos_mean"] = cos.mean()
