@@ -15,7 +15,6 @@ torch's safe loader (``weights_only=True``); RecBole's own Config is left as it 
 import numbers
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,10 @@ from recbole_endo.registry import get_model
 
 
 def properties_folder():
-    """The plugin's ``properties`` folder: in a source checkout the one beside the imported package,
-    else the copy installed as ``recbole_endo.properties``."""
-    # An editable install maps recbole_endo.properties to the checkout it was installed from, so a
-    # second checkout (a git worktree running a table at another commit) would read the first's.
-    beside_package = Path(__file__).resolve().parent.parent / "properties"
-    if (beside_package / "overall.yaml").is_file():
-        return beside_package
-    return resources.files("recbole_endo.properties")
+    """The plugin's ``properties`` folder, inside the package (as RecBole's ``recbole/properties``):
+    the imported package's own, so a second checkout (a git worktree at another commit) reads its
+    own files, whichever checkout an editable install points at."""
+    return Path(__file__).resolve().parent / "properties"
 
 
 def default_tuned_folder(dataset):
@@ -76,7 +71,7 @@ def layer_plugin_properties(config, model, model_class, dataset):
             raise ValueError(
                 f"config option 'tuned' names the folder {tuned!r}, which does not exist: give the folder "
                 "python -m recbole_endo.experiments.tune wrote (<output_dir>/tuned, or its --tuned_dir), or true "
-                "(properties/tuned/<dataset>/) or false"
+                "(recbole_endo/properties/tuned/<dataset>/) or false"
             )
     elif not isinstance(tuned, bool):
         raise ValueError(f"config option 'tuned' must be true, false or a folder of tuned files, got {tuned!r}")

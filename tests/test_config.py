@@ -107,16 +107,17 @@ def test_progress_bars_show_in_a_terminal_only_unless_set(tiny, monkeypatch):
 
 
 def test_a_second_checkout_reads_its_own_properties(tmp_path):
-    # A copy of the package and its properties stands in for a git worktree: an editable install
-    # points recbole_endo.properties at the first checkout, whose defaults the copy must not read.
+    # A copy of the package, its properties inside, stands in for a git worktree: an editable
+    # install points recbole_endo at the first checkout, whose defaults the copy must not read.
     checkout = Path(__file__).resolve().parents[1]
     shutil.copytree(checkout / "recbole_endo", tmp_path / "recbole_endo", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(checkout / "properties", tmp_path / "properties")
     script = "import recbole_endo.config as c; print(c.properties_folder()); print(c.tuned_file('BPR', 'ml-100k'))"
     lines = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    assert lines == [str(tmp_path / "properties"), str(tmp_path / "properties" / "tuned" / "ml-100k" / "BPR.yaml")]
+    properties = tmp_path / "recbole_endo" / "properties"
+    assert lines == [str(properties), str(properties / "tuned" / "ml-100k" / "BPR.yaml")]
+    assert (properties / "overall.yaml").is_file()
 
 
 def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tiny, tmp_path):

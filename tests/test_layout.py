@@ -146,7 +146,7 @@ def test_each_compat_module_names_the_recbole_behaviour_it_changes():
 def test_the_run_path_names_no_dataset():
     """Datasets are prepared through recbole_endo.data.preparers; RecBole's own special case of
     ml-100k is fixed in recbole_endo.compat.config."""
-    datasets = {file[: -len(".yaml")] for file in os.listdir(os.path.join(ROOT, "properties", "dataset"))}
+    datasets = {file[: -len(".yaml")] for file in os.listdir(os.path.join(ROOT, "recbole_endo", "properties", "dataset"))}
     for name in ("recbole_endo.quick_start", "recbole_endo.config", "recbole_endo.trainer", "recbole_endo.registry"):
         named = {node.value for node in ast.walk(MODULES[name]) if isinstance(node, ast.Constant)} & datasets
         assert not named, (name, named)

@@ -1,4 +1,4 @@
-"""properties/dataset/ml-1m.yaml, ml-10m.yaml, ml-20m.yaml and the RecBole-GNN ml-1m protocol file,
+"""recbole_endo/properties/dataset/ml-1m.yaml, ml-10m.yaml, ml-20m.yaml and the RecBole-GNN ml-1m protocol file,
 on small atomic files with the headers of RecBole's own files of those sets, written here (MovieLens'
 licence forbids redistributing the data, and these machines cannot download it)."""
 
@@ -14,7 +14,7 @@ import recbole_endo
 from recbole_endo.quick_start import build, run_recbole_endo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROTOCOL = os.path.join(ROOT, "properties", "protocols", "ml-1m-recbole-gnn.yaml")
+PROTOCOL = os.path.join(ROOT, "recbole_endo", "properties", "protocols", "ml-1m-recbole-gnn.yaml")
 
 INTER_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
 # RecBole's atomic ml-1m (its docs, user_guide/data/atomic_files.rst).

@@ -18,7 +18,7 @@ from recbole_endo.data.synth import (
     true_rating,
 )
 
-PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recbole_endo", "properties")
 TINY = {"users": 50, "items": 40, "interactions": 1000, "user_groups": 4, "item_categories": 5}
 TINY_CONFIG = {synth.CONFIG_KEYS[name]: value for name, value in TINY.items()}
 FILES = [f"endo-synth.{part}" for part in ("item", "options.json", "test.inter", "train.inter", "truth.npz", "user", "valid.inter")]

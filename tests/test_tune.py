@@ -176,7 +176,7 @@ def test_an_option_fixed_on_the_command_line_is_taken_out_of_the_space(tiny, tmp
     assert [set(trial.params) for trial in study.trials] == [{"embedding_size"}] * 2
     assert len(trained) == 2 and all(options["learning_rate"] == 0.0321 for options in trained)
     assert "space.yaml less learning_rate;" in (tmp_path / "tune" / "TwoTowerSplit-tiny.md").read_text()
-    assert (tmp_path / "scoped" / "TwoTowerSplit.yaml").is_file()  # --tuned_dir: not properties/tuned/tiny/
+    assert (tmp_path / "scoped" / "TwoTowerSplit.yaml").is_file()  # --tuned_dir: not recbole_endo/properties/tuned/tiny/
     with pytest.raises(SystemExit):
         main([*command, "--trials=1", "--learning_rate=0.01", "--embedding_size=4"])
     assert "every option of the search space is fixed" in capsys.readouterr().err
@@ -227,7 +227,7 @@ def snapshot(folder, contents=True):
 
 def test_a_search_given_an_output_dir_writes_nothing_into_the_repository(tiny, tmp_path, monkeypatch, capsys):
     fake_training(monkeypatch)
-    repository = properties_folder().parent
+    repository = properties_folder().parents[1]
     # the shipped tuned files, byte for byte; the project's studies by name (a study may be running)
     tuned_before, studies_before = snapshot(properties_folder() / "tuned"), snapshot(repository / "results" / "tune", False)
     assert tuned_before and studies_before
@@ -252,10 +252,10 @@ def test_the_default_output_dir_is_under_the_working_directory_and_ignored_by_gi
     main(tiny_command(tiny, tmp_path, "--trials=1"))  # the tests run in tmp_path
     assert (tmp_path / "saved" / "tune" / "tiny" / "tune.db").is_file()
     assert (tmp_path / "saved" / "tune" / "tiny" / "tuned" / "TwoTowerSplit.yaml").is_file()
-    if shutil.which("git") is None or not (properties_folder().parent / ".git").exists():
+    if shutil.which("git") is None or not (properties_folder().parents[1] / ".git").exists():
         pytest.skip("not a git checkout")
     ignored = subprocess.run(
-        ["git", "-C", str(properties_folder().parent), "check-ignore", "-q", tune_module.default_output_dir("coat") + "/tune.db"]
+        ["git", "-C", str(properties_folder().parents[1]), "check-ignore", "-q", tune_module.default_output_dir("coat") + "/tune.db"]
     )
     assert ignored.returncode == 0
 
@@ -279,7 +279,7 @@ def test_promote_writes_the_best_trial_to_the_folder_every_run_reads(tiny, tmp_p
     assert config.tuned_file == str(promoted)
     with pytest.raises(SystemExit):
         main([*command, "--promote", f"--tuned_dir={tmp_path / 'other'}"])
-    assert "--promote writes properties/tuned/tiny/" in capsys.readouterr().err
+    assert "--promote writes recbole_endo/properties/tuned/tiny/" in capsys.readouterr().err
 
 
 def test_the_opening_line_counts_the_trials_the_study_holds(tiny, tmp_path, monkeypatch):
@@ -348,8 +348,8 @@ def test_a_commit_is_dirty_for_changed_code_not_for_what_runs_write(tmp_path):
     shutil.copy(provenance.__file__, package / "provenance.py")
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "tune.db").write_text("study 1")
-    (tmp_path / "properties" / "tuned").mkdir(parents=True)
-    (tmp_path / "properties" / "tuned" / "BPR.yaml").write_text("learning_rate: 0.01")
+    (tmp_path / "recbole_endo" / "properties" / "tuned").mkdir(parents=True)
+    (tmp_path / "recbole_endo" / "properties" / "tuned" / "BPR.yaml").write_text("learning_rate: 0.01")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
@@ -359,7 +359,7 @@ def test_a_commit_is_dirty_for_changed_code_not_for_what_runs_write(tmp_path):
     spec.loader.exec_module(copied)
     commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     (tmp_path / "results" / "tune.db").write_text("study 1, study 2")
-    (tmp_path / "properties" / "tuned" / "BPR.yaml").write_text("learning_rate: 0.02")
+    (tmp_path / "recbole_endo" / "properties" / "tuned" / "BPR.yaml").write_text("learning_rate: 0.02")
     assert copied.git_commit() == commit
     with open(package / "provenance.py", "a") as file:
         file.write("# changed\n")

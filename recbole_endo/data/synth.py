@@ -68,7 +68,7 @@ DEFAULT_OPTIONS = {
     "valid_share": 0.1,
     "seed": 2020,
 }
-# The Config key of each option (properties/dataset/endo-synth.yaml); errors name these.
+# The Config key of each option (recbole_endo/properties/dataset/endo-synth.yaml); errors name these.
 CONFIG_KEYS = {name: f"synth_{name}" for name in DEFAULT_OPTIONS} | {"test_items_per_user": "synth_test_items"}
 # Bumped whenever the same options would give other files, so that stale folders are regenerated.
 GENERATOR_VERSION = 1

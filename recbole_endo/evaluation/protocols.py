@@ -441,7 +441,7 @@ def check_evaluation_options(config, dataset):
             f"config option '{switched_on[0]}' is {config[switched_on[0]]!r}: for a sequential model "
             f"({config['model']}) the plugin's extra protocols score each test user's sequence once, which "
             f"needs one test row per user, but eval_args split is {config['eval_args']['split']}: use "
-            "{'LS': 'valid_and_test'} (properties/sequential.yaml), or switch the option off"
+            "{'LS': 'valid_and_test'} (recbole_endo/properties/sequential.yaml), or switch the option off"
         )
     if config["list_eval"] == "none":
         return

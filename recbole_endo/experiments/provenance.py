@@ -10,7 +10,7 @@ import torch
 
 # Folders of the checkout that runs write into: a change there leaves the computation as committed.
 # A tuned file is the tuner's output; a run that layers one records its header (tuned_origin).
-OUTPUT_FOLDERS = ("results", "docs", "properties/tuned")
+OUTPUT_FOLDERS = ("results", "docs", "recbole_endo/properties/tuned")
 
 
 def git_commit():

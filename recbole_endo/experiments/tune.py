@@ -5,7 +5,7 @@ where it stopped and several processes (or machines sharing one database) work o
     python -m recbole_endo.experiments.tune --model=EndoDecouple --dataset=coat --trials=32
     python -m recbole_endo.experiments.tune --model=BPR --dataset=ml-100k --trials=24 --storage=postgresql://host/db
 
-Search space: ``properties/search/<Model>.yaml``, one entry per option, e.g.::
+Search space: ``recbole_endo/properties/search/<Model>.yaml``, one entry per option, e.g.::
 
     learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}   # a float (log scale)
     n_layers: {low: 1, high: 4}                              # an integer (both bounds integers)
@@ -33,7 +33,7 @@ finished trial prints one line (number, parameters, validation score, best so fa
 the end ``<output_dir>/<study name>.md`` lists every trial, and the best trial's parameters are
 written to ``<output_dir>/tuned/<Model>.yaml``, which a run reads only when given
 ``--tuned=<output_dir>/tuned``: a search changes no other run. ``--promote`` writes it to
-``properties/tuned/<dataset>/<Model>.yaml`` instead, which every later run of that model on that
+``recbole_endo/properties/tuned/<dataset>/<Model>.yaml`` instead, which every later run of that model on that
 dataset layers after the dataset file (``--tuned=false``: not); rerunning a finished study's
 command with ``--promote`` runs no trial and promotes its best. ``--tuned_dir=FOLDER`` writes
 ``FOLDER/<Model>.yaml`` (runs given ``--tuned=FOLDER`` read it), e.g. for a protocol tuned apart
@@ -272,7 +272,7 @@ def write_tuned(path, study, model, dataset, params, metric, tuned_dir=None):
     header = (
         f"# Written by python -m recbole_endo.experiments.tune; best trial run at commit {best.user_attrs.get('commit', 'unknown')}: study '{study.study_name}', "
         f"best of {len(counted_trials(study))} trials, trial {best.number}, validation {metric} {best.value:.4f}.\n"
-        f"# Layered after properties/dataset/{dataset}.yaml for {model} on {dataset} in {readers}.\n"
+        f"# Layered after recbole_endo/properties/dataset/{dataset}.yaml for {model} on {dataset} in {readers}.\n"
     )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open_replacing(path) as file:
@@ -283,11 +283,11 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
          config_file_list=None, config_dict=None, seed=0, tuned_dir=None, promote=False, allow_dirty=False, log=print):
     """Run (or continue) the study until it holds ``trials`` complete or pruned trials; write the
     summary and the tuned file: in ``tuned_dir`` when given, else with ``promote`` in
-    ``properties/tuned/<dataset>/`` (read by every run), else in ``<output_dir>/tuned/``. A
+    ``recbole_endo/properties/tuned/<dataset>/`` (read by every run), else in ``<output_dir>/tuned/``. A
     checkout with uncommitted changes is refused unless ``allow_dirty``. Returns the study."""
     if promote and tuned_dir is not None:
         raise ValueError(
-            f"--promote writes properties/tuned/{dataset}/, which every run reads, and --tuned_dir names "
+            f"--promote writes recbole_endo/properties/tuned/{dataset}/, which every run reads, and --tuned_dir names "
             f"another folder ({tuned_dir}): give one of them"
         )
     commit = git_commit() or "unknown"  # a study may be resumed at another commit: each trial records its own
@@ -371,7 +371,7 @@ def main(argv=None):
     )
     parser.add_argument("--storage", default=None, help="SQLAlchemy URL of the study database (default: sqlite in output_dir)")
     parser.add_argument("--study_name", default=None, help="default: <Model>-<dataset>")
-    parser.add_argument("--search_space", default=None, help="default: properties/search/<Model>.yaml")
+    parser.add_argument("--search_space", default=None, help="default: recbole_endo/properties/search/<Model>.yaml")
     parser.add_argument("--config_files", default=None, help="space-separated YAML files for every trial")
     parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
     parser.add_argument(
@@ -380,7 +380,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--promote", action="store_true",
-        help="write the best trial to properties/tuned/<dataset>/<Model>.yaml, which every run of the model on "
+        help="write the best trial to recbole_endo/properties/tuned/<dataset>/<Model>.yaml, which every run of the model on "
         "the dataset reads; a finished study's command rerun with it runs no trial",
     )
     parser.add_argument(

@@ -99,7 +99,7 @@ class MF(GeneralRecommender):
     target (neither ``LABEL_FIELD`` nor ``threshold``) and no sampled negatives
     (``train_neg_sample_args: ~``). Regularisation is RecBole's ``weight_decay`` (Adam's L2 term),
     as BPR's. Items are ranked by score: the predicted rating, or with ``bce`` the logit, whose
-    order the sigmoid keeps. Options: ``properties/model/MF.yaml``.
+    order the sigmoid keeps. Options: ``recbole_endo/properties/model/MF.yaml``.
     """
 
     input_type = InputType.POINTWISE

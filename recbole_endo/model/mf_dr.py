@@ -63,7 +63,7 @@ class MFDR(MFIPS):
     Propensities (``propensity``) and the ratings' share of the matrix: MFIPS's, of which it is
     the subclass (:class:`~recbole_endo.model.mf_ips.MFIPS`); they must be probabilities here,
     since the DR term weighs propensity-weighted terms against unweighted ones. Options:
-    ``properties/model/MFDR.yaml``.
+    ``recbole_endo/properties/model/MFDR.yaml``.
     """
 
     @classmethod

@@ -47,7 +47,7 @@ class MFIPS(MF):
     exposed slice ``<dataset>.uniform.inter`` (a share of the random test ratings that the Coat and
     Yahoo! R3 converters write with ``--uniform_slice`` and leave out of the test); each training
     pair is weighed by its rating's propensity. ``propensity_clip`` floors P at a value (default 0:
-    the paper's unclipped estimator). Options: ``properties/model/MFIPS.yaml``.
+    the paper's unclipped estimator). Options: ``recbole_endo/properties/model/MFIPS.yaml``.
     """
 
     @classmethod

@@ -48,7 +48,7 @@ class RelMF(GeneralRecommender):
     than 10 (the paper's clipped estimator; 0 = unclipped). A click's :math:`1/\theta > 1` makes
     its loss unbounded below in :math:`s`; the non-clicks and ``weight_decay`` bound the sum.
     Scores rank as relevance: ``predict`` and ``full_sort_predict`` return :math:`s_{ui}`.
-    Options: ``properties/model/RelMF.yaml``.
+    Options: ``recbole_endo/properties/model/RelMF.yaml``.
     """
 
     input_type = InputType.POINTWISE
