@@ -7,6 +7,7 @@ plugin's ``model/<Model>.yaml``, the plugin's ``dataset/<dataset>.yaml``, the tu
 option ``tuned``: False leaves it out; a folder reads ``<folder>/<Model>.yaml`` instead, for a
 protocol tuned apart, e.g. a sequential or cold-start split of the dataset), then (as in
 RecBole) the user's ``config_file_list``, ``config_dict`` and ``--key=value`` on the command line.
+A run logs first which of these set which option (:func:`option_source_lines`).
 
 The plugin's Config pickles as plain data (see :func:`restore_config`), so checkpoints load with
 torch's safe loader (``weights_only=True``); RecBole's own Config is left as it is.
@@ -64,7 +65,8 @@ def plugin_property_files(model, model_class, dataset, tuned_path=None):
 
 def layer_plugin_properties(config, model, model_class, dataset):
     """Layer the plugin's files over RecBole's (and :func:`sample_bpr_negatives`); ``config.tuned_file``
-    is the tuned file layered, or None."""
+    is the tuned file layered, or None, and ``config.property_files`` each file layered with the
+    options it holds, lowest precedence first (:func:`option_sources`)."""
     tuned = config.external_config_dict.get("tuned", True)
     if isinstance(tuned, str):
         if not os.path.isdir(tuned):
@@ -77,8 +79,10 @@ def layer_plugin_properties(config, model, model_class, dataset):
         raise ValueError(f"config option 'tuned' must be true, false or a folder of tuned files, got {tuned!r}")
     tuned_path = None if tuned is False else tuned_file(model, dataset, None if tuned is True else tuned)
     config.tuned_file = None
+    config.property_files = []
     for file in plugin_property_files(model, model_class, dataset, tuned_path):
         config_dict = config._update_internal_config_dict(file) or {}
+        config.property_files.append([file, list(config_dict)])
         if tuned_path is not None and file == str(tuned_path):
             config.tuned_file = file
         elif file.endswith(f"{dataset}.yaml"):
@@ -87,6 +91,50 @@ def layer_plugin_properties(config, model, model_class, dataset):
                 key for key in config_dict if key not in config.parameters["Dataset"]
             ]
     sample_bpr_negatives(config, model_class)
+
+
+def option_sources(config):
+    """Each plugin file layered into ``config``, lowest precedence first, with the options it set
+    that no later layer set again: a later plugin file, or the run's own options (its config
+    files, ``config_dict`` and command line, RecBole's external options)."""
+    layers = getattr(config, "property_files", None) or []  # none in a checkpoint saved before they were kept
+    given = set(config.external_config_dict)
+    return [
+        (file, [key for key in keys if key not in given.union(*(later for _, later in layers[index + 1 :]))])
+        for index, (file, keys) in enumerate(layers)
+    ]
+
+
+def _shown_path(file):
+    """``file`` relative to the working directory when it is under it, else absolute."""
+    relative = os.path.relpath(file)
+    return file if relative.startswith(os.pardir) else relative
+
+
+def option_source_lines(config):
+    """What a run logs first (INFO): which file set which option. One line per plugin file layered
+    (:func:`option_sources`; the tuned file says how to run without it), then one line with the
+    options the run was given (its config files, config_dict, command line), which override every
+    file. RecBole's defaults set the rest."""
+    lines = []
+    for file, keys in option_sources(config):
+        tuned = " (tuned: false runs without it)" if file == getattr(config, "tuned_file", None) else ""
+        lines.append(f"options from {_shown_path(file)}{tuned}: {', '.join(keys) or 'none left, each one set again later'}")
+    # RecBole's external options, lowest first: its config files, config_dict, the command line.
+    given = [
+        ("config files", getattr(config, "file_config_dict", {})),
+        ("config_dict", getattr(config, "variable_config_dict", {})),
+        ("command line", getattr(config, "cmd_config_dict", {})),
+    ]
+    parts = []
+    for index, (source, options) in enumerate(given):
+        later = set().union(*(later for _, later in given[index + 1 :]))
+        keys = [key for key in options if key not in later]
+        if keys:
+            parts.append(f"{source}: {', '.join(keys)}")
+    if parts:
+        lines.append(f"options given to the run, over every file: {'; '.join(parts)}")
+    return lines
 
 
 def sample_bpr_negatives(config, model_class):

@@ -21,7 +21,7 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 from recbole_endo.compat.checkpoint import load_weights, read_checkpoint
 from recbole_endo.compat.feature_join import skip_feature_join
 from recbole_endo.compat.run_scope import FILE_ONLY, keep_file_only_records_off, plugin_run
-from recbole_endo.config import Config, check_options
+from recbole_endo.config import Config, check_options, option_source_lines
 from recbole_endo.data.preparers import prepare_dataset
 from recbole_endo.data.uniform_slice import held_out_slice
 from recbole_endo.evaluation.protocols import check_evaluation_options, extra_evaluation, full_sort_per_user
@@ -41,8 +41,8 @@ def build(config):
     # the tuner and load_data_and_model build directly.
     check_options(config)
     init_seed(config["seed"], config["reproducibility"])
-    if getattr(config, "tuned_file", None):
-        getLogger().info(f"tuned options layered after the dataset file: {config.tuned_file} (tuned: False to run without)")
+    for line in option_source_lines(config):  # which file set which option, the tuned file's included
+        getLogger().info(line)
     prepare_dataset(config)  # a dataset with a preparer (endo-synth) is written when missing or stale
     dataset = create_dataset(config)
     check_evaluation_options(config, dataset)  # before training: a typo must not cost a run

@@ -11,7 +11,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.model.general_recommender import BPR
 
 from recbole_endo import Config, TwoTowerConcat, TwoTowerSplit, get_model
-from recbole_endo.config import check_options
+from recbole_endo.config import check_options, option_source_lines, option_sources, properties_folder
 from recbole_endo.quick_start import run_recbole_endo
 
 
@@ -118,6 +118,26 @@ def test_a_second_checkout_reads_its_own_properties(tmp_path):
     properties = tmp_path / "recbole_endo" / "properties"
     assert lines == [str(properties), str(properties / "tuned" / "ml-100k" / "BPR.yaml")]
     assert (properties / "overall.yaml").is_file()
+
+
+def test_each_option_is_named_with_the_one_layer_that_set_it(tiny, tmp_path):
+    (tmp_path / "tuned").mkdir()
+    tuned = tmp_path / "tuned" / "BPR.yaml"
+    tuned.write_text("learning_rate: 0.0123\nembedding_size: 4\nweight_decay: 0.001\n")
+    tiny["config_dict"].update(tuned=str(tmp_path / "tuned"), weight_decay=0.01)
+    config = Config(model="BPR", **tiny)
+    sources = dict(option_sources(config))
+    overall = str(properties_folder() / "overall.yaml")
+    assert list(sources) == [overall, str(tuned)]  # no model or dataset file of the plugin's for BPR on tiny
+    # tiny.yaml sets embedding_size, config_dict weight_decay and tuned: each is named once, with its last setter
+    assert sources[str(tuned)] == ["learning_rate"] and config["learning_rate"] == 0.0123
+    assert "valid_metric" in sources[overall] and "tuned" not in sources[overall]
+    lines = option_source_lines(config)
+    assert lines[0].startswith(f"options from {overall}: eval_args, ")
+    assert lines[1] == "options from tuned/BPR.yaml (tuned: false runs without it): learning_rate"  # under the working directory
+    assert lines[2].startswith("options given to the run, over every file: config files: dataset, ")
+    assert lines[2].endswith(", embedding_size, mlp_hidden_size, state; config_dict: data_path, checkpoint_dir, tuned, weight_decay")
+    assert len(lines) == 3
 
 
 def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tiny, tmp_path):

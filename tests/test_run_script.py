@@ -65,6 +65,25 @@ def test_a_run_shows_its_progress_keeps_the_dumps_for_its_log_and_ends_with_wher
     ]
 
 
+def test_a_run_opens_with_which_file_set_which_option(tmp_path):
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "TwoTowerSplit.yaml").write_text("learning_rate: 0.0123\nembedding_size: 4\n")
+    run = run_script("--model=TwoTowerSplit", f"--config_files={TINY_YAML}", f"--tuned={tuned}", "--state=INFO", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    screen = [line.split("INFO  ", 1)[-1] for line in run.stderr.splitlines() if " INFO  " in line]
+    # after RecBole's line of the command's arguments, before anything else
+    opening = screen[1:5]
+    assert opening[0].startswith("options from ") and opening[0].split(":")[0].endswith("overall.yaml")
+    assert opening[1].startswith("options from ") and opening[1].split(":")[0].endswith("model/TwoTowerSplit.yaml")
+    # embedding_size: tiny.yaml's, given to the run after the tuned file
+    assert opening[2] == "options from tuned/TwoTowerSplit.yaml (tuned: false runs without it): learning_rate"
+    assert opening[3].startswith("options given to the run, over every file: config files: ")
+    assert "embedding_size" in opening[3] and opening[3].endswith("; command line: tuned, state, data_path, epochs")
+    (log,) = (tmp_path / "log" / "TwoTowerSplit").iterdir()
+    assert all(line in log.read_text() for line in opening)
+
+
 def test_the_progress_line_counts_down_to_early_stopping_or_the_epoch_limit():
     lines = []
     trainer = SimpleNamespace(

@@ -3,6 +3,7 @@ never read during a search, search spaces checked. No timing is asserted."""
 
 import importlib.util
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -103,7 +104,8 @@ def test_tuned_files_are_layered_after_the_dataset_file_unless_tuned_is_false(ti
     assert Config(model="TwoTowerConcat", **tiny).tuned_file is None  # another model's file is not read
     caplog.set_level(logging.INFO)
     quick_start.build(config)
-    assert f"tuned options layered after the dataset file: {tuned}" in caplog.text
+    # embedding_size is tests/data/tiny.yaml's: the tuned file's line names only what it set
+    assert f"options from {os.path.relpath(tuned)} (tuned: false runs without it): learning_rate\n" in caplog.text
 
 
 def test_a_folder_given_as_tuned_replaces_the_default_tuned_file(tiny, tmp_path, monkeypatch):
@@ -293,10 +295,12 @@ def test_the_opening_line_counts_the_trials_the_study_holds(tiny, tmp_path, monk
     assert ": 2 complete or pruned trial(s) so far, 1 to run;" in lines[0]
 
 
-def test_every_shipped_tuned_file_names_the_tuner_as_it_is_run():
-    files = sorted((properties_folder() / "tuned").glob("*/*.yaml"))
+def test_the_tuned_folder_holds_only_files_the_tuner_wrote_naming_it_as_it_is_run():
+    folder = properties_folder() / "tuned"
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
     assert files
     for path in files:
+        assert path.suffix == ".yaml" and len(path.relative_to(folder).parts) == 2, path  # <dataset>/<Model>.yaml
         header = path.read_text().splitlines()[0]
         assert re.match(r"# Written by python -m ([\w.]+)", header)[1] == tune_module.__name__, path
 
