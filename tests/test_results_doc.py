@@ -124,3 +124,17 @@ def test_a_figure_or_page_the_spec_no_longer_names_is_removed_and_nothing_else(r
     write_results(str(spec), str(output))
     assert {path.name for path in figures.iterdir()} == {"coat-x.png", "notes.txt"}
     assert {path.name for path in output.glob("*.md")} == {"index.md", "coat-renamed.md", "notes.md"}
+
+
+def test_results_readme_indexes_each_tables_folder_and_the_records_and_refuses_an_unnamed_folder(results_tree):
+    spec = results_tree / "docs" / "results.yaml"
+    (results_tree / "results" / "tune").mkdir()
+    output = results_tree / "docs" / "results"
+    with pytest.raises(ValueError, match="results/ holds tune, which no table or record"):
+        write_results(str(spec), str(output))
+    assert not output.exists()
+    spec.write_text(spec.read_text() + "records:\n  results/tune: the studies.\n")
+    write_results(str(spec), str(output))
+    index = (results_tree / "results" / "README.md").read_text()
+    assert "## [Coat pages](../docs/results/coat.md)\n\n- `results/coat-x`: Coat\n" in index
+    assert "## Records\n\n- `results/tune`: the studies.\n" in index

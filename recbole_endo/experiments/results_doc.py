@@ -17,6 +17,12 @@ and above its plot, ``figures/<folder>.png`` (``<figure>.png`` when the table na
 instead, as it was written (its headings two levels down). A plot, or a page written here, that
 the spec no longer names is removed.
 
+The spec's ``records`` name the other folders of ``results/`` (studies, benchmarks, diagnostics
+a document cites), each with a line saying what it holds. ``results/README.md`` is written as
+their index: per page, each table's folder, then the records; a folder of ``results/`` that
+neither a table nor a record names is an error, so that the folder holds only what the documents
+use.
+
 ``index.md`` holds the spec's ``intro``, the ``headline`` table with its paired intervals and
 the list of pages with their tables. The headline lists the ``models`` and, per column, the
 ``folder`` and ``metric``; in the README, between its two ``headline`` markers, the same table
@@ -187,12 +193,41 @@ def index_markdown(spec, repository):
     return "\n".join(parts) + "\n"
 
 
+def results_index(spec, repository):
+    """``results/README.md``: each page's table folders, then the spec's ``records``. Raises
+    ValueError naming a folder of ``results/`` that neither names."""
+    parts = [GENERATED, "", "# results/", "",
+             "The runs behind [docs/results/](../docs/results/index.md), a folder per table (its command, commit "
+             "and machine open its `summary.md`), and the records the documents cite. Folders a table was "
+             "merged from, and tables no page shows any more, left the tree: their commits keep them.", ""]
+    named = set()
+    for page in spec["pages"]:
+        parts += [f"## [{page['title']}](../docs/results/{page['name']}.md)", ""]
+        for table in page["tables"]:
+            folder = table["folder"] if "folder" in table else os.path.dirname(table["include"])
+            named.add(folder.split("/")[1])
+            parts.append(f"- `{folder}`: {table['title']}")
+        parts.append("")
+    parts += ["## Records", ""]
+    for folder, what in spec.get("records", {}).items():
+        named.add(folder.split("/")[1])
+        parts.append(f"- `{folder}`: {what}")
+    results = os.path.join(repository, "results")
+    unnamed = sorted(name for name in os.listdir(results) if os.path.isdir(os.path.join(results, name)) and name not in named)
+    if unnamed:
+        raise ValueError(f"results/ holds {', '.join(unnamed)}, which no table or record of the spec names: "
+                         "name it in docs/results.yaml or remove it")
+    return "\n".join(parts) + "\n"
+
+
 def write_results(spec_path, output_dir, readme_path=None):
     """Write ``output_dir``'s ``index.md`` and one page per spec page, their plots in
     ``output_dir/figures``, and the README's headline when ``readme_path`` is given."""
     with open(spec_path) as file:
         spec = yaml.safe_load(file)
     repository = os.path.dirname(os.path.dirname(os.path.abspath(spec_path)))
+    results = os.path.join(repository, "results")
+    index = results_index(spec, repository) if os.path.isdir(results) else None  # first: it refuses an unnamed folder
     figures = os.path.join(output_dir, "figures")
     os.makedirs(figures, exist_ok=True)
     pages, plots = {"index.md": index_markdown(spec, repository)}, set()
@@ -218,6 +253,9 @@ def write_results(spec_path, output_dir, readme_path=None):
     for name in set(os.listdir(figures)) - plots:  # a table's old plot, dropped or renamed
         if name.endswith(".png"):
             os.remove(os.path.join(figures, name))
+    if index is not None:
+        with open_replacing(os.path.join(results, "README.md")) as file:
+            file.write(index)
     if readme_path is not None and "headline" in spec:
         write_headline(spec["headline"], repository, readme_path)
 
