@@ -382,7 +382,9 @@ def retabulate(folders, output_dir, reference=None, rerun=None):
                 raise ValueError(f"{run['entry']} has seed {run['seed']} in both {found[key]} and {folder}: merged runs need different seeds")
             found[key] = folder
     seeds = {seed for _, seed in found}
-    entries = sorted(dict.fromkeys(entry for entry, _ in found), key=lambda entry: order.index(entry) if entry in order else len(order))
+    entries = sorted(
+        dict.fromkeys(entry for entry, _ in found), key=lambda entry: order.index(entry) if entry in order else len(order)
+    )
     # One folder keeps every entry, as compare() wrote it (a failed run leaves its entry fewer seeds).
     complete = [entry for entry in entries if len(folders) == 1 or all((entry, seed) in found for seed in seeds)]
     if not complete:
