@@ -1,9 +1,13 @@
-"""Writing files so that a crash never leaves a half-written one where a good one is expected."""
+"""Writing files so that a crash never leaves a half-written one where a good one is expected, and
+reading and writing RecBole atomic files."""
 
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+
+import pandas as pd
+from recbole.utils import FeatureType
 
 
 @contextmanager
@@ -66,3 +70,24 @@ def write_atomic_file(path, header, rows):
         f.write("\t".join(header) + "\n")
         for row in rows:
             f.write("\t".join(map(str, row)) + "\n")
+
+
+def read_atomic_file(path, config):
+    """``(types, frame)`` of a RecBole atomic file: each ``name:type`` header's field type, and
+    the rows as strings read as RecBole reads them (``field_separator``, ``encoding``; an empty
+    cell is NaN, a missing value)."""
+    separator, encoding = config["field_separator"], config["encoding"]
+    with open(path, encoding=encoding) as file:
+        header = file.readline().rstrip("\r\n").split(separator)
+    types = {}
+    for column in header:
+        name, _, field_type = column.partition(":")
+        if field_type not in {member.value for member in FeatureType}:
+            raise ValueError(
+                f"'{path}': header column '{column}' is not 'name:type' with a RecBole type "
+                f"({', '.join(member.value for member in FeatureType)})"
+            )
+        types[name] = FeatureType(field_type)
+    frame = pd.read_csv(path, delimiter=separator, dtype=str, encoding=encoding, engine="python")
+    frame.columns = list(types)
+    return types, frame

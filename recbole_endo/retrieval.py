@@ -44,7 +44,6 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
 import torch
 from recbole.model.general_recommender import BPR, LightGCN
 from recbole.utils import FeatureType, ModelType
@@ -52,7 +51,7 @@ from recbole.utils import FeatureType, ModelType
 from recbole_endo.compat.checkpoint import read_checkpoint
 from recbole_endo.data.interactions import trained_entities
 from recbole_endo.experiments.provenance import git_commit
-from recbole_endo.files import dataset_folder
+from recbole_endo.files import dataset_folder, read_atomic_file
 from recbole_endo.model import DICE, MF, MFDR, MFIPS, MODELS, RelMF
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 from recbole_endo.model.towers import ENTITIES, EndoTower, FeatureEmbedding
@@ -331,27 +330,6 @@ def load_model(path):
 
     config, model, _, *splits = load_data_and_model(path)
     return config, model.eval(), tuple(split._dataset for split in splits)
-
-
-def read_atomic_file(path, config):
-    """``(types, frame)`` of a RecBole atomic file: each ``name:type`` header's field type, and
-    the rows as strings read as RecBole reads them (``field_separator``, ``encoding``; an empty
-    cell is NaN, a missing value)."""
-    separator, encoding = config["field_separator"], config["encoding"]
-    with open(path, encoding=encoding) as file:
-        header = file.readline().rstrip("\r\n").split(separator)
-    types = {}
-    for column in header:
-        name, _, field_type = column.partition(":")
-        if field_type not in {member.value for member in FeatureType}:
-            raise ValueError(
-                f"'{path}': header column '{column}' is not 'name:type' with a RecBole type "
-                f"({', '.join(member.value for member in FeatureType)})"
-            )
-        types[name] = FeatureType(field_type)
-    frame = pd.read_csv(path, delimiter=separator, dtype=str, encoding=encoding, engine="python")
-    frame.columns = list(types)
-    return types, frame
 
 
 def _missing(value):

@@ -12,7 +12,8 @@ from recbole.utils import FeatureType
 from conftest import DATA_DIR, TINY_YAML
 from recbole_endo.experiments import retrieval_benchmark as bench
 from recbole_endo.quick_start import run_recbole_endo
-from recbole_endo.retrieval import Retriever, read_atomic_file
+from recbole_endo.files import read_atomic_file
+from recbole_endo.retrieval import Retriever
 
 LARGE = bench.large_catalogue(300)
 

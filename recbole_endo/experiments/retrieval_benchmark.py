@@ -74,9 +74,9 @@ import torch
 from recbole_endo.config import options_from_args
 from recbole_endo.experiments.benchmark import default_threads
 from recbole_endo.experiments.provenance import git_commit
-from recbole_endo.files import open_replacing
+from recbole_endo.files import open_replacing, read_atomic_file
 from recbole_endo.retrieval import (
-    IVF_NPROBE, HNSW_EF_SEARCH, Retriever, _faiss, approximate_kind, build_index, read_atomic_file, search_index,
+    IVF_NPROBE, HNSW_EF_SEARCH, Retriever, _faiss, approximate_kind, build_index, search_index,
 )
 
 K = 10

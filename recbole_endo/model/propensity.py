@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from recbole_endo.data.uniform_slice import UNIFORM_PART, uniform_slice_path
+from recbole_endo.files import read_atomic_file
 from recbole_endo.model.mf import rating_field
 from recbole_endo.options import check_raw_ratings, choice_option, number_option
 
@@ -131,26 +132,17 @@ def read_propensity_file(path, user_tokens, item_tokens):
     return table
 
 
-def read_atomic_columns(path, names):
-    """Columns ``names`` (field names without their ``:type``) of a RecBole atomic file, as lists of
-    strings; a missing column or a short line is a ValueError naming the file (and line)."""
-    with open(path) as f:
-        header = f.readline().rstrip("\r\n").split("\t")
-        fields = [column.split(":")[0] for column in header]
-        missing = [name for name in names if name not in fields]
-        if missing:
-            raise ValueError(f"{path}: no column '{missing[0]}' in the header {header}")
-        indices = [fields.index(name) for name in names]
-        columns = [[] for _ in names]
-        for number, line in enumerate(f, 2):
-            values = line.rstrip("\r\n").split("\t")
-            if values == [""]:
-                continue
-            if len(values) != len(header):
-                raise ValueError(f"{path}, line {number}: {len(values)} fields, the header has {len(header)}")
-            for column, index in zip(columns, indices):
-                column.append(values[index])
-    return columns
+def atomic_columns(path, config, names):
+    """Columns ``names`` of a RecBole atomic file (:func:`~recbole_endo.files.read_atomic_file`), as
+    strings; a missing column or an empty cell in one is a ValueError naming the file (and line)."""
+    _, frame = read_atomic_file(path, config)
+    missing = [name for name in names if name not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: no column '{missing[0]}' in the header {list(frame.columns)}")
+    empty = frame[names].isna().any(axis=1)
+    if empty.any():
+        raise ValueError(f"{path}, line {int(empty.to_numpy().argmax()) + 2}: a cell of {names} is empty")
+    return frame[names]
 
 
 def read_uniform_slice(config):
@@ -158,16 +150,17 @@ def read_uniform_slice(config):
     checking that none of its pairs is in the test split (the last of ``benchmark_filename``)."""
     path = uniform_slice_path(config["data_path"], config["dataset"])
     uid, iid, rating = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["RATING_FIELD"]
-    users, items, ratings = read_atomic_columns(path, [uid, iid, rating])
+    frame = atomic_columns(path, config, [uid, iid, rating])
     try:
-        ratings = np.array(ratings, dtype=float)
+        ratings = frame[rating].to_numpy(dtype=float)
     except ValueError as error:
         raise ValueError(f"{path}: the ratings ('{rating}') must be numbers: {error}") from None
     parts = config["benchmark_filename"]
     if parts:
         test_path = os.path.join(config["data_path"], f"{config['dataset']}.{parts[-1]}.inter")
         if os.path.isfile(test_path):
-            leaked = set(zip(users, items)) & set(zip(*read_atomic_columns(test_path, [uid, iid])))
+            test = atomic_columns(test_path, config, [uid, iid])
+            leaked = set(zip(frame[uid], frame[iid])) & set(zip(test[uid], test[iid]))
             if leaked:
                 user, item = min(leaked)
                 raise ValueError(
