@@ -34,6 +34,7 @@ import torch
 
 from recbole_endo.distributed import run_distributed
 from recbole_endo.experiments.benchmark import default_threads
+from recbole_endo.config import options_from_args
 from recbole_endo.experiments.compare import compare, split_entries
 from recbole_endo.quick_start import run_recbole_endo
 from recbole_endo.retrieval import exported_kind
@@ -163,10 +164,15 @@ def main(parser, args, argv):
         parser.error("--resume continues one single-process run; it takes no --compare, --nproc or --world_size")
     if args.compare:
         seeds = [int(seed) for seed in args.seeds.split(",")]
+        # RecBole's Config ranks sys.argv above config_dict, so an entry's own options (in
+        # config_dict) would lose to the same option on the command line: it goes in config_dict
+        # too, under the entry's.
+        config_dict = options_from_args(sys.argv[1:])
+        sys.argv = sys.argv[:1]
         try:
             compare(
-                split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list, jobs=args.jobs,
-                reference=args.reference, command=command,
+                split_entries(args.compare), args.dataset, seeds, args.output_dir, config_file_list,
+                config_dict=config_dict, jobs=args.jobs, reference=args.reference, command=command,
             )
         except ValueError as error:  # a --reference that is no entry, before any run
             parser.error(str(error))

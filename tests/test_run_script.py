@@ -1,3 +1,4 @@
+import csv
 import os
 import runpy
 import shlex
@@ -348,3 +349,17 @@ def test_ctrl_c_before_a_checkpoint_says_there_is_nothing_to_resume(tmp_path):
     assert run.stderr.splitlines() == [
         "interrupted before a checkpoint was written: nothing to resume; run the command again to start over"
     ]
+
+
+def test_a_compare_entrys_option_overrides_the_same_option_on_the_command_line(tmp_path):
+    """RecBole's Config ranks the command line above config_dict, where an entry's options go:
+    ``BPR[epochs=200]`` beside ``--epochs=6`` once trained 6 epochs."""
+    output_dir = tmp_path / "out"
+    run = script(
+        "--compare=BPR,BPR[epochs=3]", f"--config_files={TINY_YAML}", f"--data_path={DATA_DIR}", "--seeds=1",
+        "--epochs=1", "--stopping_step=10", f"--output_dir={output_dir}", "--state=WARNING", cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    with open(output_dir / "runs.csv") as file:
+        epochs = {row["entry"]: row["epochs"] for row in csv.DictReader(file)}
+    assert epochs == {"BPR": "1", "BPR[epochs=3]": "3"}
