@@ -1,4 +1,5 @@
 import csv
+import gzip
 import os
 
 import pytest
@@ -331,3 +332,23 @@ def test_a_rerun_folder_replaces_its_entries_runs_on_every_seed_of_the_other_fol
     with open(tmp_path / "rerun-only" / "paired.csv") as file:
         alone = {(row["model"], row["metric"]): row for row in csv.DictReader(file)}
     assert rows[("B", "ndcg@10")] == alone[("B", "ndcg@10")]
+
+
+def test_merging_can_keep_only_some_entries_and_seeds_of_a_rerun_that_holds_more(tmp_path, monkeypatch):
+    """A one-seed table of A and B, rerun from a folder holding A and C on seeds 1-2: A's seed-1
+    run is replaced, C and seed 2 stay out."""
+    fake_runs(monkeypatch)
+    quiet = {"log": lambda *a, **k: None, "reference": "A"}
+    compare(["A", "B"], "tiny", [1], str(tmp_path / "table"), **quiet)
+    compare(["A", "C"], "tiny", [1, 2], str(tmp_path / "rerun"), **quiet)
+    compare_module.main([
+        str(tmp_path / "table"), "--rerun", str(tmp_path / "rerun"), "--output_dir", str(tmp_path / "merged"),
+        "--entries", "A,B", "--seeds", "1",
+    ])
+    with open(tmp_path / "merged" / "runs.csv") as file:
+        assert [(run["entry"], run["seed"]) for run in csv.DictReader(file)] == [("A", "1"), ("B", "1")]
+    with gzip.open(tmp_path / "merged" / "per_user.csv.gz", "rt") as file:
+        assert {(row["entry"], row["seed"]) for row in csv.DictReader(file)} == {("A", "1"), ("B", "1")}
+    merged = (tmp_path / "merged" / "summary.md").read_text()
+    assert f"A's runs in `{tmp_path / 'table'}` replaced by those in `{tmp_path / 'rerun'}`." in merged
+    assert "Only entries A, B kept. Only seeds 1 kept." in merged

@@ -359,20 +359,21 @@ def summary_provenance(folder):
         return ("\n" + file.read()).split("\n| model |", 1)[0].strip("\n")
 
 
-def retabulate(folders, output_dir, reference=None, rerun=None):
+def retabulate(folders, output_dir, reference=None, rerun=None, entries=None, seeds=None):
     """Rewrite the tables of comparison folders from their saved runs and per-user values, with
     today's statistics, without repeating a run. One folder: in place (``output_dir`` may be it),
     every entry kept. Several: merged into ``output_dir``, one table of the entries that have a
     run on every seed the folders hold between them (the others are left out, and the table's
     lines say so); no entry may have the same seed in two folders. ``rerun``: a folder of rows run
     again after their code changed, merged last; its entries' runs replace all their runs in
-    ``folders`` (the table's lines name what was replaced). ``reference`` defaults to the first
-    folder's."""
-    parts = [read_comparison_runs(folder) for folder in folders]
+    ``folders`` (the table's lines name what was replaced). ``entries`` and ``seeds``, when given,
+    keep only those entries' and seeds' runs of every folder, the rerun's too (a rerun folder
+    holding more rows than a table has). ``reference`` defaults to the first folder's."""
+    parts = [_keep(read_comparison_runs(folder), entries, seeds) for folder in folders]
     order = list(dict.fromkeys(run["entry"] for part in parts for run in part[0]))  # a rerun entry keeps its place
     replaced = []
     if rerun is not None:
-        parts, replaced = _drop_rerun(folders, parts, rerun)
+        parts, replaced = _drop_rerun(folders, parts, _keep(read_comparison_runs(rerun), entries, seeds))
         folders = [*folders, rerun]
     found = {}
     for folder, (runs, *_) in zip(folders, parts):
@@ -381,14 +382,16 @@ def retabulate(folders, output_dir, reference=None, rerun=None):
             if key in found:
                 raise ValueError(f"{run['entry']} has seed {run['seed']} in both {found[key]} and {folder}: merged runs need different seeds")
             found[key] = folder
-    seeds = {seed for _, seed in found}
-    entries = sorted(
+    found_seeds = {seed for _, seed in found}
+    found_entries = sorted(
         dict.fromkeys(entry for entry, _ in found), key=lambda entry: order.index(entry) if entry in order else len(order)
     )
     # One folder keeps every entry, as compare() wrote it (a failed run leaves its entry fewer seeds).
-    complete = [entry for entry in entries if len(folders) == 1 or all((entry, seed) in found for seed in seeds)]
+    complete = [
+        entry for entry in found_entries if len(folders) == 1 or all((entry, seed) in found for seed in found_seeds)
+    ]
     if not complete:
-        raise ValueError(f"no entry of {folders} has a run on every seed {sorted(seeds)}: nothing to merge")
+        raise ValueError(f"no entry of {folders} has a run on every seed {sorted(found_seeds)}: nothing to merge")
     reference = reference or parts[0][3]
     if reference is not None and reference not in complete:
         raise ValueError(f"--reference '{reference}' is none of the entries {complete}: name one of them")
@@ -404,10 +407,13 @@ def retabulate(folders, output_dir, reference=None, rerun=None):
                 per_user.setdefault((entry, metric), {}).update(rows)
     provenance = parts[0][2]
     if len(parts) > 1:
-        left_out = [entry for entry in entries if entry not in complete]
+        left_out = [entry for entry in found_entries if entry not in complete]
+        kept = "".join(
+            f" Only {what} {', '.join(map(str, chosen))} kept." for what, chosen in (("entries", entries), ("seeds", seeds)) if chosen
+        )
         provenance = (
             "Merged by `python -m recbole_endo.experiments.compare` from the folders below; "
-            f"entries without a run on every seed left out: {', '.join(left_out) or 'none'}."
+            f"entries without a run on every seed left out: {', '.join(left_out) or 'none'}.{kept}"
             + "".join(f" {entry}'s runs in `{old}` replaced by those in `{folders[-1]}`." for entry, old in replaced)
             + "\n\n"
             + "".join(f"From `{folder}`:\n\n{part[2]}" for folder, part in zip(folders, parts))
@@ -416,10 +422,29 @@ def retabulate(folders, output_dir, reference=None, rerun=None):
     return write_tables(output_dir, runs, per_user, provenance, reference)
 
 
-def _drop_rerun(folders, parts, rerun):
-    """``parts`` without the runs of the entries the ``rerun`` folder holds, with the rerun's part
+def _keep(part, entries, seeds):
+    """A folder's ``(runs, per_user, provenance, reference)`` with only the runs of ``entries`` and
+    ``seeds`` (each None: all)."""
+    runs, per_user, provenance, reference = part
+
+    def kept(entry, seed):
+        return (entries is None or entry in entries) and (seeds is None or seed in seeds)
+
+    return (
+        [run for run in runs if kept(run["entry"], run["seed"])],
+        {
+            (entry, metric): {(seed, user): value for (seed, user), value in rows.items() if kept(entry, seed)}
+            for (entry, metric), rows in per_user.items()
+            if entries is None or entry in entries
+        },
+        provenance,
+        reference,
+    )
+
+
+def _drop_rerun(folders, parts, rerun_part):
+    """``parts`` without the runs of the entries the rerun folder's part holds, with that part
     appended, and the list of ``(entry, folder)`` whose runs were dropped."""
-    rerun_part = read_comparison_runs(rerun)
     again = {run["entry"] for run in rerun_part[0]}
     kept, replaced = [], []
     for folder, (runs, per_user, provenance, reference) in zip(folders, parts):
@@ -445,11 +470,15 @@ def main(argv=None):
     parser.add_argument("--reference", help="entry the others get paired differences to (default: the first folder's)")
     parser.add_argument("--rerun", help="a folder of rows run again after their code changed: merged last, its entries' "
                         "runs replace theirs in the other folders")
+    parser.add_argument("--entries", help="keep only these entries (comma-separated, as --compare lists them)")
+    parser.add_argument("--seeds", help="keep only these seeds (comma-separated)")
     args = parser.parse_args(argv)
     if (len(args.folders) > 1 or args.rerun) and not args.output_dir:
         parser.error("merging several folders needs --output_dir")
+    entries = split_entries(args.entries) if args.entries else None
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
     try:
-        retabulate(args.folders, args.output_dir or args.folders[0], args.reference, args.rerun)
+        retabulate(args.folders, args.output_dir or args.folders[0], args.reference, args.rerun, entries, seeds)
     except ValueError as error:
         parser.error(str(error))
 
