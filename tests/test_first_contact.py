@@ -56,5 +56,7 @@ def test_each_command_runs_in_one_fresh_clone_and_stops_at_its_failing_step(tmp_
     assert status_2 != 0 and [step for step, _ in steps_2] == ["test ! -f made-by-command-1.txt"]
     assert not (repository / "made-by-command-1.txt").exists()
     summary = (tmp_path / "out" / "summary.md").read_text()
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert f"Commit: {head} (the clones')" in summary
     assert "## Command 1: exit status 0" in summary and "limit 60 s: met" in summary
     assert (tmp_path / "out" / "logs" / "command-2.log").exists()

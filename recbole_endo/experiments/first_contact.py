@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 
-from recbole_endo.experiments.provenance import git_commit, machine
+from recbole_endo.experiments.provenance import machine
 from recbole_endo.files import open_replacing
 
 
@@ -91,7 +91,10 @@ def first_contact(repository, output_dir, limits=(180, 600)):
     """Runs each README command of ``repository``'s HEAD in a fresh clone, writes the summary;
     returns ``[(command, status, steps, wall seconds), ...]``."""
     os.makedirs(os.path.join(output_dir, "logs"), exist_ok=True)
-    commit = git_commit()
+    # The commit the clones take: the runner's own tree may hold uncommitted edits they never see.
+    commit = subprocess.run(
+        ["git", "-C", repository, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     runs = []
     readme = subprocess.run(
         ["git", "-C", repository, "show", "HEAD:README.md"], capture_output=True, text=True, check=True
@@ -112,7 +115,8 @@ def write_summary(runs, output_dir, commit, limits):
         "# First contact: the README's commands on a fresh clone",
         "",
         f"Command: `python -m recbole_endo.experiments.first_contact --output_dir={output_dir}`",
-        f"Commit: {commit}; machine: {machine()}. Each command ran in a fresh clone with its own `.venv`, "
+        f"Commit: {commit} (the clones'); machine: {machine()}. Each command ran in its own fresh clone, "
+        "making its own `.venv`, "
         "pip's download cache as the machine had it.",
         "",
     ]
