@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from recbole_endo.experiments import first_contact
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCUMENTS = [os.path.join(ROOT, "README.md")] + sorted(
     glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -18,8 +20,7 @@ DOCUMENTS = [os.path.join(ROOT, "README.md")] + sorted(
 
 def readme_commands():
     with open(os.path.join(ROOT, "README.md")) as file:
-        block = file.read().split("```bash\n", 1)[1].split("```", 1)[0]
-    return [line for line in block.splitlines() if line and not line.startswith("#")]
+        return first_contact.readme_commands(file.read())
 
 
 def named_modules():

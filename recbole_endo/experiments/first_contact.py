@@ -17,6 +17,7 @@ total against its limit: ``--limits``, default 180 and 600 seconds, the README's
 
 import argparse
 import os
+import shlex
 import subprocess
 import tempfile
 import time
@@ -46,13 +47,9 @@ def timed_script(command, timings_path):
         lines += [
             "start=$EPOCHREALTIME",
             step,
-            f"printf '%s\\t%s\\t%s\\n' {quote(step)} \"$start\" \"$EPOCHREALTIME\" >> {quote(timings_path)}",
+            f"printf '%s\\t%s\\t%s\\n' {shlex.quote(step)} \"$start\" \"$EPOCHREALTIME\" >> {shlex.quote(timings_path)}",
         ]
     return "\n".join(lines) + "\n"
-
-
-def quote(text):
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def clean_environment():
