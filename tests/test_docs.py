@@ -33,7 +33,7 @@ def named_modules():
 
 def test_the_readme_opens_with_the_main_job_and_the_ci_test_command():
     main_job, tests = readme_commands()
-    assert main_job.endswith("pip install -e . && python run_recbole_endo.py --model=EndoDecouple --dataset=ml-100k")
+    assert main_job.endswith("pip install --no-compile -e . && python run_recbole_endo.py --model=EndoDecouple --dataset=ml-100k")
     with open(os.path.join(ROOT, ".ci", "run")) as file:
         assert tests in file.read().splitlines()
 

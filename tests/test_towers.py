@@ -6,7 +6,7 @@ import torch
 from recbole.data import create_dataset
 
 from recbole_endo import Config
-from recbole_endo.model.towers import FeatureEmbedding, SplitTower, check_endo_fields, parse_endo_fields
+from recbole_endo.model.towers import FeatureEmbedding, SplitTower, check_endo_fields, dropout, parse_endo_fields
 
 from conftest import DATA_DIR
 
@@ -217,3 +217,19 @@ def test_padding_rows_embed_as_zeros_after_initialisation_and_training(name, tin
     assert all(not module.weight[0].any() for module in padded)
     trainer.fit(train_data, valid_data, saved=False)
     assert all(not module.weight[0].any() for module in padded)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.198])
+def test_dropout_zeroes_its_rate_in_every_position_of_a_draw_and_keeps_the_expectation(rate):
+    # Four entries share one 64-bit draw: each of the four positions must drop at the rate (a
+    # draw whose sign bit is always 0 drops 0.149 instead of 0.198 in one position in four).
+    torch.manual_seed(0)
+    rows = 250_000
+    output = dropout(torch.ones(rows, 4), rate)
+    dropped = (output == 0).double().mean(0)
+    tolerance = 4 * (rate * (1 - rate) / rows) ** 0.5
+    assert torch.allclose(dropped, torch.full((4,), rate, dtype=torch.double), atol=tolerance)
+    kept = output[output != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - rate)), rtol=1e-4)
+    assert abs(output.double().mean().item() - 1.0) < 4 * (rate / (1 - rate) / (4 * rows)) ** 0.5
+    assert dropout(torch.ones(3), 0.0).equal(torch.ones(3))

@@ -469,14 +469,20 @@ class EvaluationCache:
 
 
 def dropout(inputs, rate):
-    """Inverted dropout in training: each entry zeroed with probability ``rate`` (below 1), the
-    rest scaled by ``1 / (1 - rate)``. The mask is drawn as uniform numbers compared with the rate
-    in place, and multiplies the inputs: the distribution of torch's dropout, whose Bernoulli
-    draws make a forward and backward pass about twice as slow on a CPU."""
+    """Inverted dropout in training: each entry zeroed with probability ``rate`` (below 1, rounded
+    to a multiple of 1/65536), the rest scaled so that the expectation is the input. Each entry's
+    draw is 16 random bits, four from one 64-bit integer draw, compared with the rate: a quarter
+    of the draws of a uniform float per entry, and a training step of EndoDecouple about a tenth
+    faster on a CPU, where drawing the masks took a fifth of it (torch's Bernoulli draws, in its
+    own dropout, are slower still)."""
     if not rate:
         return inputs
-    mask = torch.rand(inputs.shape, device=inputs.device, dtype=inputs.dtype).ge_(rate).div_(1 - rate)
-    return inputs * mask
+    count = inputs.numel()
+    dropped = min(round(rate * 65536), 65535)
+    # The full int64 range: random_() without one leaves each draw's sign bit 0, and one word in four biased.
+    draws = torch.empty((count + 3) // 4, dtype=torch.int64, device=inputs.device).random_(-(2**63), 2**63 - 1)
+    keep = draws.view(torch.int16)[:count].view(inputs.shape).ge(dropped - 32768)
+    return inputs * keep.to(inputs.dtype).mul_(65536 / (65536 - dropped))
 
 
 class Dropout(nn.Dropout):
