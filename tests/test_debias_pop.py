@@ -70,6 +70,27 @@ def test_distance_correlation_is_one_for_an_affine_copy_and_matches_its_definiti
     assert float(distance_correlation(x[:1], y[:1])) == 0.0  # one row: nothing to correlate
 
 
+def test_distance_correlation_has_the_gradient_of_its_definition_and_none_from_equal_rows():
+    # The definition in torch: cdist and the double-centred matrices.
+    def by_definition(x, y):
+        a, b = torch.cdist(x, x), torch.cdist(y, y)
+        a = a - a.mean(0, keepdim=True) - a.mean(1, keepdim=True) + a.mean()
+        b = b - b.mean(0, keepdim=True) - b.mean(1, keepdim=True) + b.mean()
+        return (a * b).mean().sqrt() / ((a * a).mean().sqrt() * (b * b).mean().sqrt()).sqrt()
+
+    torch.manual_seed(1)
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    y[5] = y[4]  # two equal rows: a distance of 0 off the diagonal
+    gradients = []
+    for function in (distance_correlation, by_definition):
+        xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+        function(xs, ys).backward()
+        gradients.append((xs.grad, ys.grad))
+    assert torch.isfinite(gradients[0][1]).all()
+    assert torch.allclose(gradients[0][0], gradients[1][0], rtol=1e-9, atol=1e-12)
+    assert torch.allclose(gradients[0][1], gradients[1][1], rtol=1e-9, atol=1e-12)
+
+
 def test_dice_splits_pairs_by_popularity_and_each_part_learns_its_cause(tiny):
     # Margin 2, no decay. Three users, three triples (user, positive, negative):
     #   row 0: popular P over rare R, the negative less popular   -> O1: conformity prefers P

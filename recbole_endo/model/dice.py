@@ -19,22 +19,69 @@ from recbole.utils import InputType
 from recbole_endo.options import choice_option, number_option
 
 
+TINY = 1e-12  # sqrt's gradient at 0 is infinite; a V-statistic dCov² is >= 0 up to rounding
+
+
+def pairwise_distances(x):
+    """Euclidean distances between the rows of ``x``, ``[n, n]``, from ``|x_j|² + |x_k|² - 2 x_j·x_k``
+    (the product torch's ``cdist`` uses too), with an exact 0 diagonal."""
+    squares = (x * x).sum(dim=1)
+    squared = (squares.unsqueeze(1) + squares.unsqueeze(0)).sub_(x @ x.T, alpha=2).clamp_(min=0)
+    return squared.fill_diagonal_(0).sqrt_()
+
+
+def double_centred(d):
+    """A symmetric matrix less its row and column means plus its grand mean."""
+    means = d.mean(dim=1)
+    return (d - means.unsqueeze(1)).sub_(means.unsqueeze(0)).add_(means.mean())
+
+
+class DistanceCorrelation(torch.autograd.Function):
+    r"""Distance correlation with its gradient written out: autograd through the n² matrices
+    took about fifty passes over them, most of DICE's step on 15,000 users (32 s an epoch on
+    Yahoo! R3). With ``A``, ``B`` the double-centred distance matrices, ``V_xy = mean(A∘B)`` and
+    ``R = V_xy^{1/2} V_xx^{-1/4} V_yy^{-1/4}``: ``∂R/∂a = R/n² (B/(2V_xy) − A/(2V_xx))`` (centring
+    is a projection, so ``∂V_xy/∂a = B/n²``), and a distance ``a_jk = |x_j − x_k|`` passes
+    ``∂R/∂x_j = Σ_k 2 ∂R/∂a_jk (x_j − x_k)/a_jk``, nothing where ``a_jk = 0``."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        a, b = pairwise_distances(x), pairwise_distances(y)
+        centred_a, centred_b = double_centred(a), double_centred(b)
+        v_xy, v_xx, v_yy = ((left * right).mean() for left, right in
+                            ((centred_a, centred_b), (centred_a, centred_a), (centred_b, centred_b)))
+        dcor = v_xy.clamp(min=TINY).sqrt() / (v_xx.clamp(min=TINY).sqrt() * v_yy.clamp(min=TINY).sqrt()).sqrt()
+        ctx.save_for_backward(x, y, a, b, centred_a, centred_b, dcor, v_xy, v_xx, v_yy)
+        return dcor
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, a, b, centred_a, centred_b, dcor, v_xy, v_xx, v_yy = ctx.saved_tensors
+
+        def half_log_slope(v):  # d/dv of log sqrt(clamp(v)): none where the clamp holds
+            return 0.5 / v if v > TINY else v.new_zeros(())
+
+        scale = grad * dcor / len(x) ** 2
+        cross, self_x, self_y = half_log_slope(v_xy), half_log_slope(v_xx), half_log_slope(v_yy)
+        grad_a = centred_b * (scale * cross) - centred_a * (scale * self_x)
+        grad_b = centred_a * (scale * cross) - centred_b * (scale * self_y)
+        return points_gradient(x, a, grad_a), points_gradient(y, b, grad_b)
+
+
+def points_gradient(x, distances, grad_distances):
+    """The gradient on the rows of ``x`` of a symmetric gradient on their pairwise distances."""
+    weights = torch.where(distances > 0, 2 * grad_distances / distances.clamp(min=TINY), 0)
+    return weights.sum(dim=1, keepdim=True) * x - weights @ x
+
+
 def distance_correlation(x, y):
     r"""Distance correlation (Székely et al. 2007, the sample V-statistic) between the rows of
     ``x`` and ``y`` (``[n, d]`` each): ``dCov(x, y) / sqrt(dVar(x) dVar(y))``, each ``dCov²`` the mean
-    product of the double-centred pairwise distance matrices. 0 when fewer than two rows or a
-    constant set (no spread to correlate)."""
+    product of the double-centred pairwise distance matrices. 0 when fewer than two rows.
+    Differentiable (:class:`DistanceCorrelation`)."""
     if len(x) < 2:
         return x.new_zeros(())
-    a = torch.cdist(x, x)
-    b = torch.cdist(y, y)
-    a = a - a.mean(dim=0, keepdim=True) - a.mean(dim=1, keepdim=True) + a.mean()
-    b = b - b.mean(dim=0, keepdim=True) - b.mean(dim=1, keepdim=True) + b.mean()
-    tiny = 1e-12  # sqrt's gradient at 0 is infinite; a V-statistic dCov² is >= 0 up to rounding
-    dcov_xy = (a * b).mean().clamp(min=tiny).sqrt()
-    dvar_x = (a * a).mean().clamp(min=tiny).sqrt()
-    dvar_y = (b * b).mean().clamp(min=tiny).sqrt()
-    return dcov_xy / (dvar_x * dvar_y).sqrt()
+    return DistanceCorrelation.apply(x, y)
 
 
 class DICE(GeneralRecommender):
