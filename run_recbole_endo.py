@@ -33,7 +33,7 @@ import traceback
 import torch
 
 from recbole_endo.distributed import run_distributed
-from recbole_endo.experiments.benchmark import default_threads
+from recbole_endo.experiments.benchmark import idle_cores
 from recbole_endo.config import options_from_args
 from recbole_endo.experiments.compare import compare, split_entries
 from recbole_endo.quick_start import run_recbole_endo
@@ -61,26 +61,6 @@ def interrupted_line(interrupt, args, argv):
     if checkpoint is None:
         return "interrupted before a checkpoint was written: nothing to resume; run the command again to start over"
     return f"interrupted; continue from the last checkpoint with: {resume_command(argv, checkpoint)}"
-
-
-def busy_cores():
-    """How many other processes are running now: Linux's count of runnable tasks
-    (``/proc/loadavg``) less this one; elsewhere the 1-minute load average, which still counts a
-    job that has just ended."""
-    try:
-        with open("/proc/loadavg") as loadavg:
-            return int(loadavg.read().split()[3].split("/")[0]) - 1
-    except (OSError, ValueError, IndexError):
-        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-
-
-def idle_cores():
-    """The CPU cores this process may use less those busy with other work (:func:`busy_cores`),
-    at least one: torch's threads beyond them wait on cores that other processes hold, and its
-    OpenMP threads spin while they wait. On two cores beside one busy process an EndoDecouple
-    epoch took 45-71 s with two threads and 2.1 s with one."""
-    cores = default_threads()
-    return max(1, min(cores, round(cores - busy_cores())))
 
 
 def _metrics(result):

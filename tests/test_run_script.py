@@ -15,6 +15,7 @@ import recbole_endo.quick_start
 from recbole_endo import Config
 from recbole_endo.compat.checkpoint import read_checkpoint
 from recbole_endo.config import check_options
+from recbole_endo.experiments import benchmark
 
 SCRIPT = os.path.join(os.path.dirname(DATA_DIR), "..", "run_recbole_endo.py")
 
@@ -107,29 +108,28 @@ def test_the_progress_line_counts_down_to_early_stopping_or_the_epoch_limit():
 
 @pytest.mark.parametrize("running, threads", [(1, 2), (2, 1), (3, 1), (9, 1)])
 def test_a_run_takes_the_cores_that_other_running_processes_leave_idle(monkeypatch, tmp_path, running, threads):
-    run_script_module = runpy.run_path(SCRIPT)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     loadavg = tmp_path / "loadavg"
     loadavg.write_text(f"1.50 1.20 0.90 {running}/312 4242\n")  # this process is one of the running
     real_open = open
-    monkeypatch.setitem(
-        run_script_module["busy_cores"].__globals__, "open",
+    monkeypatch.setattr(
+        benchmark, "open",
         lambda path, *args, **kwargs: real_open(loadavg if path == "/proc/loadavg" else path, *args, **kwargs),
+        raising=False,
     )
-    assert run_script_module["idle_cores"]() == threads
+    assert benchmark.idle_cores() == threads
 
 
 @pytest.mark.parametrize("load, threads", [(0.0, 2), (0.4, 2), (0.6, 1), (3.5, 1)])
 def test_without_a_count_of_running_processes_the_load_average_decides(monkeypatch, load, threads):
-    run_script_module = runpy.run_path(SCRIPT)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
 
     def no_proc(path, *args, **kwargs):
         raise FileNotFoundError(path)
 
-    monkeypatch.setitem(run_script_module["busy_cores"].__globals__, "open", no_proc)
-    assert run_script_module["idle_cores"]() == threads
+    monkeypatch.setattr(benchmark, "open", no_proc, raising=False)
+    assert benchmark.idle_cores() == threads
 
 
 def test_unknown_model_fails_listing_the_models(tmp_path):

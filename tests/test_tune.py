@@ -10,6 +10,7 @@ import subprocess
 
 import optuna
 import pytest
+import torch
 import sqlalchemy
 import yaml
 
@@ -368,3 +369,24 @@ def test_a_commit_is_dirty_for_changed_code_not_for_what_runs_write(tmp_path):
     with open(package / "provenance.py", "a") as file:
         file.write("# changed\n")
     assert copied.git_commit() == f"{commit}-dirty"
+
+
+def test_trials_train_with_the_threads_asked_and_zero_threads_are_refused(tiny, tmp_path, monkeypatch, capsys):
+    threads_in_trials = []
+    monkeypatch.setattr(tune_module, "git_commit", lambda: "abc1234")
+    monkeypatch.setattr(tune_module, "train_on_validation", lambda *args: threads_in_trials.append(torch.get_num_threads()) or 0.1)
+    command = [
+        "--model=TwoTowerSplit", "--dataset=tiny", f"--search_space={write_space(tmp_path / 'space.yaml')}",
+        f"--output_dir={tmp_path / 'tune'}", f"--config_files={tiny['config_file_list'][0]}",
+        f"--data_path={tiny['config_dict']['data_path']}", "--trials=1",
+    ]
+    with pytest.raises(SystemExit):
+        main([*command, "--threads=0"])
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        main([*command, "--threads=1"])
+    finally:
+        torch.set_num_threads(before)
+    assert threads_in_trials == [1]

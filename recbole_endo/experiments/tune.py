@@ -28,7 +28,9 @@ Study: named ``<Model>-<dataset>`` (``--study_name``), stored at ``sqlite:///<ou
 unless ``--storage`` gives an SQLAlchemy URL; ``--output_dir`` is by default
 ``saved/tune/<dataset>`` under the working directory (ignored by git, as RecBole's checkpoints in
 ``saved/``). Rerunning the command continues the study until it holds ``--trials`` complete or
-pruned trials; a trial whose process was killed is retried once (Optuna's heartbeat). Each
+pruned trials; a trial whose process was killed is retried once (Optuna's heartbeat). Trials
+train with the CPU cores that other running processes leave idle (``--threads`` to choose),
+as runs do: two studies side by side on two cores take one thread each. Each
 finished trial prints one line (number, parameters, validation score, best so far, seconds). At
 the end ``<output_dir>/<study name>.md`` lists every trial, and the best trial's parameters are
 written to ``<output_dir>/tuned/<Model>.yaml``, which a run reads only when given
@@ -58,11 +60,13 @@ import warnings
 
 import optuna
 import sqlalchemy
+import torch
 import yaml
 from recbole.utils import init_logger
 
 from recbole_endo.compat.run_scope import plugin_run
 from recbole_endo.config import Config, options_from_args, properties_folder, tuned_file
+from recbole_endo.experiments.benchmark import idle_cores
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.files import open_replacing
 from recbole_endo.quick_start import build
@@ -384,6 +388,10 @@ def main(argv=None):
         "the dataset reads; a finished study's command rerun with it runs no trial",
     )
     parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch's CPU threads for the trials (default: the cores that other running processes leave idle, at least one)",
+    )
+    parser.add_argument(
         "--allow_dirty", action="store_true",
         help="tune in a checkout with uncommitted changes; the trials and the tuned file record <commit>-dirty",
     )
@@ -391,6 +399,9 @@ def main(argv=None):
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: they go in config_dict
     if args.trials < 1:
         parser.error("--trials must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads or idle_cores())
     try:
         tune(
             args.model, args.dataset, args.trials, args.output_dir or default_output_dir(args.dataset),
