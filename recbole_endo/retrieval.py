@@ -796,7 +796,7 @@ def _columns(model, dataset, config, fields, rows, entity, strict, source):
         embedding = _embedding_of(tower, field)
         values = [row.get(field) for row in rows]
         if field_type in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
-            vocabulary, seen = dataset.field2token_id[field], getattr(embedding, f"seen_{field}")
+            vocabulary, seen = dataset.field2token_id[field], embedding.seen(field)
             column = []
             for value in values:
                 if _missing(value):
@@ -825,7 +825,7 @@ def _columns(model, dataset, config, fields, rows, entity, strict, source):
                     f"{source}: {entity} field '{field}' is rescaled by the dataset's normalize_all, normalize_field or "
                     "discretization, from values of the loaded data that the checkpoint does not keep: a raw value cannot be mapped"
                 )
-            table = getattr(embedding, f"table_{field}")
+            table = embedding.table(field)
             width, fill = table.shape[1], table[1:].mean(0).cpu()  # RecBole fills a missing float with the field's mean
             column = []
             for value in values:
@@ -851,12 +851,12 @@ def _embedded_rows(embedding, columns, count):
     parts = []
     for field in embedding.fields:
         if field in embedding.token_fields:
-            weight, mean = embedding.encoders[field].weight, embedding.seen_mean(field)
+            weight, mean = embedding.encoder(field).weight, embedding.seen_mean(field)
             bags = [torch.stack([mean if token == UNSEEN else weight[token] for token in tokens]).mean(0)
                     if tokens else weight.new_zeros(weight.shape[1]) for tokens in columns[field]]
             parts.append(torch.stack(bags))
         else:
-            parts.append(embedding.encoders[field](columns[field].to(embedding.token_columns.device)))
+            parts.append(embedding.encoder(field)(columns[field].to(embedding.token_columns.device)))
     return torch.stack(parts, dim=1)
 
 

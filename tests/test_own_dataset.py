@@ -14,7 +14,7 @@ from recbole_endo import Config
 from recbole_endo.model import MODELS
 from recbole_endo.model.feature_recommender import FeatureTowerRecommender
 from recbole_endo.model.towers import FeatureEmbedding, derive_endo_fields
-from recbole_endo.quick_start import build, run_recbole_endo
+from recbole_endo.quick_start import build, load_data_and_model, run_recbole_endo
 
 # RecBole's own model-test style: its atomic files, every float normalised, no plugin option.
 RECBOLE_STYLE_YAML = """\
@@ -113,3 +113,24 @@ def test_without_an_item_file_the_two_towers_run_with_an_id_item_tower(name, wit
         embedding.encoders["item_id"].weight[3] += 1.0
         moved = (tower(torch.arange(model.n_items)) - before).abs().sum(1) > 1e-6
     assert moved.nonzero().flatten().tolist() == [3]
+
+
+def test_fields_named_as_module_attributes_embed_and_reload(tmp_path):
+    # torch refuses a submodule or buffer named "type" or "float" (attributes of every module).
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    for suffix in ("inter", "user"):
+        shutil.copy(f"{DATA_DIR}/tiny/tiny.{suffix}", folder / f"renamed.{suffix}")
+    with open(f"{DATA_DIR}/tiny/tiny.item") as file:
+        lines = file.readlines()
+    lines[0] = lines[0].replace("class:token_seq", "type:token_seq").replace("price:float", "float:float")
+    (folder / "renamed.item").write_text("".join(lines))
+    options = recbole_style(tmp_path, dataset="renamed", data_path=tmp_path, item_columns="  item: [item_id, title, type, float]")
+    result = run_recbole_endo(model="EndoDecouple", **options)
+    assert all(math.isfinite(value) for value in result["test_result"].values())
+    config, model, dataset, *_ = load_data_and_model(result["checkpoint"])
+    assert model.endo_fields["item"]["side"] == ["type", "float"]
+    (side,) = [module for name, module in model.towers["item"].named_modules()
+               if isinstance(module, FeatureEmbedding) and module.fields == ["type", "float"]]
+    assert side.encoder("type").num_embeddings == dataset.num("type")
+    assert side.table("float").shape == (dataset.item_num, 1)

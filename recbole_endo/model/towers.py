@@ -130,6 +130,15 @@ def check_fields(dataset, entity, group, fields):
             )
 
 
+def module_name(field):
+    """``field`` as a name torch takes for a submodule or buffer: the field itself unless it holds a
+    '.' or names an attribute of a module (``type``, ``float``, ``half``, ...), which torch refuses;
+    then ``field:`` and the field with each '.' as ':'. Checkpoints keep the other fields' keys."""
+    if "." in field or hasattr(nn.ModuleDict, field):
+        return "field:" + field.replace(".", ":")
+    return field
+
+
 class FeatureEmbedding(nn.Module):
     r"""Embeds fields of the user or item feature table for a batch of internal ids.
 
@@ -169,18 +178,18 @@ class FeatureEmbedding(nn.Module):
             field_type = dataset.field2type[field]
             values = table[field]
             if field_type in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
-                self.encoders[field] = nn.Embedding(dataset.num(field), embedding_size, padding_idx=0)
+                self.encoders[module_name(field)] = nn.Embedding(dataset.num(field), embedding_size, padding_idx=0)
                 seen = torch.zeros(dataset.num(field), dtype=torch.bool)
                 seen[values[trained].flatten()] = True
                 seen[0] = True  # padding (an empty cell or a missing value) is not a token: kept as is
-                self.register_buffer(f"seen_{field}", seen, persistent=False)
+                self.register_buffer(f"seen_{module_name(field)}", seen, persistent=False)
                 self.token_fields.append(field)
                 token_values.append(values.reshape(len(values), -1))
             elif field_type in (FeatureType.FLOAT, FeatureType.FLOAT_SEQ):
                 values = values.float().reshape(len(values), -1)
-                self.encoders[field] = nn.Linear(values.shape[1], embedding_size)
+                self.encoders[module_name(field)] = nn.Linear(values.shape[1], embedding_size)
                 self.float_fields.append(field)
-                self.register_buffer(f"table_{field}", values, persistent=False)
+                self.register_buffer(f"table_{module_name(field)}", values, persistent=False)
             else:
                 raise ValueError(f"field '{field}' has type {field_type.value}, which a feature tower cannot embed")
         if token_values:
@@ -188,6 +197,18 @@ class FeatureEmbedding(nn.Module):
         token_columns = torch.tensor([field in self.token_fields for field in self.fields])
         self.register_buffer("token_columns", token_columns, persistent=False)
         self.output_size = len(self.fields) * embedding_size
+
+    def encoder(self, field):
+        """The field's ``nn.Embedding`` (a token field) or ``nn.Linear`` (a float field)."""
+        return self.encoders[module_name(field)]
+
+    def seen(self, field):
+        """A token field's mask of the tokens seen in training (index 0, padding, counts as seen)."""
+        return getattr(self, f"seen_{module_name(field)}")
+
+    def table(self, field):
+        """A float field's values, a row per entity ``[entities, width]``."""
+        return getattr(self, f"table_{module_name(field)}")
 
     def register_bags(self, token_values):
         """Buffers of the token fields' bags: ``bag_tokens``, every entity's non-padding tokens as
@@ -197,7 +218,7 @@ class FeatureEmbedding(nn.Module):
         shifted, offset = [], 1  # row 0 of the concatenated table is the shared padding row
         for field, values in zip(self.token_fields, token_values):
             shifted.append(torch.where(values != 0, values + offset - 1, 0))
-            offset += self.encoders[field].num_embeddings - 1
+            offset += self.encoder(field).num_embeddings - 1
         tokens = torch.cat(shifted, dim=1)
         lengths = torch.stack([(values != 0).sum(1) for values in shifted], dim=1)
         counts = lengths.sum(1)
@@ -208,17 +229,17 @@ class FeatureEmbedding(nn.Module):
     def seen_mean(self, field):
         """The mean embedding of the token field's seen tokens: what an unseen token embeds as in
         eval mode (no seen token: zeros, as an empty cell)."""
-        seen = getattr(self, f"seen_{field}")[1:]
-        return self.encoders[field].weight[1:][seen].sum(0) / max(int(seen.sum()), 1)
+        seen = self.seen(field)[1:]
+        return self.encoder(field).weight[1:][seen].sum(0) / max(int(seen.sum()), 1)
 
     def token_table(self):
         """The token fields' tables concatenated behind one zero row, each without its padding row;
         in eval mode an unseen token's row is the mean of its field's seen rows."""
         rows = []
         for field in self.token_fields:
-            weight = self.encoders[field].weight[1:]
+            weight = self.encoder(field).weight[1:]
             if not self.training:
-                seen = getattr(self, f"seen_{field}")[1:]
+                seen = self.seen(field)[1:]
                 weight = torch.where(seen.unsqueeze(-1), weight, self.seen_mean(field))
             rows.append(weight)
         return torch.cat([rows[0].new_zeros(1, rows[0].shape[1]), *rows])
@@ -252,7 +273,7 @@ class FeatureEmbedding(nn.Module):
         if self.float_fields:
             columns = dict(zip(self.token_fields, pooled.unbind(1))) if self.token_fields else {}
             for field in self.float_fields:
-                columns[field] = self.encoders[field](getattr(self, f"table_{field}")[flat])
+                columns[field] = self.encoder(field)(self.table(field)[flat])
             pooled = torch.stack([columns[field] for field in self.fields], dim=1)
         return pooled.view(*ids.shape, *pooled.shape[1:])
 
