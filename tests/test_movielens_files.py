@@ -115,9 +115,8 @@ def test_ml_10m_and_20m_read_either_spelling_of_the_item_file(tmp_path, dataset,
     assert config["normalize_all"] is False and config["grade_thresholds"] == [3]
     loaded, model, trainer, (train_data, valid_data, _) = build(config)
     # Derived from the loaded spelling: 16 titles for 16 movies (atom); 3 years, 4 genre lists (side).
-    # A genre column named type is not loaded (see the next test): release year is the side then.
-    side = ["release_year", genres] if genres == "genre" else ["release_year"]
-    intended = {"user": {"atom": ["user_id"], "side": []}, "item": {"atom": ["item_id", title], "side": side}}
+    # The tool's genre column is named type, an attribute of every torch module: embedded all the same.
+    intended = {"user": {"atom": ["user_id"], "side": []}, "item": {"atom": ["item_id", title], "side": ["release_year", genres]}}
     assert model.endo_fields == intended
     assert tower_fields(model, "user") == {"atom": ["user_id"]}
     assert tower_fields(model, "item") == intended["item"]
@@ -126,15 +125,6 @@ def test_ml_10m_and_20m_read_either_spelling_of_the_item_file(tmp_path, dataset,
     trainer.fit(train_data, valid_data, saved=False)
     components = trainer.loss_component_history[0]
     assert "item_side_ssl" in components and not [name for name in components if name.startswith("user_")]
-
-
-@pytest.mark.xfail(raises=KeyError, strict=True, reason=(
-    "towers.FeatureEmbedding keys its field embeddings by field name in an nn.ModuleDict, where 'type' "
-    "(Module.type) is taken; when this passes, ml-10m.yaml and ml-20m.yaml can load the conversion tool's type column"))
-def test_a_genre_field_named_type_cannot_be_embedded(tmp_path):
-    data_path = write_movielens(tmp_path / "data", "ml-20m", ITEM_SPELLINGS["movie_name/type"])
-    options = small_run(data_path, tmp_path, load_col={"inter": ["user_id", "item_id", "rating"], "item": ["item_id", "type"]})
-    build(recbole_endo.Config(model="EndoDecouple", dataset="ml-20m", config_dict=options))
 
 
 def recbole_gnn_config(data_path):
