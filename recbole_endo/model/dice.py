@@ -58,8 +58,8 @@ class DistanceCorrelation(torch.autograd.Function):
     def backward(ctx, grad):
         x, y, a, b, centred_a, centred_b, dcor, v_xy, v_xx, v_yy = ctx.saved_tensors
 
-        def half_log_slope(v):  # d/dv of log sqrt(clamp(v)): none where the clamp holds
-            return 0.5 / v if v > TINY else v.new_zeros(())
+        def half_log_slope(v):  # d/dv of log sqrt(clamp(v)): none where the clamp holds (no host sync on a GPU)
+            return torch.where(v > TINY, 0.5 / v, 0)
 
         scale = grad * dcor / len(x) ** 2
         cross, self_x, self_y = half_log_slope(v_xy), half_log_slope(v_xx), half_log_slope(v_yy)
