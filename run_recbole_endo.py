@@ -30,10 +30,8 @@ import shlex
 import sys
 import traceback
 
-import torch
-
 from recbole_endo.distributed import run_distributed
-from recbole_endo.experiments.benchmark import idle_cores
+from recbole_endo.experiments.benchmark import use_threads
 from recbole_endo.config import options_from_args
 from recbole_endo.experiments.compare import compare, split_entries
 from recbole_endo.quick_start import run_recbole_endo
@@ -133,9 +131,7 @@ def build_parser():
 
 def main(parser, args, argv):
     command = shlex.join(["python", *argv])
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
-    torch.set_num_threads(args.threads or idle_cores())
+    use_threads(parser, args.threads)
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     distributed = args.nproc > 1 or args.world_size > 0
     if args.compare and distributed:

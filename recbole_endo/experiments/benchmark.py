@@ -99,6 +99,16 @@ def idle_cores():
     return max(1, min(cores, round(cores - busy_cores())))
 
 
+def use_threads(parser, threads):
+    """Sets torch's CPU threads from a command's ``--threads``: that count, else
+    :func:`idle_cores`; a count below 1 is the command's usage error."""
+    import torch
+
+    if threads is not None and threads < 1:
+        parser.error(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads or idle_cores())
+
+
 def peak_rss_mb():
     """This process's peak resident memory in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -60,13 +60,12 @@ import warnings
 
 import optuna
 import sqlalchemy
-import torch
 import yaml
 from recbole.utils import init_logger
 
 from recbole_endo.compat.run_scope import plugin_run
 from recbole_endo.config import Config, options_from_args, properties_folder, tuned_file
-from recbole_endo.experiments.benchmark import idle_cores
+from recbole_endo.experiments.benchmark import use_threads
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.files import open_replacing
 from recbole_endo.quick_start import build
@@ -399,9 +398,7 @@ def main(argv=None):
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv: they go in config_dict
     if args.trials < 1:
         parser.error("--trials must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
-    torch.set_num_threads(args.threads or idle_cores())
+    use_threads(parser, args.threads)
     try:
         tune(
             args.model, args.dataset, args.trials, args.output_dir or default_output_dir(args.dataset),
