@@ -67,13 +67,19 @@ def test_every_plugin_model_runs_on_a_recbole_style_config_with_only_the_model_s
     assert checkpoint["config"]["grade_thresholds"] == []
 
 
+def tiny_without_items(tmp_path, name):
+    """A folder ``tmp_path/name`` holding the tiny dataset's .inter and .user files as ``name``'s."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for suffix in ("inter", "user"):
+        shutil.copy(f"{DATA_DIR}/tiny/tiny.{suffix}", folder / f"{name}.{suffix}")
+    return folder
+
+
 @pytest.fixture
 def without_item_file(tmp_path):
     """The tiny dataset without its .item file, in RecBole's style."""
-    folder = tmp_path / "noitem"
-    folder.mkdir()
-    for suffix in ("inter", "user"):
-        shutil.copy(f"{DATA_DIR}/tiny/tiny.{suffix}", folder / f"noitem.{suffix}")
+    tiny_without_items(tmp_path, "noitem")
     return recbole_style(tmp_path, dataset="noitem", data_path=tmp_path, item_columns="")
 
 
@@ -117,10 +123,7 @@ def test_without_an_item_file_the_two_towers_run_with_an_id_item_tower(name, wit
 
 def test_fields_named_as_module_attributes_embed_and_reload(tmp_path):
     # torch refuses a submodule or buffer named "type" or "float" (attributes of every module).
-    folder = tmp_path / "renamed"
-    folder.mkdir()
-    for suffix in ("inter", "user"):
-        shutil.copy(f"{DATA_DIR}/tiny/tiny.{suffix}", folder / f"renamed.{suffix}")
+    folder = tiny_without_items(tmp_path, "renamed")
     with open(f"{DATA_DIR}/tiny/tiny.item") as file:
         lines = file.readlines()
     lines[0] = lines[0].replace("class:token_seq", "type:token_seq").replace("price:float", "float:float")
@@ -128,9 +131,9 @@ def test_fields_named_as_module_attributes_embed_and_reload(tmp_path):
     options = recbole_style(tmp_path, dataset="renamed", data_path=tmp_path, item_columns="  item: [item_id, title, type, float]")
     result = run_recbole_endo(model="EndoDecouple", **options)
     assert all(math.isfinite(value) for value in result["test_result"].values())
-    config, model, dataset, *_ = load_data_and_model(result["checkpoint"])
+    _, model, dataset, *_ = load_data_and_model(result["checkpoint"])
     assert model.endo_fields["item"]["side"] == ["type", "float"]
-    (side,) = [module for name, module in model.towers["item"].named_modules()
+    (side,) = [module for module in model.towers["item"].modules()
                if isinstance(module, FeatureEmbedding) and module.fields == ["type", "float"]]
     assert side.encoder("type").num_embeddings == dataset.num("type")
     assert side.table("float").shape == (dataset.item_num, 1)
