@@ -288,3 +288,18 @@ def test_real_yahoo_r3_has_the_published_counts(tmp_path):
     assert len({u for u, _, _ in test}) == 5400 and len(read_atomic(os.path.join(folder, "yahoo-r3.user"))[1]) == 5400
     # each user has 10+ ratings, so round(0.1 n) >= 1: every user is validated
     assert len({u for u, _, _ in valid}) == 15400
+
+
+def test_rel_mf_clicks_are_the_ratings_of_four_and_more(converted, tmp_path):
+    """Saito et al.'s setting on this dataset: a self-selected rating below 4 is a non-click."""
+    from recbole_endo.quick_start import build
+
+    options = {"data_path": str(tmp_path / "out"), "checkpoint_dir": str(tmp_path / "saved"), "state": "ERROR",
+               "train_batch_size": 64, "embedding_size": 4}
+    _, model, _, (train_data, _, _) = build(recbole_endo.Config(model="RelMF", dataset="yahoo-r3", config_dict=options))
+    batch = next(iter(train_data))
+    rated = batch["label"] == 1  # training rows; the sampler's rows are label 0 and carry their positive's rating
+    assert rated.sum() == 13 and (~rated).sum() == 13
+    expected = [float(r >= 4) for r in batch["rating"][rated].tolist()]
+    assert model.clicks(batch)[rated].tolist() == expected and 0 < sum(expected) < 13
+    assert model.clicks(batch)[~rated].sum() == 0
