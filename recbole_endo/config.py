@@ -24,7 +24,7 @@ import yaml
 from recbole.utils import EvaluatorType, InputType, ModelType
 
 from recbole_endo.compat.config import FixedRecBoleConfig
-from recbole_endo.options import number_option
+from recbole_endo.options import check_raw_ratings, number_option
 from recbole_endo.registry import get_model
 
 
@@ -176,13 +176,17 @@ RECBOLE_NUMBER_OPTIONS = {
 
 def check_options(config):
     """Fail with a ValueError naming the option, its value and the values allowed, on a bad
-    RecBole training option (:data:`RECBOLE_NUMBER_OPTIONS`) or a bad option of a plugin model:
+    RecBole training option (:data:`RECBOLE_NUMBER_OPTIONS`), a bad ``train_min_rating``, or a bad
+    option of a plugin model:
     its ``check_config`` checks every option the model reads that needs no dataset (types,
     ranges, choices and their combinations; RecBole's own models have none). It needs only the
     config, so runs call it before loading any data; what needs the dataset (a field loaded, a
     timestamp) is checked when the model is built."""
     for name, bounds in RECBOLE_NUMBER_OPTIONS.items():
         number_option(config, name, **bounds)
+    if config["train_min_rating"] is not None:
+        number_option(config, "train_min_rating")
+        check_raw_ratings(config, "train_min_rating")
     check_model_options = getattr(config.model_class, "check_config", None)
     if check_model_options is not None:
         check_model_options(config)

@@ -22,6 +22,7 @@ from recbole_endo.compat.checkpoint import load_weights, read_checkpoint
 from recbole_endo.compat.feature_join import skip_feature_join
 from recbole_endo.compat.run_scope import FILE_ONLY, keep_file_only_records_off, plugin_run
 from recbole_endo.config import Config, check_options, option_source_lines
+from recbole_endo.data.interactions import evaluation_split, training_rows
 from recbole_endo.data.preparers import prepare_dataset
 from recbole_endo.data.uniform_slice import held_out_slice
 from recbole_endo.evaluation.protocols import check_evaluation_options, extra_evaluation, full_sort_per_user
@@ -47,6 +48,7 @@ def build(config):
     dataset = create_dataset(config)
     check_evaluation_options(config, dataset)  # before training: a typo must not cost a run
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data = training_rows(config, train_data)  # train_min_rating
     # Models that read features by id get batches without RecBole's feature join (join_features).
     skip_feature_join(config, get_model(config["model"]), (train_data, valid_data, test_data))
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -177,7 +179,7 @@ def _train_and_test(config, trainer, splits, saved, verbose=True):
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_eval_seconds = time.perf_counter() - start
     per_user = full_sort_per_user(config, trainer.evaluator, test_data)
-    datasets = [data._dataset for data in splits]
+    datasets = [evaluation_split(data) for data in splits]
     test_result.update(extra_evaluation(config, trainer.model, datasets, per_user))
     uid_field = datasets[0].uid_field
     epochs = len(trainer.train_loss_dict)

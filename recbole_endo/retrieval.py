@@ -326,10 +326,11 @@ def read_checkpoint_config(path):
 def load_model(path):
     """``(config, model, (train, valid, test) datasets)`` rebuilt from the checkpoint at ``path``
     by :func:`recbole_endo.quick_start.load_data_and_model`, the model in eval mode."""
+    from recbole_endo.data.interactions import evaluation_split
     from recbole_endo.quick_start import load_data_and_model  # imports the trainers, only when a model loads
 
     config, model, _, *splits = load_data_and_model(path)
-    return config, model.eval(), tuple(split._dataset for split in splits)
+    return config, model.eval(), tuple(evaluation_split(split) for split in splits)
 
 
 def _missing(value):

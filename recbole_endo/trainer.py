@@ -16,6 +16,7 @@ from recbole.utils import set_color
 from recbole_endo.compat.checkpoint import load_weights, read_checkpoint, set_random_state, write_checkpoint
 from recbole_endo.compat.collector import PlainEntriesCollector
 from recbole_endo.compat.run_scope import FILE_ONLY
+from recbole_endo.data.interactions import evaluation_split
 from recbole_endo.evaluation.protocols import (
     StructKeepingEvaluator,
     candidate_lists,
@@ -68,7 +69,7 @@ class PluginTrainerMixin:
         if protocol is None:
             valid_score, self.valid_result = super()._valid_epoch(valid_data, show_progress)
         else:
-            splits = [self.train_data._dataset, valid_data._dataset]
+            splits = [evaluation_split(self.train_data), valid_data._dataset]
             self.model.eval()
             with torch.no_grad():
                 if protocol == "list":
