@@ -154,6 +154,34 @@ def test_dice_margin_and_cause_weights_decay_per_training_epoch(tiny):
     assert [mask.item() for mask in model.cause_masks(pos, neg, model.schedule()[0])] == [True, False]
 
 
+
+def test_dice_discrepancy_rows_caps_the_rows_of_each_dcor(tiny, monkeypatch):
+    import recbole_endo.model.dice as dice
+
+    seen = []
+
+    def recording(x, y):
+        seen.append((x.detach().clone(), y.detach().clone()))
+        return x.new_zeros(())
+
+    monkeypatch.setattr(dice, "distance_correlation", recording)
+    users, pos, neg = [1, 2, 3, 4, 2], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]
+    batch = Interaction({"user_id": torch.tensor(users), "item_id": torch.tensor(pos), "neg_item_id": torch.tensor(neg)})
+    for rows, expected in ((None, (4, 10)), (3, (3, 3)), (10, (4, 10))):
+        model, _, _ = built("DICE", tiny, discrepancy_rows=rows)
+        seen.clear()
+        model.calculate_loss(batch)
+        assert [len(x) for x, _ in seen] == list(expected)
+        # each row drawn is one of the batch's distinct users (items), its two embeddings side by side
+        for (interest, conformity), table, ids in (
+            (seen[0], (model.user_interest, model.user_conformity), set(users)),
+            (seen[1], (model.item_interest, model.item_conformity), set(pos + neg)),
+        ):
+            drawn = [next(i for i in ids if torch.equal(table[0].weight[i].detach(), row)) for row in interest]
+            assert len(set(drawn)) == len(drawn)
+            assert torch.equal(conformity, table[1].weight[drawn].detach())
+
+
 # --- PDA ----------------------------------------------------------------------------------------
 
 
@@ -331,6 +359,7 @@ def test_predict_agrees_with_full_sort_predict(tiny, name, options):
     [
         ("DICE", "discrepancy", "cosine", "must be dcor or l1 or l2"),
         ("DICE", "margin_decay", 1.5, r"must be a number in \[0, 1\]"),
+        ("DICE", "discrepancy_rows", 1, r"must be an integer in \[2, inf\]"),
         ("PDA", "pop_exponent", -1, r"must be a number in \[0, inf\]"),
         ("PDA", "predict_method", "PDX", "must be PD or PDA"),
         ("MACR", "counterfactual_c", "high", "must be a number"),
