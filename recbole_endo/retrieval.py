@@ -49,7 +49,7 @@ from recbole.model.general_recommender import BPR, LightGCN
 from recbole.utils import FeatureType, ModelType
 
 from recbole_endo.compat.checkpoint import read_checkpoint
-from recbole_endo.data.interactions import trained_entities
+from recbole_endo.data.interactions import evaluation_split, trained_entities
 from recbole_endo.experiments.provenance import git_commit
 from recbole_endo.files import dataset_folder, read_atomic_file
 from recbole_endo.model import DICE, MF, MFDR, MFIPS, MODELS, RelMF
@@ -326,7 +326,6 @@ def read_checkpoint_config(path):
 def load_model(path):
     """``(config, model, (train, valid, test) datasets)`` rebuilt from the checkpoint at ``path``
     by :func:`recbole_endo.quick_start.load_data_and_model`, the model in eval mode."""
-    from recbole_endo.data.interactions import evaluation_split
     from recbole_endo.quick_start import load_data_and_model  # imports the trainers, only when a model loads
 
     config, model, _, *splits = load_data_and_model(path)
