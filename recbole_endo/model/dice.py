@@ -112,7 +112,8 @@ class DICE(GeneralRecommender):
     distinct users, and of its distinct items (positives and negatives); with ``discrepancy_rows``
     set, over that many of each, drawn uniformly at each step where the batch holds more. dCor's
     cost is quadratic in the rows: on Yahoo! R3 a batch of 2,048 triples holds about 1,800 users
-    and most of the 1,000 songs, and the discrepancy was nine tenths of a step; the official code's
+    and most of the 1,000 songs, and one dCor forward and backward took 300 ms at 1,800 rows against
+    15 ms at 512 (one thread, beside busy ones); the official code's
     batches of 128 triples (four negatives each) hold at most 128 users and 640 items. Why dCor and not the
     paper's L1/L2 alternatives (``discrepancy: l1 | l2``, which subtract the mean absolute or
     squared difference): dCor is scale-free and bounded, so it cannot be lowered by inflating
