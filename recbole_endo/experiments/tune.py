@@ -332,12 +332,10 @@ def tune(model, dataset, trials, output_dir, storage=None, study_name=None, sear
         stop = optuna.study.MaxTrialsCallback(trials, states=COUNTED_STATES)
         study.optimize(objective, n_trials=remaining, callbacks=[stop, report])
         log(f"{time.perf_counter() - started:.0f} s for this process's trials", flush=True)
-    # the packaged search space by its path in the package, the same from every checkout
-    packaged_space = search_space_file(model).relative_to(properties_folder().parents[1]).as_posix()
     settings = (
         f"Study '{study_name}': {model} on {dataset}, {len(counted_trials(study))} complete or pruned trial(s) of "
         f"{trials} asked; TPE sampler (seed {seed}), median pruner; validation {metric} ({direction}); "
-        f"search space {search_space or packaged_space}" + (f" less {', '.join(fixed)}" if fixed else "")
+        f"search space {search_space or f'recbole_endo/properties/search/{model}.yaml'}" + (f" less {', '.join(fixed)}" if fixed else "")
         + f"; fixed options {json.dumps(config_dict, sort_keys=True)}."
     )
     with open_replacing(os.path.join(output_dir, f"{study_name}.md")) as file:
